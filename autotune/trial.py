@@ -1,0 +1,252 @@
+"""One latency trial: spawn a worker, read its stream, enforce limits, classify the end.
+
+The parent never imports llama.cpp for a trial: a crash, an abort or an out-of-memory
+kill inside llama.cpp takes down the worker only, and the result says which it was.
+
+Example:
+    >>> result = run_trial(TrialSpec(model_path, Settings(n_threads=2), workload))  # doctest: +SKIP
+    >>> result.status, len(result.requests)
+    ('ok', 16)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+
+from autotune.hardware import gpu_memory_free, gpu_memory_used
+from autotune.settings import Settings
+from autotune.workload import Workload
+
+OK = "ok"
+CRASHED = "crashed"
+OUT_OF_MEMORY = "out_of_memory"
+TIMED_OUT = "timed_out"
+LOAD_FAILED = "load_failed"
+FAILED = "failed"
+PRUNED = "pruned"
+STDERR_LINES = 40
+SAMPLE_EVERY_S = 0.2
+LOW_MEMORY_FRACTION = 0.05
+OOM_WORDS = ("out of memory", "failed to allocate", "cudamalloc failed", "memoryerror",
+             "cannot allocate memory", "std::bad_alloc", "unable to allocate")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a worker needs: plain data, sent to it as one JSON line."""
+
+    model_path: str
+    settings: Settings
+    workload: Workload
+    tokens_per_request: int = 12
+    passes: int = 1
+    clients: int = 1
+    probe_threads: int | None = None
+    timeout_s: float = 900.0
+    stall_s: float = 120.0
+
+    def to_wire(self) -> dict[str, object]:
+        return {"model_path": self.model_path, "settings": self.settings.to_dict(),
+                "requests": [r.to_dict() for r in self.workload.requests],
+                "tokens_per_request": self.tokens_per_request, "passes": self.passes,
+                "clients": self.clients, "probe_threads": self.probe_threads}
+
+
+@dataclass
+class TrialResult:
+    """The plain record of one trial: every sample kept, JSON-serialisable."""
+
+    status: str
+    reason: str = ""
+    settings: dict[str, object] = field(default_factory=dict)
+    load_s: float | None = None
+    warmup_s: float | None = None
+    requests: list[dict] = field(default_factory=list)
+    pass_rss_bytes: list[int] = field(default_factory=list)
+    peak_rss_bytes: int = 0
+    cpu_percent_mean: float | None = None
+    gpu_memory_peak_bytes: int | None = None
+    gpu_free_min_bytes: int | None = None
+    thread_probe: dict | None = None
+    returncode: int | None = None
+    stderr_tail: str = ""
+    wall_s: float = 0.0
+    pid: int | None = None
+    ended_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+OnRequest = Callable[[dict], bool]
+
+
+class ResourceSampler(threading.Thread):
+    """Samples the worker's memory and CPU (psutil) and GPU memory (pynvml) while it runs."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.stopped = threading.Event()
+        self.peak_rss = 0
+        self.cpu: list[float] = []
+        self.gpu_peak: int | None = None
+        self.gpu_free_min: int | None = None
+        self.min_available = psutil.virtual_memory().available
+
+    def run(self) -> None:
+        try:
+            process = psutil.Process(self.pid)
+            process.cpu_percent()
+            while not self.stopped.wait(SAMPLE_EVERY_S):
+                self.peak_rss = max(self.peak_rss, process.memory_info().rss)
+                self.cpu.append(process.cpu_percent())
+                self.min_available = min(self.min_available, psutil.virtual_memory().available)
+                used = gpu_memory_used(self.pid)
+                if used is not None:
+                    self.gpu_peak = max(self.gpu_peak or 0, used)
+                    free = gpu_memory_free()
+                    if free is not None:
+                        self.gpu_free_min = free if self.gpu_free_min is None \
+                            else min(self.gpu_free_min, free)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return
+
+
+def read_lines(stream, sink: queue.Queue) -> None:  # noqa: ANN001 - a text pipe
+    for line in stream:
+        sink.put(line)
+    sink.put(None)
+
+
+def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResult:
+    """Run one trial in a fresh worker process and return its plain result record.
+
+    `on_request` sees each request record as it arrives; returning True stops the trial
+    at once (its worker is killed) and the result's status is "pruned".
+    """
+    started = time.perf_counter()
+    result = TrialResult(status=FAILED, settings=spec.settings.to_dict())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autotune.worker"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result.pid = process.pid
+    stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
+    lines: queue.Queue = queue.Queue()
+    readers = [threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True),
+               threading.Thread(target=lambda: stderr_tail.extend(process.stderr), daemon=True)]
+    sampler = ResourceSampler(process.pid)
+    for thread in (*readers, sampler):
+        thread.start()
+    process.stdin.write(json.dumps(spec.to_wire()) + "\n")
+    process.stdin.flush()
+    deadline = started + spec.timeout_s
+    last_line = time.perf_counter()
+    ended = None
+    done = False
+    while ended is None:
+        try:
+            line = lines.get(timeout=0.05)
+        except queue.Empty:
+            now = time.perf_counter()
+            if now > deadline:
+                ended = (TIMED_OUT, f"trial ran past its {spec.timeout_s:g} s limit")
+            elif now - last_line > spec.stall_s:
+                ended = (TIMED_OUT, f"worker hung: no progress for {spec.stall_s:g} s")
+            continue
+        if line is None:
+            break
+        last_line = time.perf_counter()
+        event = parse_event(line)
+        if event is None:
+            continue
+        kind = event.pop("event")
+        if kind == "loaded":
+            result.load_s = event["load_s"]
+        elif kind == "warmup":
+            result.warmup_s = event["latency_s"]
+        elif kind == "request":
+            result.requests.append(event)
+            if on_request is not None and on_request(event):
+                ended = (PRUNED, f"stopped after {len(result.requests)} requests")
+        elif kind == "pass_end":
+            result.pass_rss_bytes.append(event["rss_bytes"])
+        elif kind == "thread_probe":
+            result.thread_probe = event
+        elif kind == "load_failed":
+            ended = (LOAD_FAILED, event["error"])
+        elif kind == "done":
+            done = True
+    if ended is not None and ended[0] != LOAD_FAILED:
+        kill_group(process)
+    process.stdin.close()
+    returncode = process.wait()
+    result.ended_at = time.perf_counter()
+    sampler.stopped.set()
+    for thread in readers:
+        thread.join(timeout=2)
+    result.stderr_tail = "".join(stderr_tail)[-4000:]
+    result.returncode = returncode
+    result.peak_rss_bytes = max([sampler.peak_rss, *[r["rss_bytes"] for r in result.requests]])
+    result.cpu_percent_mean = sum(sampler.cpu) / len(sampler.cpu) if sampler.cpu else None
+    result.gpu_memory_peak_bytes = sampler.gpu_peak
+    result.gpu_free_min_bytes = sampler.gpu_free_min
+    memory_ran_out = sampler.min_available < LOW_MEMORY_FRACTION * psutil.virtual_memory().total
+    result.status, result.reason = ended or classify(returncode, done, result.stderr_tail,
+                                                     memory_ran_out)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def parse_event(line: str) -> dict | None:
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """Kill the worker and anything it started, and reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+    process.wait()
+
+
+def classify(returncode: int, done: bool, stderr: str, memory_ran_out: bool = False
+             ) -> tuple[str, str]:
+    """Name how a worker ended that the parent did not stop itself."""
+    lowered = stderr.lower()
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    if returncode == 0 and done:
+        return OK, ""
+    if any(word in lowered for word in OOM_WORDS):
+        return OUT_OF_MEMORY, last or "out of memory"
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        if returncode == -signal.SIGKILL and memory_ran_out:
+            return OUT_OF_MEMORY, f"killed by {name} while system memory ran out"
+        return CRASHED, f"killed by {name}" + (f": {last}" if last else "")
+    if returncode == 0:
+        return FAILED, "worker exited before finishing its workload"
+    return FAILED, f"worker exited with status {returncode}" + (f": {last}" if last else "")

@@ -1,0 +1,161 @@
+"""Subprocess entry point of a latency trial: `python -m autotune.worker`.
+
+The parent writes one JSON line (the trial spec) to stdin and keeps stdin open; the
+worker builds the backend, warms it up, replays the workload and streams one JSON line
+per event to stdout. When stdin closes (the parent died or gave up), the worker exits at
+once, so no worker outlives its study.
+
+Events: `loaded` (load_s), `warmup` (latency_s), `request` (one per request), `pass_end`
+(rss_bytes after each pass), `thread_probe`, `load_failed` (error), `done`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from typing import IO
+
+import psutil
+
+from autotune.backend import Backend
+from autotune.settings import Settings
+from autotune.workload import Request, requests_from_dicts
+
+WARMUP_PROMPT = (("user", "Say hello."),)
+PROBE_REPEATS = 2
+
+
+class Emitter:
+    """Writes events as JSON lines on the protocol stream, one writer at a time."""
+
+    def __init__(self, stream: IO[str], started: float) -> None:
+        self.stream = stream
+        self.started = started
+        self.lock = threading.Lock()
+        self.process = psutil.Process()
+
+    def __call__(self, event: str, **fields: object) -> None:
+        fields = {"event": event, "t": round(time.perf_counter() - self.started, 4), **fields}
+        with self.lock:
+            self.stream.write(json.dumps(fields) + "\n")
+            self.stream.flush()
+
+    def rss(self) -> int:
+        return int(self.process.memory_info().rss)
+
+
+def exit_when_parent_leaves(stdin: IO[str]) -> None:
+    """Block on stdin; EOF means the parent is gone or wants us gone."""
+    stdin.read()
+    os._exit(70)
+
+
+def serve(backend: Backend, emit: Emitter, request: Request, n_tokens: int, pass_no: int,
+          client: int, sent: float) -> None:
+    served = backend.complete(request, n_tokens)
+    latency = time.perf_counter() - sent
+    emit("request", id=request.id, index=request.index, conversation=request.conversation,
+         turn=request.turn, pass_no=pass_no, client=client, latency_s=round(latency, 6),
+         queue_s=round(max(0.0, latency - served.service_s), 6),
+         ttft_s=round(served.ttft_s + latency - served.service_s, 6),
+         prompt_tokens=served.prompt_tokens, reused_tokens=served.reused_tokens,
+         generated=served.generated, cache_hit=served.cache_hit,
+         reuse_source=served.reuse_source, reload=served.reload,
+         dropped_turns=served.dropped_turns, cache_s=round(served.cache_s, 6),
+         rss_bytes=emit.rss())
+
+
+def run_pass(backend: Backend, emit: Emitter, requests: list[Request], n_tokens: int,
+             pass_no: int, clients: int) -> None:
+    """One pass over the workload: in order, or from `clients` threads at once."""
+    if clients <= 1:
+        for request in requests:
+            serve(backend, emit, request, n_tokens, pass_no, 0, time.perf_counter())
+        return
+    work: queue.Queue[Request] = queue.Queue()
+    for request in requests:
+        work.put(request)
+    errors: list[BaseException] = []
+
+    def client(number: int) -> None:
+        try:
+            while True:
+                try:
+                    request = work.get_nowait()
+                except queue.Empty:
+                    return
+                serve(backend, emit, request, n_tokens, pass_no, number, time.perf_counter())
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def thread_probe(backend: Backend, emit: Emitter, request: Request, n_tokens: int,
+                 physical: int) -> None:
+    """Time one request with the configured threads and with one per physical core."""
+    timings: dict[int, list[float]] = {backend.settings.n_threads: [], physical: []}
+    for _ in range(PROBE_REPEATS):
+        for threads in timings:
+            backend.set_threads(threads)
+            backend.llm.reset()
+            started = time.perf_counter()
+            backend.complete(request, n_tokens)
+            timings[threads].append(time.perf_counter() - started)
+    backend.set_threads(backend.settings.n_threads)
+    emit("thread_probe", configured_threads=backend.settings.n_threads,
+         configured_s=min(timings[backend.settings.n_threads]),
+         physical_threads=physical, physical_s=min(timings[physical]))
+
+
+def run(spec: dict, emit: Emitter) -> int:
+    settings = Settings.from_dict(spec["settings"])
+    requests = requests_from_dicts(spec["requests"])
+    n_tokens = int(spec["tokens_per_request"])
+    try:
+        backend = Backend(spec["model_path"], settings)
+    except Exception as err:  # noqa: BLE001 - any load failure is reported, not raised
+        emit("load_failed", error=f"{type(err).__name__}: {err}")
+        return 3
+    emit("loaded", load_s=round(backend.load_s, 6), n_ctx=backend.n_ctx, rss_bytes=emit.rss())
+    warm = Request(-1, "warmup", "warmup", 1, WARMUP_PROMPT)
+    started = time.perf_counter()
+    backend.complete(warm, min(4, n_tokens))
+    emit("warmup", latency_s=round(time.perf_counter() - started, 6))
+    backend.forget()
+    for pass_no in range(int(spec.get("passes", 1))):
+        run_pass(backend, emit, requests, n_tokens, pass_no, int(spec.get("clients", 1)))
+        emit("pass_end", pass_no=pass_no, rss_bytes=emit.rss())
+    physical = spec.get("probe_threads")
+    if physical and physical != settings.n_threads:
+        thread_probe(backend, emit, warm, n_tokens, int(physical))
+    emit("done")
+    return 0
+
+
+def main() -> None:
+    # The protocol owns the real stdout; anything else printed (llama.cpp included) goes
+    # to stderr, where the parent keeps its tail for the failure report.
+    protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    spec = json.loads(sys.stdin.readline())
+    threading.Thread(target=exit_when_parent_leaves, args=(sys.stdin,), daemon=True).start()
+    code = run(spec, Emitter(protocol, time.perf_counter()))
+    protocol.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip interpreter teardown, which would close stdin and wake the watcher
+
+
+if __name__ == "__main__":
+    main()
