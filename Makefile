@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/autotune bench "$(DEMO_MODEL)" --iterations 2
+	$(BIN)/autotune "$(DEMO_MODEL)" --trials 10 --studies-dir $(DEMO_DIR) --out jarvis.env --force
+	cat jarvis.env
 
 test: install
 	$(BIN)/python -m pytest

@@ -1,6 +1,13 @@
 """autotune: measure, don't guess, the latency settings of a local GGUF assistant backend."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from autotune.errors import AutotuneError
 from autotune.settings import Settings
 
-__all__ = ["AutotuneError", "Settings"]
+try:
+    __version__ = version("autotune")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = ["AutotuneError", "Settings", "__version__"]

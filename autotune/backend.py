@@ -116,7 +116,7 @@ class Backend:
         self.template = self._chat_template()
         self.banned = self._end_of_generation_tokens()
 
-    def _chat_template(self):  # noqa: ANN202 - a Jinja2ChatFormatter
+    def _chat_template(self):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         meta = self.llm.metadata

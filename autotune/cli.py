@@ -10,12 +10,21 @@ from contextlib import contextmanager
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from autotune import bench as bench_lib
 from autotune.errors import AutotuneError
-from autotune.report import print_bench
+from autotune.report import print_bench, print_tune
+from autotune.scoring import Weights
 from autotune.settings import Settings, load_env_file
+from autotune.space import parse_fixes
 from autotune.workload import load_workload
 
 err_console = Console(stderr=True)
@@ -49,7 +58,7 @@ def user_errors(command: Callable) -> Callable:
 
 
 @contextmanager
-def progress_bar(description: str, total: int):  # noqa: ANN201 - yields an advance callback
+def progress_bar(description: str, total: int):
     """A progress bar on stderr when it is a terminal; a no-op callback otherwise."""
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, transient=True,
@@ -120,6 +129,123 @@ def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, c
         print_bench(Console(), report)
     if report["status"] != "ok":
         raise click.exceptions.Exit(1)
+
+
+def storage_options(command: Callable) -> Callable:
+    """--studies-dir and --storage, the same on every command that reads or writes studies."""
+    command = click.option("--storage", metavar="URL",
+                           help="Any Optuna storage URL (sqlite:///x.db, postgresql://...) or "
+                                "a journal file path, instead of --studies-dir.")(command)
+    return click.option("--studies-dir", metavar="DIR",
+                        help="Folder of the embedded study journal  [default: studies]")(command)
+
+
+def print_event(progress: Progress, task: int, kind: str, data: dict) -> None:
+    """One line per finished trial or confirmation run, and the bar moved on."""
+    log = progress.console.print
+    if kind == "start":
+        verb = "resuming" if data["resumed"] else "starting"
+        log(f"{verb} study {data['study']} in {data['storage']}")
+        for note in data["notes"]:
+            log(f"  note: {note}")
+    elif kind == "trial":
+        value = f"score {data['value']:.3f} s" if data["value"] is not None else (
+            f"{data['status'] or data['state'].lower()}: {data['reason']}")
+        label = f" [{data['label']}]" if data["label"] else ""
+        best = f"{data['best']:.3f} s" if data["best"] is not None else "-"
+        params = ", ".join(f"{k}={v}" for k, v in data["params"].items())
+        log(f"trial {data['number']}{label}: {value} ({params})")
+        progress.update(task, completed=data["done"],
+                        description=f"trial {data['done']}/{data['total']}, best {best}")
+    elif kind == "confirm":
+        if data["done"] == 1:
+            progress.update(task, completed=0, total=data["total"])
+        value = f"{data['value']:.3f} s" if data["value"] is not None else data["status"]
+        log(f"confirm {data['done']}/{data['total']}: {data['label']}: {value}")
+        progress.update(task, completed=data["done"],
+                        description=f"confirming {data['done']}/{data['total']}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--trials", default=12, show_default=True, type=click.IntRange(1),
+              help="Trials to run now (a resumed study adds these to those it has).")
+@click.option("--timeout", type=click.FloatRange(1), default=None,
+              help="Wall-clock budget for the search, seconds (confirmation comes after).")
+@click.option("--seed", type=int, default=None, help="Seed of the sampler and of the "
+              "confirmation order, for a reproducible search.")
+@click.option("--workload", "workload_file", metavar="FILE",
+              help="Conversations as JSONL (default: the built-in assistant workload).")
+@click.option("--tokens", default=bench_lib.DEFAULT_TOKENS, show_default=True,
+              type=click.IntRange(1), help="Tokens generated per request.")
+@click.option("--concurrent", is_flag=True, help="Measure with several clients at once.")
+@click.option("--clients", default=bench_lib.DEFAULT_CLIENTS, show_default=True,
+              type=click.IntRange(1), help="Client threads with --concurrent.")
+@click.option("--extended", is_flag=True,
+              help="Also search n_batch, n_ubatch, flash attention and the f16 KV cache.")
+@click.option("--fix", "fixes", multiple=True, metavar="NAME=VALUE",
+              help="Pin a setting instead of searching it, e.g. --fix n_threads=4 (repeatable).")
+@click.option("--finalists", default=3, show_default=True, type=click.IntRange(1),
+              help="Best trials re-measured against the guide's defaults.")
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(1),
+              help="Interleaved confirmation rounds.")
+@click.option("--spike-weight", default=Weights.spike_weight, show_default=True,
+              type=click.FloatRange(0), help="Score weight of spike excess latency.")
+@click.option("--spike-factor", default=Weights.spike_factor, show_default=True,
+              type=click.FloatRange(1), help="A request over this many medians is a spike.")
+@click.option("--cv-weight", default=Weights.cv_weight, show_default=True,
+              type=click.FloatRange(0), help="Score weight of std/mean above 0.5.")
+@click.option("--trial-timeout", default=300.0, show_default=True, type=click.FloatRange(1),
+              help="Wall-clock limit of one trial, seconds.")
+@click.option("--study-name", help="Study to create or resume  [default: MODEL@HOST]")
+@storage_options
+@click.option("--out", default="jarvis.env", show_default=True, metavar="FILE",
+              help="Where to write the export script.")
+@click.option("--format", "fmt", type=click.Choice(["shell", "dotenv"]), default="shell",
+              show_default=True, help="shell: export NAME='value'; dotenv: NAME=value.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary instead of tables.")
+@user_errors
+def tune(model: str, trials: int, timeout: float | None, seed: int | None,
+         workload_file: str | None, tokens: int, concurrent: bool, clients: int,
+         extended: bool, fixes: tuple[str, ...], finalists: int, rounds: int,
+         spike_weight: float, spike_factor: float, cv_weight: float, trial_timeout: float,
+         study_name: str | None, studies_dir: str | None, storage: str | None, out: str,
+         fmt: str, force: bool, as_json: bool) -> None:
+    """Find the fastest steady JARVIS_* settings for MODEL on this machine.
+
+    Runs an Optuna study (each candidate a latency trial in its own process), re-measures
+    the best few against the guide's defaults, and writes the winner to --out as a
+    script to source. Running the same command again resumes the study.
+    """
+    import optuna
+
+    from autotune.tune import TuneOptions
+    from autotune.tune import tune as tune_lib
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines report each trial
+
+    if studies_dir and storage:
+        raise AutotuneError("pass --studies-dir or --storage, not both")
+    options = TuneOptions(
+        trials=trials, timeout_s=timeout, seed=seed, workload=load_workload(workload_file),
+        tokens_per_request=tokens, clients=clients if concurrent else 1, extended=extended,
+        fixed=parse_fixes(fixes), finalists=finalists, rounds=rounds,
+        weights=Weights(spike_weight=spike_weight, spike_factor=spike_factor,
+                        cv_weight=cv_weight),
+        trial_timeout_s=trial_timeout, study_name=study_name, studies_dir=studies_dir,
+        storage=storage, out=out, fmt=fmt, force=force)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                        transient=True)
+    with progress:
+        task = progress.add_task(f"trial 0/{trials}", total=trials)
+        summary = tune_lib(model, options,
+                           on_event=lambda kind, data: print_event(progress, task, kind, data))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        print_tune(Console(), summary)
 
 
 def main() -> None:

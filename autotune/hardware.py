@@ -80,7 +80,7 @@ def nvml_ready() -> bool:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver, no library, no device: all mean "no GPU"
+    except Exception:
         return False
     return True
 
@@ -133,7 +133,7 @@ def gpu_offload_supported() -> bool:
         import llama_cpp
 
         return bool(llama_cpp.llama_supports_gpu_offload())
-    except Exception:  # noqa: BLE001 - an unloadable library offloads nothing
+    except Exception:
         return False
 
 
@@ -142,5 +142,5 @@ def llama_cpp_version() -> str:
         from importlib.metadata import version
 
         return version("llama_cpp_python")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "unknown"

@@ -38,6 +38,7 @@ class ModelInfo:
     size_bytes: int
     quantization: str
     fingerprint: str
+    n_params: int
     chat_template: str | None
 
     @property
@@ -106,11 +107,12 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
         size_bytes=size,
         quantization=quantization(reader, fields),
         fingerprint=fingerprint(file, size),
+        n_params=sum(int(t.n_elements) for t in reader.tensors),
         chat_template=fields.get("tokenizer.chat_template"),  # type: ignore[arg-type]
     )
 
 
-def open_reader(file: Path):  # noqa: ANN201 - gguf.GGUFReader
+def open_reader(file: Path):
     from gguf import GGUFReader
 
     try:
@@ -121,15 +123,15 @@ def open_reader(file: Path):  # noqa: ANN201 - gguf.GGUFReader
                             ) from None
 
 
-def field_value(field):  # noqa: ANN001, ANN201 - gguf.ReaderField
+def field_value(field):
     """A reader field as a plain Python value (str, number, or list)."""
     try:
         return field.contents()
-    except Exception:  # noqa: BLE001 - older gguf releases lack contents()
+    except Exception:
         return None
 
 
-def quantization(reader, fields: dict) -> str:  # noqa: ANN001
+def quantization(reader, fields: dict) -> str:
     """The file type named in the header, else the most common tensor type by bytes."""
     from gguf import GGMLQuantizationType, LlamaFileType
 

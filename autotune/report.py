@@ -109,3 +109,24 @@ def print_bench(console: Console, report: dict) -> None:
         console.print(f"Per pass: {drift} (drift {report['pass_drift']:+.1%})")
     console.print(targets_table({"measured": report}))
     print_findings(console, report["findings"])
+
+
+def print_tune(console: Console, summary: dict) -> None:
+    """The defaults against the winner, metric by metric, then the guide's targets."""
+    columns = {"guide defaults": summary["baseline"]["stats"] or {},
+               f"winner ({summary['winner']['label']})": summary["winner"]["stats"] or {}}
+    console.print(metrics_table(columns, title=f"Study {summary['study_name']}: "
+                                f"{summary['n_trials']} trials"))
+    console.print(targets_table(columns))
+    improvement = summary["improvement"]
+    if improvement:
+        console.print(f"Mean latency: [bold]{improvement['speedup']:.2f}x[/] lower than the "
+                      f"guide's defaults (range {improvement['speedup_min']:.2f}x-"
+                      f"{improvement['speedup_max']:.2f}x over {improvement['rounds']} "
+                      "interleaved rounds).")
+    best = " ".join(f"{k}={v}" for k, v in summary["best"].items())
+    console.print(f"Best: {best}")
+    for note in summary["notes"]:
+        console.print(f"Note: {note}")
+    if summary["out"]:
+        console.print(f"Wrote {summary['out']}: run `. {summary['out']}` and restart Jarvis.")

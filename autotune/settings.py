@@ -170,7 +170,8 @@ def load_env_file(path: str | os.PathLike[str]) -> Settings:
 
     file = Path(path)
     if not file.is_file():
-        raise AutotuneError(f"settings file {file}: not found (pass an existing .env or export file)")
+        raise AutotuneError(
+            f"settings file {file}: not found (pass an existing .env or export file)")
     try:
         values = dotenv_values(file)
     except (OSError, UnicodeDecodeError) as err:

@@ -130,7 +130,7 @@ class ResourceSampler(threading.Thread):
             return
 
 
-def read_lines(stream, sink: queue.Queue) -> None:  # noqa: ANN001 - a text pipe
+def read_lines(stream, sink: queue.Queue) -> None:
     for line in stream:
         sink.put(line)
     sink.put(None)

@@ -80,7 +80,8 @@ BUILTIN_CONVERSATIONS: tuple[dict, ...] = (
         {"user": "My Python script reads a big CSV file and runs out of memory. Ideas?",
          "assistant": "Read it in chunks instead of all at once: pandas read_csv accepts a "
                       "chunksize argument that returns an iterator of smaller frames. Process "
-                      "each chunk, keep only the aggregates you need, and combine them at the end."},
+                      "each chunk, keep only the aggregates you need, and combine them "
+                      "at the end."},
         {"user": "I also only need three of the forty columns.",
          "assistant": "Then pass usecols with those three column names. Pandas will skip the "
                       "other columns while parsing, which saves both memory and time, and you "
@@ -101,7 +102,8 @@ BUILTIN_CONVERSATIONS: tuple[dict, ...] = (
         {"user": "My boss moved the deadline to Wednesday.",
          "assistant": "Then move the writing earlier. Monday: outline and start writing. "
                       "Tuesday: finish the draft before the dentist. Wednesday morning: review "
-                      "and submit, then gym. Keep the other two gym sessions on Thursday and Friday."},
+                      "and submit, then gym. Keep the other two gym sessions on Thursday "
+                      "and Friday."},
         {"user": "Can I fit a haircut in somewhere?",
          "assistant": "Thursday afternoon is free now that the report is done, so book the "
                       "haircut after your gym session that day."},

@@ -1,0 +1,159 @@
+"""The search space, built from the model and the machine; the guide's advice as baselines.
+
+Core space: n_threads 1..logical cores; n_gpu_layers -1..layers+1 only when the build
+offloads and a GPU is present (else fixed at 0, and said so); the context window as
+powers of two from 512 to the model's trained context, capped so that the model and its
+f16 KV cache fit in half the available memory; the context cache on/off, and its size
+only when on. `extended` adds n_batch, n_ubatch, flash attention and the f16 KV cache.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import optuna
+
+from autotune.errors import AutotuneError
+from autotune.hardware import Hardware
+from autotune.model import ModelInfo
+from autotune.settings import (
+    BY_FIELD,
+    BY_NAME,
+    CORE_FIELDS,
+    EXTENDED_FIELDS,
+    Settings,
+    format_value,
+    parse,
+)
+
+MIN_CONTEXT = 512
+MEMORY_SHARE = 0.5
+CACHE_SIZE_RANGE = (1, 128)
+BATCH_CHOICES = (128, 256, 512, 1024, 2048)
+UBATCH_CHOICES = (64, 128, 256, 512)
+SMALL_MODEL_PARAMS = 7e9
+LARGE_MODEL_PARAMS = 13e9
+
+BASELINE_LABEL = "guide defaults"
+# The optimisation guide's defaults: what most users run, and what every winner must beat.
+GUIDE_DEFAULTS = {"context_window": 4096, "n_threads": 8, "n_gpu_layers": -1,
+                  "enable_context_cache": True, "max_cache_size": 100}
+
+
+@dataclass
+class SearchSpace:
+    """What the sampler may choose, what is pinned, and why."""
+
+    n_threads: tuple[int, int]
+    context_choices: tuple[int, ...]
+    gpu_layers: tuple[int, int] | None
+    extended: bool
+    fixed: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tuned_fields(self) -> tuple[str, ...]:
+        """The settings the export script writes: the core five, and the extended four."""
+        return CORE_FIELDS + (EXTENDED_FIELDS if self.extended else ())
+
+    def suggest(self, trial: optuna.Trial) -> Settings:
+        """Sample one configuration; pinned values are used as they are."""
+        with warnings.catch_warnings():
+            # The guide's baselines may sit outside the ranges (8 threads on 2 cores):
+            # Optuna warns and runs them as given, which is what a baseline is for.
+            warnings.filterwarnings("ignore", message="Fixed parameter")
+            values = dict(self.fixed)
+
+            def pick(name: str, sample: Callable[[], object]) -> None:
+                if name not in values:
+                    values[name] = sample()
+
+            pick("n_threads", lambda: trial.suggest_int("n_threads", *self.n_threads))
+            pick("context_window",
+                 lambda: trial.suggest_categorical("context_window", self.context_choices))
+            if self.gpu_layers is not None:
+                pick("n_gpu_layers", lambda: trial.suggest_int("n_gpu_layers", *self.gpu_layers))
+            pick("enable_context_cache",
+                 lambda: trial.suggest_categorical("enable_context_cache", (True, False)))
+            if values["enable_context_cache"]:
+                pick("max_cache_size", lambda: trial.suggest_int(
+                    "max_cache_size", *CACHE_SIZE_RANGE, log=True))
+            if self.extended:
+                pick("n_batch", lambda: trial.suggest_categorical("n_batch", BATCH_CHOICES))
+                pick("n_ubatch", lambda: trial.suggest_categorical("n_ubatch", UBATCH_CHOICES))
+                pick("flash_attn", lambda: trial.suggest_categorical("flash_attn", (True, False)))
+                pick("f16_kv", lambda: trial.suggest_categorical("f16_kv", (True, False)))
+        return Settings(**values)
+
+    def describe(self) -> dict[str, object]:
+        return {"n_threads": list(self.n_threads), "context_window": list(self.context_choices),
+                "n_gpu_layers": list(self.gpu_layers) if self.gpu_layers else None,
+                "max_cache_size": list(CACHE_SIZE_RANGE), "extended": self.extended,
+                "fixed": {k: v for k, v in self.fixed.items()}, "notes": list(self.notes)}
+
+    def baselines(self, model: ModelInfo, machine: Hardware) -> list[tuple[str, dict]]:
+        """The guide's defaults and its model-size advice, as parameter sets to enqueue."""
+        largest = self.context_choices[-1]
+        defaults = dict(GUIDE_DEFAULTS, context_window=min(4096, largest))
+        if model.n_params < SMALL_MODEL_PARAMS:
+            advice = {"context_window": min(8192, largest),
+                      "n_threads": machine.logical_cores, "n_gpu_layers": -1}
+        elif model.n_params > LARGE_MODEL_PARAMS:
+            advice = {"context_window": min(2048, largest),
+                      "n_threads": machine.physical_cores,
+                      "n_gpu_layers": (model.n_layers + 1) // 2}
+        else:
+            advice = {"context_window": min(4096, largest),
+                      "n_threads": machine.physical_cores, "n_gpu_layers": -1}
+        advice.update(enable_context_cache=True, max_cache_size=100)
+        return [(BASELINE_LABEL, self._searched(defaults)),
+                ("guide model-size advice", self._searched(advice))]
+
+    def _searched(self, params: dict) -> dict:
+        drop = set(self.fixed) | ({"n_gpu_layers"} if self.gpu_layers is None else set())
+        return {k: v for k, v in params.items() if k not in drop}
+
+
+def context_choices(model: ModelInfo, machine: Hardware) -> tuple[int, ...]:
+    budget = MEMORY_SHARE * machine.available_memory_bytes - model.size_bytes
+    choices = []
+    n_ctx = MIN_CONTEXT
+    while n_ctx <= max(MIN_CONTEXT, model.context_length):
+        if choices and n_ctx * model.kv_bytes_per_token > budget:
+            break
+        choices.append(n_ctx)
+        n_ctx *= 2
+    return tuple(choices)
+
+
+def parse_fixes(fixes: list[str] | tuple[str, ...]) -> dict[str, object]:
+    """`--fix NAME=VALUE` pins: NAME is a setting (n_threads) or its variable (JARVIS_N_THREADS)."""
+    pinned: dict[str, object] = {}
+    for text in fixes:
+        name, sep, raw = text.partition("=")
+        name = name.strip()
+        var = BY_NAME.get(name.upper()) or BY_FIELD.get(name.lower())
+        if not sep or var is None:
+            raise AutotuneError(f"--fix {text!r}: expected NAME=VALUE with NAME a JARVIS_* "
+                                "setting, e.g. --fix n_threads=4")
+        pinned[var.field] = parse(var, raw, "--fix")
+    return pinned
+
+
+def build_space(model: ModelInfo, machine: Hardware, extended: bool = False,
+                fixed: dict[str, object] | None = None) -> SearchSpace:
+    fixed = dict(fixed or {})
+    notes = [f"{name} pinned at {format_value(value)}" for name, value in fixed.items()]
+    gpu_layers = None
+    if machine.can_offload:
+        gpu_layers = (-1, model.n_layers + 1)
+    elif "n_gpu_layers" not in fixed:
+        fixed["n_gpu_layers"] = 0
+        why = ("this llama-cpp-python build has no GPU offload" if not machine.gpu_offload
+               else "no GPU was found")
+        notes.append(f"n_gpu_layers fixed at 0: {why}")
+    return SearchSpace(n_threads=(1, machine.logical_cores),
+                       context_choices=context_choices(model, machine),
+                       gpu_layers=gpu_layers, extended=extended, fixed=fixed, notes=notes)

@@ -1,0 +1,83 @@
+"""Shared fixtures: the real demo model, a tiny workload, broken model files, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from autotune.model import demo_model_path
+from autotune.workload import Workload, load_workload
+
+AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
+CLI_TIMEOUT_S = 300
+
+TINY_CONVERSATIONS = (
+    {"id": "fruit", "system": "You are brief.", "turns": [
+        {"user": "Name a fruit.", "assistant": "Apple."},
+        {"user": "Another one?"}]},
+    {"id": "colour", "system": "You are brief.", "turns": [
+        {"user": "Name a colour.", "assistant": "Blue."},
+        {"user": "Another one?"}]},
+)
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 (98 MB), the real model every measured test runs."""
+    return demo_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_workload_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 conversations x 2 turns as JSONL: 4 requests, the follow-ups interleaved."""
+    path = tmp_path_factory.mktemp("workload") / "tiny.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in TINY_CONVERSATIONS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_workload(tiny_workload_file: Path) -> Workload:
+    return load_workload(tiny_workload_file)
+
+
+@pytest.fixture(scope="session")
+def truncated_model(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first half of the real model: a valid header whose tensor data is cut off."""
+    path = tmp_path_factory.mktemp("models") / "truncated.gguf"
+    data = model_path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The process environment without any JARVIS_* variable, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the installed `autotune` script as a user would, with only the given JARVIS_*."""
+
+    def run(*args: str, cwd: Path, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [AUTOTUNE, *args], cwd=cwd, env=clean_env(**(env or {})), capture_output=True,
+            text=True, timeout=CLI_TIMEOUT_S, check=False)
+
+    return run
+
+
+@pytest.fixture
+def empty_cwd(tmp_path: Path) -> Path:
+    """A working directory that a failing command must leave empty."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return cwd

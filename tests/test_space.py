@@ -1,0 +1,128 @@
+"""The search space from the model and the machine; pins; the guide's baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune.errors import AutotuneError
+from autotune.hardware import Gpu, Hardware, detect
+from autotune.model import ModelInfo, inspect_model
+from autotune.space import GUIDE_DEFAULTS, build_space, context_choices, parse_fixes
+
+
+@pytest.fixture(scope="module")
+def model(model_path: Path) -> ModelInfo:
+    return inspect_model(model_path)
+
+
+def machine(**changes: object) -> Hardware:
+    base = Hardware(host="box", system="Linux", machine="x86_64", cpu="cpu", physical_cores=2,
+                    logical_cores=4, total_memory_bytes=16 * 2**30,
+                    available_memory_bytes=12 * 2**30, gpus=(), gpu_offload=False,
+                    llama_cpp_version="0.3.36")
+    return dataclasses.replace(base, **changes)
+
+
+def sample(space, params: dict | None = None):  # noqa: ANN001, ANN201
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    if params:
+        study.enqueue_trial(params)
+    trial = study.ask()
+    return trial, space.suggest(trial)
+
+
+def test_cpu_build_fixes_gpu_layers_at_zero_and_says_why(model: ModelInfo) -> None:
+    space = build_space(model, machine())
+    assert space.fixed["n_gpu_layers"] == 0
+    assert any("no GPU offload" in note for note in space.notes)
+    trial, settings = sample(space)
+    assert "n_gpu_layers" not in trial.params
+    assert settings.n_gpu_layers == 0
+
+
+def test_offload_build_with_gpu_searches_layers_from_minus_one_to_layers_plus_one(
+        model: ModelInfo) -> None:
+    gpu = Gpu(0, "test gpu", 8 * 2**30, 7 * 2**30)
+    space = build_space(model, machine(gpus=(gpu,), gpu_offload=True))
+    assert space.gpu_layers == (-1, model.n_layers + 1)
+    trial, settings = sample(space)
+    assert -1 <= trial.params["n_gpu_layers"] <= model.n_layers + 1
+
+
+def test_offload_build_without_gpu_still_fixes_layers(model: ModelInfo) -> None:
+    space = build_space(model, machine(gpu_offload=True))
+    assert space.fixed["n_gpu_layers"] == 0
+    assert any("no GPU was found" in note for note in space.notes)
+
+
+def test_threads_range_is_one_to_logical_cores(model: ModelInfo) -> None:
+    space = build_space(model, machine(logical_cores=6))
+    assert space.n_threads == (1, 6)
+
+
+def test_context_is_powers_of_two_up_to_trained_context(model: ModelInfo) -> None:
+    assert context_choices(model, machine()) == (512, 1024, 2048, 4096, 8192)
+
+
+def test_context_is_capped_by_memory(model: ModelInfo) -> None:
+    tight = machine(available_memory_bytes=2 * (model.size_bytes + 1024 * model.kv_bytes_per_token))
+    assert context_choices(model, tight) == (512, 1024)
+
+
+def test_cache_size_is_searched_only_when_the_cache_is_on(model: ModelInfo) -> None:
+    space = build_space(model, machine())
+    off_trial, off = sample(space, {"enable_context_cache": False})
+    assert "max_cache_size" not in off_trial.params and not off.enable_context_cache
+    on_trial, on = sample(space, {"enable_context_cache": True})
+    assert 1 <= on_trial.params["max_cache_size"] <= 128
+
+
+def test_extended_space_adds_batch_and_attention_knobs(model: ModelInfo) -> None:
+    trial, _ = sample(build_space(model, machine(), extended=True))
+    assert {"n_batch", "n_ubatch", "flash_attn", "f16_kv"} <= set(trial.params)
+    core_trial, _ = sample(build_space(model, machine()))
+    assert not {"n_batch", "flash_attn"} & set(core_trial.params)
+
+
+def test_fix_pins_a_setting_by_field_or_variable_name(model: ModelInfo) -> None:
+    pinned = parse_fixes(["n_threads=3", "JARVIS_ENABLE_CONTEXT_CACHE=off"])
+    assert pinned == {"n_threads": 3, "enable_context_cache": False}
+    space = build_space(model, machine(), fixed=pinned)
+    trial, settings = sample(space)
+    assert settings.n_threads == 3 and not settings.enable_context_cache
+    assert "n_threads" not in trial.params
+    assert "n_threads pinned at 3" in space.notes
+
+
+@pytest.mark.parametrize("text", ["n_threads", "nonsense=3", "n_threads=abc", "=4"])
+def test_bad_fix_is_one_clear_error(text: str) -> None:
+    with pytest.raises(AutotuneError) as err:
+        parse_fixes([text])
+    assert "\n" not in str(err.value)
+
+
+def test_baselines_are_the_guide_defaults_and_its_size_advice(model: ModelInfo) -> None:
+    space = build_space(model, machine())
+    (label_a, defaults), (label_b, advice) = space.baselines(model, machine())
+    assert label_a == "guide defaults"
+    assert defaults == {k: v for k, v in GUIDE_DEFAULTS.items() if k != "n_gpu_layers"}
+    assert label_b == "guide model-size advice"
+    # a 135M model is "small": larger context, more threads
+    assert advice["context_window"] == 8192 and advice["n_threads"] == 4
+
+
+def test_guide_defaults_run_as_given_even_outside_the_thread_range(model: ModelInfo) -> None:
+    space = build_space(model, machine(logical_cores=2))
+    _, settings = sample(space, space.baselines(model, machine(logical_cores=2))[0][1])
+    assert settings.n_threads == 8 and settings.context_window == 4096
+
+
+def test_real_machine_space_is_built_without_error(model: ModelInfo) -> None:
+    here = detect()
+    space = build_space(model, here)
+    assert space.n_threads == (1, here.logical_cores)
+    assert space.context_choices[0] == 512

@@ -1,0 +1,206 @@
+"""`autotune MODEL`: a real (short) study on the real model, resumed, killed, exported."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+
+from autotune.settings import CORE_FIELDS
+from autotune.storage import open_storage
+from autotune.study import FAILED_SCORE_S
+from conftest import AUTOTUNE, clean_env
+
+QUICK = ("--tokens", "4", "--rounds", "1", "--finalists", "1", "--seed", "0", "--json")
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def study_trials(studies: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(studies)
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+
+
+@pytest.fixture(scope="module")
+def first_run(model_path: Path, tiny_workload_file: Path,
+              tmp_path_factory: pytest.TempPathFactory, run_cli: Run
+              ) -> tuple[Path, dict, subprocess.CompletedProcess[str]]:
+    folder = tmp_path_factory.mktemp("tune")
+    done = run_cli(str(model_path), "--trials", "4", "--studies-dir", str(folder / "studies"),
+                   "--out", str(folder / "jarvis.env"), "--workload", str(tiny_workload_file),
+                   *QUICK, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    return folder, json.loads(done.stdout), done
+
+
+def test_summary_names_the_study_its_winner_and_the_improvement(first_run) -> None:  # noqa: ANN001
+    _, summary, _ = first_run
+    assert summary["n_trials"] == 4
+    assert summary["study_name"].startswith("SmolLM2-135M-Instruct.Q4_1@")
+    assert set(summary["best"]) == {f"JARVIS_{n}" for n in (
+        "MODEL_CONTEXT_WINDOW", "N_THREADS", "N_GPU_LAYERS", "ENABLE_CONTEXT_CACHE",
+        "MAX_CACHE_SIZE")}
+    assert summary["baseline"]["settings"]["JARVIS_N_THREADS"] == "8"
+    assert summary["improvement"]["speedup"] > 0
+    assert summary["baseline"]["stats"]["mean_s"] > 0
+
+
+def test_winner_uses_no_more_threads_than_the_machine_has(first_run) -> None:  # noqa: ANN001
+    _, summary, _ = first_run
+    assert int(summary["best"]["JARVIS_N_THREADS"]) <= psutil.cpu_count(logical=True)
+
+
+def test_export_file_sources_into_the_five_core_variables(first_run) -> None:  # noqa: ANN001
+    folder, summary, _ = first_run
+    env = subprocess.run(["sh", "-c", f". {folder / 'jarvis.env'}; env"], capture_output=True,
+                         text=True, check=True, env={}).stdout.splitlines()
+    jarvis = dict(line.split("=", 1) for line in env if line.startswith("JARVIS_"))
+    assert jarvis == summary["best"]
+    assert len(jarvis) == len(CORE_FIELDS)
+
+
+def test_every_trial_records_its_score_parts_and_measurements(first_run) -> None:  # noqa: ANN001
+    folder, _, _ = first_run
+    trials = study_trials(folder / "studies")
+    labels = [t.user_attrs.get("label") for t in trials[:2]]
+    assert labels == ["guide defaults", "guide model-size advice"]
+    for trial in trials:
+        assert trial.user_attrs["status"] in ("ok", "pruned")
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            parts = trial.user_attrs["score"]
+            assert trial.value == pytest.approx(parts["total_s"])
+            assert parts["total_s"] == pytest.approx(
+                parts["mean_s"] + parts["spike_penalty_s"] + parts["consistency_penalty_s"])
+            assert len(trial.user_attrs["latencies"]) == 4
+            assert trial.constraints == {"failed": 0.0}
+
+
+def test_study_records_model_versions_hardware_and_workload(first_run) -> None:  # noqa: ANN001
+    folder, _, _ = first_run
+    storage = open_storage(folder / "studies")
+    (summary,) = optuna.get_all_study_summaries(storage)
+    attrs = summary.user_attrs
+    assert attrs["model"]["architecture"] == "llama" and attrs["model"]["fingerprint"]
+    assert attrs["versions"]["llama_cpp_python"] == "0.3.36"
+    assert attrs["versions"]["autotune"]
+    assert attrs["hardware"]["logical_cores"] == psutil.cpu_count(logical=True)
+    assert attrs["measurement"]["workload"] == "tiny"
+    assert attrs["measurement"]["requests"] == 4
+    assert attrs["winner"]["settings"]
+
+
+def test_existing_out_file_stops_the_run_before_any_work(first_run, model_path: Path,
+                                                         run_cli: Run) -> None:  # noqa: ANN001
+    folder, _, _ = first_run
+    before = (folder / "jarvis.env").read_text()
+    started = time.monotonic()
+    done = run_cli(str(model_path), "--trials", "1", "--studies-dir", str(folder / "studies"),
+                   "--out", str(folder / "jarvis.env"), cwd=folder)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "--force" in done.stderr
+    assert time.monotonic() - started < 30
+    assert (folder / "jarvis.env").read_text() == before
+    assert len(study_trials(folder / "studies")) == 4
+
+
+def test_same_command_again_resumes_the_study(first_run, model_path: Path,  # noqa: ANN001
+                                              tiny_workload_file: Path, run_cli: Run) -> None:
+    folder, summary, _ = first_run
+    before = {t.number: t.user_attrs.get("latencies") for t in study_trials(folder / "studies")}
+    done = run_cli(str(model_path), "--trials", "2", "--studies-dir", str(folder / "studies"),
+                   "--out", str(folder / "jarvis.env"), "--force",
+                   "--workload", str(tiny_workload_file), *QUICK, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    again = json.loads(done.stdout)
+    assert again["study_name"] == summary["study_name"]
+    assert again["n_trials"] == 6
+    after = {t.number: t.user_attrs.get("latencies") for t in study_trials(folder / "studies")}
+    assert {n: after[n] for n in before} == before
+
+
+def test_a_different_workload_will_not_resume_the_study(first_run, model_path: Path,  # noqa: ANN001
+                                                        run_cli: Run) -> None:
+    folder, _, _ = first_run
+    done = run_cli(str(model_path), "--trials", "1", "--studies-dir", str(folder / "studies"),
+                   "--out", str(folder / "other.env"), cwd=folder)
+    assert done.returncode == 2
+    assert "--study-name" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_failed_trials_inform_the_sampler_and_never_stop_the_study(
+        model_path: Path, tiny_workload_file: Path, tmp_path: Path, run_cli: Run) -> None:
+    done = run_cli(str(model_path), "--trials", "3", "--trial-timeout", "1",
+                   "--studies-dir", str(tmp_path / "studies"), "--out", str(tmp_path / "j.env"),
+                   "--workload", str(tiny_workload_file), *QUICK, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "no trial finished" in done.stderr
+    trials = study_trials(tmp_path / "studies")
+    assert len(trials) == 3
+    for trial in trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.user_attrs["status"] == "timed_out"
+        assert trial.value == FAILED_SCORE_S
+        assert trial.constraints == {"failed": 1.0}
+    assert not (tmp_path / "j.env").exists()
+
+
+def workers_of(pid: int) -> list[psutil.Process]:
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        try:
+            if "autotune.worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # exited (or a zombie) between listing and reading
+            continue
+    return found
+
+
+def test_sigkill_mid_study_leaves_no_worker_and_loses_no_trial(
+        model_path: Path, tiny_workload_file: Path, tmp_path: Path, run_cli: Run) -> None:
+    studies = tmp_path / "studies"
+    args = [AUTOTUNE, str(model_path), "--trials", "40", "--studies-dir", str(studies),
+            "--out", str(tmp_path / "j.env"), "--workload", str(tiny_workload_file), *QUICK]
+    tuner = subprocess.Popen(args, cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        finished: list[int] = []
+        worker: list[psutil.Process] = []
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if (studies / "autotune.journal").exists():
+                finished = [t.number for t in study_trials(studies) if t.state.is_finished()]
+            worker = workers_of(tuner.pid)
+            if len(finished) >= 2 and worker:
+                break
+        assert len(finished) >= 2 and worker, "the study never got going"
+        os.kill(tuner.pid, signal.SIGKILL)
+        tuner.wait()
+        gone, alive = psutil.wait_procs(worker, timeout=5)
+        assert not alive, "a worker outlived its study"
+    finally:
+        if tuner.poll() is None:
+            tuner.kill()
+    before = {t.number: t.user_attrs.get("latencies") for t in study_trials(studies)
+              if t.state.is_finished()}
+    done = run_cli(str(model_path), "--trials", "1", "--studies-dir", str(studies),
+                   "--out", str(tmp_path / "j.env"), "--workload", str(tiny_workload_file),
+                   *QUICK, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = study_trials(studies)
+    assert {t.number: t.user_attrs.get("latencies") for t in trials if t.number in before} == before
+    orphans = [t for t in trials if t.user_attrs.get("status") == "interrupted"]
+    assert len(orphans) == 1 and orphans[0].state == optuna.trial.TrialState.FAIL
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
