@@ -84,8 +84,26 @@ def cli() -> None:
     """Measure, don't guess: tune a local GGUF assistant backend's JARVIS_* settings.
 
     `autotune MODEL.gguf` runs the tuner (the `tune` command); `autotune bench MODEL.gguf`
-    measures one configuration.
+    measures one configuration; `compare`, `show` and `export` read kept studies.
     """
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Our own lines report each trial; Optuna's log and API-maturity notes are noise here."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Attempting to set identical")
+
+
+def out_console() -> Console:
+    """stdout; wide when it is a file or a pipe, so tables are not cut to 80 columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 @cli.command()
@@ -126,7 +144,7 @@ def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, c
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
-        print_bench(Console(), report)
+        print_bench(out_console(), report)
     if report["status"] != "ok":
         raise click.exceptions.Exit(1)
 
@@ -218,12 +236,8 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
     the best few against the guide's defaults, and writes the winner to --out as a
     script to source. Running the same command again resumes the study.
     """
-    import optuna
-
     from autotune.tune import TuneOptions
     from autotune.tune import tune as tune_lib
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines report each trial
 
     if studies_dir and storage:
         raise AutotuneError("pass --studies-dir or --storage, not both")
@@ -245,7 +259,120 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
-        print_tune(Console(), summary)
+        print_tune(out_console(), summary)
+
+
+def open_studies(studies_dir: str | None, storage: str | None):
+    from autotune.storage import open_storage
+
+    if studies_dir and storage:
+        raise AutotuneError("pass --studies-dir or --storage, not both")
+    return open_storage(studies_dir, storage, create=False)
+
+
+@cli.command()
+@click.argument("studies", nargs=-1)
+@storage_options
+@click.option("--plot", metavar="FILE", help="Write a figure of latency distributions and "
+              "best settings: .png (matplotlib) or .html (plotly).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records.")
+@user_errors
+def compare(studies: tuple[str, ...], studies_dir: str | None, storage: str | None,
+            plot: str | None, as_json: bool) -> None:
+    """Studies side by side: hardware, workload, winner, improvement, best settings.
+
+    Compares the named STUDIES, or every study in the storage when none is named.
+    """
+    from autotune.report import compare_table
+    from autotune.storage import study_names
+    from autotune.studies import selected, summary_row
+
+    where = open_studies(studies_dir, storage)
+    loaded = selected(where, studies or None)
+    if not loaded:
+        raise AutotuneError(f"no studies in the storage (known: {study_names(where) or 'none'})")
+    if plot:
+        from autotune.plots import compare_figure, kind_of
+
+        kind_of(plot)
+        compare_figure(loaded, plot)
+    rows = [summary_row(s) for s in loaded]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        out_console().print(compare_table(rows))
+        if plot:
+            out_console().print(f"Wrote {plot}")
+
+
+@cli.command()
+@click.argument("study")
+@storage_options
+@click.option("--plots", "plot_dir", metavar="DIR", help="Write the optimisation history, "
+              "slice and parallel-coordinate plots into DIR.")
+@click.option("--plot-format", type=click.Choice(["html", "png"]), default="html",
+              show_default=True, help="Format of --plots files.")
+@click.option("--json", "as_json", is_flag=True, help="Print trials and importances as JSON.")
+@user_errors
+def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str | None,
+         plot_format: str, as_json: bool) -> None:
+    """A study's trials, its parameter importances, and on request its plots."""
+    from autotune.report import importance_table, trials_table
+    from autotune.storage import load_study
+    from autotune.studies import importances, trial_row
+
+    loaded = load_study(study, open_studies(studies_dir, storage))
+    rows = [trial_row(t) for t in loaded.get_trials(deepcopy=False)]
+    scores = importances(loaded)
+    written = []
+    if plot_dir:
+        from autotune.plots import study_plots
+
+        written = study_plots(loaded, plot_dir, plot_format)
+    if as_json:
+        click.echo(json.dumps({"study": study, "trials": rows, "importances": scores,
+                               "winner": loaded.user_attrs.get("winner"),
+                               "plots": [str(p) for p in written]}, indent=2, default=str))
+        return
+    console = out_console()
+    console.print(trials_table(rows, list(loaded.user_attrs.get("tuned_fields", []))))
+    if scores:
+        console.print(importance_table(scores))
+    else:
+        console.print("Parameter importance: needs at least 3 finished trials that differ.")
+    winner = loaded.user_attrs.get("winner")
+    if winner:
+        console.print(f"Confirmed winner: {winner['label']}, score {winner['score_s']:.3f} s")
+    for path in written:
+        console.print(f"Wrote {path}")
+
+
+@cli.command(name="export")
+@click.argument("study")
+@storage_options
+@click.option("--trial", "trial_number", type=int, default=None,
+              help="Export this trial's settings instead of the confirmed winner.")
+@click.option("--out", metavar="FILE", help="Write here (default: print to stdout).")
+@click.option("--format", "fmt", type=click.Choice(["shell", "dotenv"]), default="shell",
+              show_default=True, help="shell: export NAME='value'; dotenv: NAME=value.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@user_errors
+def export_command(study: str, studies_dir: str | None, storage: str | None,
+                   trial_number: int | None, out: str | None, fmt: str, force: bool) -> None:
+    """Re-export a study's winner (or any trial) as the export script, running nothing."""
+    from autotune import export
+    from autotune.storage import load_study
+    from autotune.tune import export_text
+
+    loaded = load_study(study, open_studies(studies_dir, storage))
+    if out:
+        export.check_writable(out, force)
+    text = export_text(loaded, trial_number, fmt)
+    if out:
+        export.write(out, text, force)
+        click.echo(f"Wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
 
 
 def main() -> None:

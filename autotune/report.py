@@ -130,3 +130,74 @@ def print_tune(console: Console, summary: dict) -> None:
         console.print(f"Note: {note}")
     if summary["out"]:
         console.print(f"Wrote {summary['out']}: run `. {summary['out']}` and restart Jarvis.")
+
+
+# (label, study-summary column, formatter): the rows of `autotune compare`.
+COMPARE_ROWS = (
+    ("model", "model_file", str),
+    ("quantization", "quantization", str),
+    ("host", "host", str),
+    ("cores (physical/logical)", "cores", str),
+    ("GPUs", "gpus", str),
+    ("llama-cpp-python", "llama_cpp_python", str),
+    ("workload", "workload", str),
+    ("trials (ok/pruned/failed)", "outcomes", str),
+    ("best trial score", "best_score_s", seconds),
+    ("winner", "winner", str),
+    ("winner score", "winner_score_s", seconds),
+    ("winner mean latency", "winner_mean_s", seconds),
+    ("guide defaults mean", "defaults_mean_s", seconds),
+    ("improvement", "improvement", str),
+)
+
+
+def compare_table(summaries: list[dict]) -> Table:
+    """Studies side by side: one column per study, metadata then results then settings."""
+    table = Table(title="Studies")
+    table.add_column("")
+    for row in summaries:
+        table.add_column(str(row["study"]), justify="right")
+    derived = [{**row,
+                "cores": f"{row.get('physical_cores')}/{row.get('logical_cores')}",
+                "outcomes": f"{row['ok']}/{row['pruned']}/{row['failed']}",
+                "gpus": row.get("gpus") or "none",
+                "improvement": "-" if row.get("speedup") is None else
+                f"{row['speedup']:.2f}x ({row['speedup_min']:.2f}-{row['speedup_max']:.2f})"}
+               for row in summaries]
+    for label, key, fmt in COMPARE_ROWS:
+        table.add_row(label, *(present(r.get(key), fmt) for r in derived))
+    variables = sorted({k for r in summaries for k in r if k.startswith("JARVIS_")},
+                       key=lambda k: list(summaries[0]).index(k) if k in summaries[0] else 99)
+    for name in variables:
+        table.add_row(name, *(present(r.get(name), str) for r in summaries))
+    return table
+
+
+def present(value: object, fmt) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return fmt(value)
+
+
+def trials_table(trials: list[dict], fields: list[str]) -> Table:
+    """A study's trials: outcome, score, latency, and the settings each tried."""
+    table = Table(title="Trials")
+    for name in ("#", "status", "score", "mean", "p95", *fields):
+        table.add_column(name, justify="right" if name != "status" else "left")
+    for row in trials:
+        status = row["status"] or row["state"].lower()
+        if row.get("label"):
+            status += f" ({row['label']})"
+        table.add_row(str(row["trial"]), status, present(row["score_s"], seconds),
+                      present(row["mean_s"], seconds), present(row["p95_s"], seconds),
+                      *(present(row.get(f), str) for f in fields))
+    return table
+
+
+def importance_table(scores: dict[str, float]) -> Table:
+    table = Table(title="Parameter importance (fANOVA, finished trials)")
+    table.add_column("setting")
+    table.add_column("importance", justify="right")
+    for name, value in scores.items():
+        table.add_row(name, f"{value:.2f}")
+    return table

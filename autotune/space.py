@@ -37,6 +37,7 @@ SMALL_MODEL_PARAMS = 7e9
 LARGE_MODEL_PARAMS = 13e9
 
 BASELINE_LABEL = "guide defaults"
+PINNED_ATTR = "pinned"
 # The optimisation guide's defaults: what most users run, and what every winner must beat.
 GUIDE_DEFAULTS = {"context_window": 4096, "n_threads": 8, "n_gpu_layers": -1,
                   "enable_context_cache": True, "max_cache_size": 100}
@@ -61,10 +62,10 @@ class SearchSpace:
     def suggest(self, trial: optuna.Trial) -> Settings:
         """Sample one configuration; pinned values are used as they are."""
         with warnings.catch_warnings():
-            # The guide's baselines may sit outside the ranges (8 threads on 2 cores):
-            # Optuna warns and runs them as given, which is what a baseline is for.
             warnings.filterwarnings("ignore", message="Fixed parameter")
-            values = dict(self.fixed)
+            # A baseline's values outside the space (8 threads on 2 cores) are pinned on
+            # the trial rather than stored as out-of-range parameters.
+            values = {**self.fixed, **trial.user_attrs.get(PINNED_ATTR, {})}
 
             def pick(name: str, sample: Callable[[], object]) -> None:
                 if name not in values:
@@ -93,8 +94,13 @@ class SearchSpace:
                 "max_cache_size": list(CACHE_SIZE_RANGE), "extended": self.extended,
                 "fixed": {k: v for k, v in self.fixed.items()}, "notes": list(self.notes)}
 
-    def baselines(self, model: ModelInfo, machine: Hardware) -> list[tuple[str, dict]]:
-        """The guide's defaults and its model-size advice, as parameter sets to enqueue."""
+    def baselines(self, model: ModelInfo, machine: Hardware
+                  ) -> list[tuple[str, dict[str, object], dict[str, object]]]:
+        """The guide's defaults and its model-size advice: (label, params, pinned) to enqueue.
+
+        `params` are the values inside the search space; `pinned` those outside it, which
+        the trial runs as given without recording them as sampled parameters.
+        """
         largest = self.context_choices[-1]
         defaults = dict(GUIDE_DEFAULTS, context_window=min(4096, largest))
         if model.n_params < SMALL_MODEL_PARAMS:
@@ -108,12 +114,19 @@ class SearchSpace:
             advice = {"context_window": min(4096, largest),
                       "n_threads": machine.physical_cores, "n_gpu_layers": -1}
         advice.update(enable_context_cache=True, max_cache_size=100)
-        return [(BASELINE_LABEL, self._searched(defaults)),
-                ("guide model-size advice", self._searched(advice))]
+        return [(BASELINE_LABEL, *self._split(defaults)),
+                ("guide model-size advice", *self._split(advice))]
 
-    def _searched(self, params: dict) -> dict:
-        drop = set(self.fixed) | ({"n_gpu_layers"} if self.gpu_layers is None else set())
-        return {k: v for k, v in params.items() if k not in drop}
+    def _split(self, values: dict[str, object]) -> tuple[dict, dict]:
+        """Values the space can record as parameters, and the rest (pinned on the trial)."""
+        params, pinned = {}, {}
+        for name, value in values.items():
+            if name in self.fixed or (name == "n_gpu_layers" and self.gpu_layers is None):
+                continue
+            inside = not (name == "n_threads" and not
+                          self.n_threads[0] <= int(value) <= self.n_threads[1])
+            (params if inside else pinned)[name] = value
+        return params, pinned
 
 
 def context_choices(model: ModelInfo, machine: Hardware) -> tuple[int, ...]:

@@ -29,7 +29,7 @@ from autotune.errors import AutotuneError
 from autotune.hardware import Hardware
 from autotune.model import ModelInfo
 from autotune.scoring import Weights, score
-from autotune.space import SearchSpace
+from autotune.space import PINNED_ATTR, SearchSpace
 from autotune.stats import summarize
 from autotune.storage import fail_orphaned_trials, process_identity
 from autotune.trial import OK, PRUNED, TrialResult, TrialSpec, run_trial
@@ -98,8 +98,9 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo
     study.set_user_attr("space", space.describe())
     study.set_user_attr("tuned_fields", list(space.tuned_fields))
     fail_orphaned_trials(study, machine.host)
-    for label, params in space.baselines(model, machine):
-        study.enqueue_trial(params, user_attrs={"label": label}, skip_if_exists=True)
+    for label, params, pinned in space.baselines(model, machine):
+        if not any(t.user_attrs.get("label") == label for t in study.get_trials(deepcopy=False)):
+            study.enqueue_trial(params, user_attrs={"label": label, PINNED_ATTR: pinned})
     return study
 
 
@@ -144,9 +145,14 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         for key, value in process_identity().items():
             trial.set_user_attr(key, value)
 
+        total = len(measurement.workload.requests)
+        reported = 0
+
         def on_request(event: dict) -> bool:
+            nonlocal reported
+            reported += 1
             trial.report(event["latency_s"], event["index"])
-            return trial.should_prune()
+            return reported < total and trial.should_prune()  # a finished trial is kept
 
         result = run_trial(measurement.spec(model, settings), on_request=on_request)
         value = record(trial, result, measurement.weights)

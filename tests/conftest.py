@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 
 from autotune.model import demo_model_path
@@ -25,6 +27,28 @@ TINY_CONVERSATIONS = (
         {"user": "Name a colour.", "assistant": "Blue."},
         {"user": "Another one?"}]},
 )
+
+
+def write_gguf(path: Path, arch: str | None = "llama", block_count: int | None = 2) -> Path:
+    """A small, complete GGUF file written with the `gguf` package (no usable weights)."""
+    writer = gguf.GGUFWriter(path, arch or "llama")
+    if arch is None:  # the writer always adds it; take it out again
+        del writer.kv_data[0]["general.architecture"]
+    if block_count is not None:
+        writer.add_block_count(block_count)
+    writer.add_name("tiny")
+    writer.add_tensor("weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid GGUF header that inspects in milliseconds: for CLI checks that run no trial."""
+    return write_gguf(tmp_path_factory.mktemp("models") / "small.gguf")
 
 
 @pytest.fixture(scope="session")

@@ -6,28 +6,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
+from conftest import write_gguf
 
 from autotune.errors import AutotuneError
 from autotune.model import ModelInfo, inspect_model
-
-
-def write_gguf(path: Path, arch: str | None, block_count: int | None) -> Path:
-    """A small, complete GGUF file written with the `gguf` package."""
-    writer = gguf.GGUFWriter(path, arch or "llama")
-    if arch is None:  # the writer always adds it; take it out again
-        del writer.kv_data[0]["general.architecture"]
-    if block_count is not None:
-        writer.add_block_count(block_count)
-    writer.add_name("tiny")
-    writer.add_tensor("weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def make_missing(folder: Path, model: Path) -> Path:
@@ -169,7 +152,7 @@ def test_unreadable_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", sorted(BAD_FILES))
 def test_cli_bad_model_exits_2_with_one_line(kind: str, tmp_path: Path, model_path: Path,
-                                             empty_cwd: Path, run_cli) -> None:  # noqa: ANN001
+                                             empty_cwd: Path, run_cli) -> None:
     folder = tmp_path / "models"
     folder.mkdir()
     maker, words = BAD_FILES[kind]

@@ -162,7 +162,7 @@ def test_float_rejects_not_a_number(name: str, text: str) -> None:
 
 
 def test_error_names_the_source() -> None:
-    with pytest.raises(AutotuneError, match="in my.env"):
+    with pytest.raises(AutotuneError, match=r"in my\.env"):
         Settings.from_env({"JARVIS_N_THREADS": "x"}, source="my.env")
 
 
@@ -297,3 +297,13 @@ def test_env_file_unreadable(tmp_path: Path) -> None:
             load_env_file(path)
     finally:
         path.chmod(0o600)
+
+
+def test_docstring_example() -> None:
+    import doctest
+
+    from autotune import settings
+
+    result = doctest.testmod(settings)
+    assert result.attempted > 0
+    assert result.failed == 0

@@ -27,10 +27,10 @@ def machine(**changes: object) -> Hardware:
     return dataclasses.replace(base, **changes)
 
 
-def sample(space, params: dict | None = None):  # noqa: ANN001, ANN201
+def sample(space, params: dict | None = None, pinned: dict | None = None):  # noqa: ANN001, ANN201
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
-    if params:
-        study.enqueue_trial(params)
+    if params is not None:
+        study.enqueue_trial(params, user_attrs={"pinned": pinned or {}})
     trial = study.ask()
     return trial, space.suggest(trial)
 
@@ -107,18 +107,26 @@ def test_bad_fix_is_one_clear_error(text: str) -> None:
 
 def test_baselines_are_the_guide_defaults_and_its_size_advice(model: ModelInfo) -> None:
     space = build_space(model, machine())
-    (label_a, defaults), (label_b, advice) = space.baselines(model, machine())
+    (label_a, params_a, pinned_a), (label_b, params_b, pinned_b) = space.baselines(
+        model, machine())
     assert label_a == "guide defaults"
-    assert defaults == {k: v for k, v in GUIDE_DEFAULTS.items() if k != "n_gpu_layers"}
+    assert {**params_a, **pinned_a} == {k: v for k, v in GUIDE_DEFAULTS.items()
+                                        if k != "n_gpu_layers"}
     assert label_b == "guide model-size advice"
     # a 135M model is "small": larger context, more threads
-    assert advice["context_window"] == 8192 and advice["n_threads"] == 4
+    assert params_b["context_window"] == 8192 and params_b["n_threads"] == 4
+    assert pinned_b == {}
 
 
-def test_guide_defaults_run_as_given_even_outside_the_thread_range(model: ModelInfo) -> None:
-    space = build_space(model, machine(logical_cores=2))
-    _, settings = sample(space, space.baselines(model, machine(logical_cores=2))[0][1])
+def test_guide_defaults_outside_the_space_run_as_given_without_bad_params(
+        model: ModelInfo) -> None:
+    small = machine(logical_cores=2)
+    space = build_space(model, small)
+    _, params, pinned = space.baselines(model, small)[0]
+    assert pinned == {"n_threads": 8} and "n_threads" not in params
+    trial, settings = sample(space, params, pinned)
     assert settings.n_threads == 8 and settings.context_window == 4096
+    assert "n_threads" not in trial.params  # stored parameters stay inside their ranges
 
 
 def test_real_machine_space_is_built_without_error(model: ModelInfo) -> None:

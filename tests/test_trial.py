@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -26,6 +28,11 @@ from autotune.trial import (
     run_trial,
 )
 from autotune.workload import Workload
+
+# run_trial leaves the worker's stdout and stderr pipes to the garbage collector, which
+# warns about each; test_run_trial_closes_its_pipes reports that, the others look past it.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:unclosed file <_io.TextIOWrapper name=\d+:ResourceWarning")
 
 TOKENS = 4
 RECORD_KEYS = {"id", "index", "conversation", "turn", "pass_no", "client", "latency_s",
@@ -80,7 +87,7 @@ def test_ok_trial_one_record_per_request(ok_result: TrialResult,
                                          tiny_workload: Workload) -> None:
     assert [r["id"] for r in ok_result.requests] == [r.id for r in tiny_workload.requests]
     for record in ok_result.requests:
-        assert RECORD_KEYS <= set(record)
+        assert RECORD_KEYS.issubset(record)
         assert record["latency_s"] > 0
         assert 0 < record["ttft_s"] <= record["latency_s"]
         assert record["prompt_tokens"] > 0
@@ -120,6 +127,16 @@ def test_spec_to_wire_is_json(tiny_workload: Workload) -> None:
     assert wire["tokens_per_request"] == TOKENS
     assert len(wire["requests"]) == 4
     assert wire["settings"]["n_threads"] == 2
+
+
+@pytest.mark.filterwarnings("error::ResourceWarning")
+def test_run_trial_closes_its_pipes(tmp_path: Path, tiny_workload: Workload) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_trial(tiny_spec(tmp_path / "absent.gguf", tiny_workload))
+        gc.collect()
+    assert result.status == LOAD_FAILED
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_truncated_model_is_load_failed(truncated_model: Path, model_path: Path,
@@ -195,11 +212,11 @@ def test_pruned_trial_stops_its_worker_at_once(model_path: Path,
 
 
 def test_trial_past_its_time_limit(model_path: Path, tiny_workload: Workload) -> None:
-    # 200 passes cannot finish in 1.5 s; the limit is enforced even while lines keep coming
+    # 200 passes cannot finish in 1.5 s; the limit must hold even while records keep coming
     result = run_trial(tiny_spec(model_path, tiny_workload, passes=200, timeout_s=1.5))
     assert result.status == TIMED_OUT
     assert "1.5 s limit" in result.reason
-    assert result.wall_s < 10
+    assert result.wall_s < 1.5 + 2.0
     assert result.pid is not None and not psutil.pid_exists(result.pid)
 
 

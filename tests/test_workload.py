@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def test_builtin_histories_grow() -> None:
             assert len(request.messages) == 2 * turn
             assert request.messages[0] == ("system", SYSTEM_PROMPT)
             assert request.messages[-1][0] == "user"
-        for earlier, later in zip(requests, requests[1:]):
+        for earlier, later in itertools.pairwise(requests):
             # the later request carries the earlier one whole, then an assistant turn
             assert later.messages[: len(earlier.messages)] == earlier.messages
             assert later.messages[len(earlier.messages)][0] == "assistant"

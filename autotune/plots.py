@@ -1,0 +1,127 @@
+"""Figures of studies: PNG through matplotlib, HTML through plotly, chosen by extension."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+
+from autotune.errors import AutotuneError
+from autotune.settings import BY_FIELD
+from autotune.space import BASELINE_LABEL
+from autotune.studies import feasible_study
+
+KINDS = ("png", "html")
+STUDY_PLOTS = ("optimization_history", "slice", "parallel_coordinate")
+
+
+def kind_of(path: str | os.PathLike[str]) -> str:
+    kind = Path(path).suffix.lower().lstrip(".")
+    if kind not in KINDS:
+        raise AutotuneError(f"--plot {path}: expected a .png or .html file name")
+    return kind
+
+
+def latency_groups(study: optuna.Study) -> list[tuple[str, list[float]]]:
+    """The best finished trial's latencies and the guide defaults' trial's, for one study."""
+    finished = feasible_study(study).trials
+    groups = []
+    if finished:
+        best = min(finished, key=lambda t: t.value)
+        groups.append((f"{study.study_name}\nbest (trial {best.number})",
+                       best.user_attrs["latencies"]))
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("label") == BASELINE_LABEL and trial.user_attrs.get("latencies"):
+            groups.append((f"{study.study_name}\nguide defaults", trial.user_attrs["latencies"]))
+            break
+    return groups
+
+
+def best_settings_rows(studies: list[optuna.Study]) -> list[list[str]]:
+    rows = []
+    for study in studies:
+        winner = study.user_attrs.get("winner") or {}
+        settings = winner.get("settings") or {}
+        fields = study.user_attrs.get("tuned_fields", [])
+        rows.append([study.study_name] + [f"{BY_FIELD[f].name.removeprefix('JARVIS_')}="
+                                          f"{settings.get(f, '-')}" for f in fields])
+    return rows
+
+
+def compare_figure(studies: list[optuna.Study], path: str | os.PathLike[str]) -> Path:
+    """Latency distributions (best trial vs guide defaults) and best settings, per study."""
+    kind = kind_of(path)
+    groups = [g for study in studies for g in latency_groups(study)]
+    if not groups:
+        raise AutotuneError("no finished trials to plot")
+    rows = best_settings_rows(studies)
+    out = Path(path)
+    if kind == "png":
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5),
+                                          gridspec_kw={"width_ratios": [3, 2]})
+        left.boxplot([values for _, values in groups], showmeans=True)
+        left.set_xticks(range(1, len(groups) + 1), [name for name, _ in groups], fontsize=7)
+        left.set_ylabel("request latency (s)")
+        left.set_title("Latency distributions")
+        right.axis("off")
+        right.set_title("Confirmed winners")
+        right.text(0, 1, "\n\n".join("\n".join(row) for row in rows), va="top", fontsize=8,
+                   family="monospace")
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+    else:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
+                            specs=[[{"type": "xy"}, {"type": "table"}]],
+                            subplot_titles=("Latency distributions", "Confirmed winners"))
+        for name, values in groups:
+            fig.add_trace(go.Box(y=values, name=name.replace("\n", " "), boxmean=True), 1, 1)
+        fig.add_trace(go.Table(header={"values": ["study", "settings"]},
+                               cells={"values": [[r[0] for r in rows],
+                                                 ["<br>".join(r[1:]) for r in rows]]}), 1, 2)
+        fig.update_yaxes(title_text="request latency (s)", row=1, col=1)
+        fig.write_html(out, include_plotlyjs="cdn")
+    return out
+
+
+def study_plots(study: optuna.Study, folder: str | os.PathLike[str], kind: str = "html"
+                ) -> list[Path]:
+    """Optimisation history, slice and parallel coordinates of the finished trials."""
+    if kind not in KINDS:
+        raise AutotuneError(f"--plot-format {kind}: expected png or html")
+    finished = feasible_study(study)
+    if not finished.trials:
+        raise AutotuneError(f"study {study.study_name!r} has no finished trials to plot")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in STUDY_PLOTS:
+        path = out / f"{safe(study.study_name)}-{name}.{kind}"
+        if kind == "html":
+            figure = getattr(optuna.visualization, f"plot_{name}")(finished)
+            figure.write_html(path, include_plotlyjs="cdn")
+        else:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            axes = getattr(optuna.visualization.matplotlib, f"plot_{name}")(finished)
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+            figure.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(figure)
+        written.append(path)
+    return written
+
+
+def safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

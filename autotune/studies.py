@@ -1,0 +1,161 @@
+"""Studies as pandas tables, for notebooks and for `autotune compare` and `show`.
+
+Example:
+    >>> import autotune
+    >>> trials = autotune.load_studies("studies")          # doctest: +SKIP
+    >>> trials.groupby("study")["mean_s"].min()              # doctest: +SKIP
+    >>> autotune.study_summaries("studies")[["study", "speedup"]]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import optuna
+import pandas as pd
+
+from autotune.settings import BY_FIELD, format_value
+from autotune.storage import load_study, open_storage, study_names
+
+STAT_COLUMNS = ("mean_s", "p50_s", "p95_s", "p99_s", "max_s", "std_s", "cv", "spikes",
+                "ttft_mean_s", "tokens_per_s", "cache_hit_rate", "cache_mean_s", "reloads",
+                "load_s", "warmup_s", "peak_rss_bytes", "requests_done")
+SCORE_COLUMNS = ("total_s", "mean_s", "spike_penalty_s", "consistency_penalty_s")
+
+
+def open_location(location: str | os.PathLike[str] | None) -> optuna.storages.BaseStorage:
+    """A studies folder, a journal file, or any Optuna storage URL (None: ./studies)."""
+    return open_storage(storage=None if location is None else str(location), create=False)
+
+
+def metadata(study: optuna.Study) -> dict[str, object]:
+    """The study-level columns every trial row carries."""
+    attrs = study.user_attrs
+    model, hardware = attrs.get("model", {}), attrs.get("hardware", {})
+    versions, measurement = attrs.get("versions", {}), attrs.get("measurement", {})
+    return {
+        "study": study.study_name,
+        "model": model.get("name"), "model_file": os.path.basename(model.get("path", "")),
+        "model_fingerprint": model.get("fingerprint"), "architecture": model.get("architecture"),
+        "quantization": model.get("quantization"), "model_bytes": model.get("size_bytes"),
+        "host": hardware.get("host"), "cpu": hardware.get("cpu"),
+        "physical_cores": hardware.get("physical_cores"),
+        "logical_cores": hardware.get("logical_cores"),
+        "memory_bytes": hardware.get("total_memory_bytes"),
+        "gpus": ", ".join(g["name"] for g in hardware.get("gpus", [])),
+        "gpu_offload": hardware.get("gpu_offload"),
+        "llama_cpp_python": versions.get("llama_cpp_python"),
+        "autotune_version": versions.get("autotune"), "optuna_version": versions.get("optuna"),
+        "workload": measurement.get("workload"), "workload_requests": measurement.get("requests"),
+        "tokens_per_request": measurement.get("tokens_per_request"),
+        "clients": measurement.get("clients"),
+    }
+
+
+def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
+    attrs = trial.user_attrs
+    row: dict[str, object] = {
+        "trial": trial.number, "state": trial.state.name, "status": attrs.get("status"),
+        "reason": attrs.get("reason", ""), "label": attrs.get("label"),
+        "score_s": trial.value if attrs.get("status") == "ok" else None,
+        "started": trial.datetime_start,
+        "duration_s": trial.duration.total_seconds() if trial.duration else None,
+    }
+    settings = attrs.get("settings") or {}
+    for name, var in BY_FIELD.items():
+        if var.tuned:
+            row[name] = settings.get(name, trial.params.get(name))
+    score = attrs.get("score") or {}
+    for key in SCORE_COLUMNS:
+        row[f"score_{key}"] = score.get(key)
+    stats = attrs.get("stats") or {}
+    for key in STAT_COLUMNS:
+        row[key] = stats.get(key)
+    return row
+
+
+def selected(storage: optuna.storages.BaseStorage, names: Iterable[str] | None
+             ) -> list[optuna.Study]:
+    return [load_study(name, storage) for name in (names or study_names(storage))]
+
+
+def load_studies(location: str | os.PathLike[str] | None = None,
+                 studies: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per trial of every study at `location`, with the study's metadata.
+
+    Columns: the study's model, host, hardware, versions and workload; each setting; the
+    score and its parts (`score_*`); the latency statistics; the trial's state, status and
+    failure reason.
+    """
+    rows = []
+    for study in selected(open_location(location), studies):
+        meta = metadata(study)
+        rows += [{**meta, **trial_row(t)} for t in study.get_trials(deepcopy=False)]
+    return pd.DataFrame(rows)
+
+
+def summary_row(study: optuna.Study) -> dict[str, object]:
+    trials = study.get_trials(deepcopy=False)
+    statuses = [t.user_attrs.get("status") for t in trials]
+    ok = [t for t in trials if t.user_attrs.get("status") == "ok"
+          and t.state == optuna.trial.TrialState.COMPLETE]
+    best = min(ok, key=lambda t: t.value) if ok else None
+    winner = study.user_attrs.get("winner") or {}
+    improvement = winner.get("improvement") or {}
+    candidates = (study.user_attrs.get("confirmation") or {}).get("candidates", [])
+    baseline = next((c for c in candidates if c["label"] == "guide defaults"), {})
+    row: dict[str, object] = {
+        **metadata(study),
+        "trials": len(trials), "ok": statuses.count("ok"), "pruned": statuses.count("pruned"),
+        "failed": sum(s not in ("ok", "pruned", None) for s in statuses),
+        "best_trial": best.number if best else None,
+        "best_score_s": best.value if best else None,
+        "best_mean_s": best.user_attrs["stats"].get("mean_s") if best else None,
+        "winner": winner.get("label"), "winner_score_s": winner.get("score_s"),
+        "winner_mean_s": winner.get("mean_s"),
+        "defaults_mean_s": baseline.get("median_mean_s"),
+        "speedup": improvement.get("speedup"), "speedup_min": improvement.get("speedup_min"),
+        "speedup_max": improvement.get("speedup_max"),
+    }
+    settings = winner.get("settings") or (best.user_attrs["settings"] if best else {})
+    for field in study.user_attrs.get("tuned_fields", []):
+        value = settings.get(field)
+        row[BY_FIELD[field].name] = None if value is None else format_value(value)
+    return row
+
+
+def study_summaries(location: str | os.PathLike[str] | None = None,
+                    studies: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per study: trial counts by outcome, best and confirmed winner, improvement."""
+    return pd.DataFrame([summary_row(s) for s in selected(open_location(location), studies)])
+
+
+def feasible_study(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy holding only the trials that finished: for importances and plots.
+
+    Failed trials carry a placeholder score that would swamp both.
+    """
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a study the user made
+    try:
+        copy = optuna.create_study(direction="minimize", study_name=study.study_name)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    copy.add_trials([t for t in study.get_trials(deepcopy=False)
+                     if t.state == optuna.trial.TrialState.COMPLETE
+                     and t.user_attrs.get("status") == "ok"])
+    return copy
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Optuna's fANOVA parameter importances over finished trials ({} when too few)."""
+    finished = feasible_study(study)
+    varied = {k for t in finished.trials for k in t.params
+              if len({u.params.get(k) for u in finished.trials}) > 1}
+    if len(finished.trials) < 3 or not varied:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(finished))
+    except (ValueError, RuntimeError):
+        return {}

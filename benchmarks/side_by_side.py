@@ -1,0 +1,70 @@
+"""Interleaved side-by-side of export files (or the guide's defaults) with `autotune bench`.
+
+    python benchmarks/side_by_side.py MODEL jarvis.env [other.env ...] [--rounds 3]
+
+Each round runs `autotune bench MODEL --env FILE --json` once per configuration, in a
+shuffled order, and the table gives each configuration's median mean latency and its ratio
+to the guide's defaults (JARVIS_N_THREADS=8, context 4096, cache on, size 100), which are
+always included. Ratios measured side by side in one run are what to compare on a shared
+machine; absolute seconds are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+GUIDE_DEFAULTS = {"JARVIS_MODEL_CONTEXT_WINDOW": "4096", "JARVIS_N_THREADS": "8",
+                  "JARVIS_N_GPU_LAYERS": "-1", "JARVIS_ENABLE_CONTEXT_CACHE": "true",
+                  "JARVIS_MAX_CACHE_SIZE": "100"}
+AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
+
+
+def bench(model: str, env_file: str, extra: list[str]) -> dict:
+    done = subprocess.run([AUTOTUNE, "bench", model, "--env", env_file, "--json", *extra],
+                          capture_output=True, text=True, check=False)
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"bench failed for {env_file}: {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("env_files", nargs="*")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("bench_args", nargs=argparse.REMAINDER,
+                        help="after --, passed to autotune bench (e.g. -- --tokens 24)")
+    args = parser.parse_args()
+    extra = [a for a in args.bench_args if a != "--"]
+    with tempfile.TemporaryDirectory() as folder:
+        defaults = Path(folder) / "guide-defaults.env"
+        defaults.write_text("".join(f"{k}={v}\n" for k, v in GUIDE_DEFAULTS.items()))
+        configs = {"guide defaults": str(defaults), **{f: f for f in args.env_files}}
+        means: dict[str, list[float]] = {name: [] for name in configs}
+        rng = random.Random(args.seed)
+        for round_no in range(args.rounds):
+            order = list(configs)
+            rng.shuffle(order)
+            for name in order:
+                report = bench(args.model, configs[name], extra)
+                means[name].append(report["mean_s"])
+                print(f"round {round_no + 1}: {name}: mean {report['mean_s']:.3f} s, "
+                      f"p95 {report['p95_s']:.3f} s, diagnosis {report['diagnosis']}",
+                      flush=True)
+    base = statistics.median(means["guide defaults"])
+    print(f"\n{'configuration':40} {'median mean':>12} {'vs defaults':>12}")
+    for name, values in means.items():
+        median = statistics.median(values)
+        print(f"{name:40} {median:>10.3f} s {median / base:>11.2f}x")
+
+
+if __name__ == "__main__":
+    main()

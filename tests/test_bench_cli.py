@@ -1,0 +1,237 @@
+"""`autotune bench` as a user runs it: real subprocesses, the real model, JSON and tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from autotune.diagnosis import targets
+
+RunCli = Callable[..., subprocess.CompletedProcess]
+THREADS = {"JARVIS_N_THREADS": "2"}
+SUMMARY_KEYS = {"mean_s", "p50_s", "p95_s", "p99_s", "max_s", "cv", "spikes",
+                "cache_hit_rate", "load_s", "reloads", "targets", "diagnosis", "requests"}
+PHYSICAL_CORES = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def bench_json(run_cli: RunCli, cwd: Path, *args: str, env: dict[str, str]) -> dict:
+    done = run_cli("bench", *args, "--json", cwd=cwd, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    return json.loads(done.stdout)
+
+
+def one_line_error(done: subprocess.CompletedProcess, cwd: Path) -> str:
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("autotune: error: ")
+    assert list(cwd.iterdir()) == []
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bench_cwd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench_cwd")
+
+
+@pytest.fixture(scope="module")
+def basic(run_cli: RunCli, bench_cwd: Path, model_path: Path, tiny_workload_file: Path
+          ) -> dict:
+    """One sequential run, two passes over the tiny workload, reused by many checks."""
+    return bench_json(run_cli, bench_cwd, str(model_path), "--iterations", "2", "--workload",
+                      str(tiny_workload_file), "--tokens", "4", env=THREADS)
+
+
+@pytest.fixture(scope="module")
+def concurrent(run_cli: RunCli, bench_cwd: Path, model_path: Path, tiny_workload_file: Path
+               ) -> dict:
+    return bench_json(run_cli, bench_cwd, str(model_path), "--iterations", "2", "--workload",
+                      str(tiny_workload_file), "--tokens", "4", "--concurrent", env=THREADS)
+
+
+def test_json_report_keys(basic: dict) -> None:
+    assert SUMMARY_KEYS.issubset(basic)
+    assert basic["status"] == "ok"
+    assert basic["iterations"] == 2
+    assert basic["clients"] == 1
+    assert basic["tokens_per_request"] == 4
+
+
+def test_json_report_has_two_passes_of_requests(basic: dict) -> None:
+    requests = basic["requests"]
+    assert len(requests) == 2 * 4
+    assert [r["pass_no"] for r in requests] == [0] * 4 + [1] * 4
+    assert [r["id"] for r in requests[:4]] == [r["id"] for r in requests[4:]]
+    assert all(r["latency_s"] > 0 for r in requests)
+    assert all(r["generated"] == 4 for r in requests)
+    assert basic["workload"] == {"name": "tiny", "requests": 4, "conversations": 2}
+
+
+def test_json_statistics_agree_with_the_requests(basic: dict) -> None:
+    latencies = sorted(r["latency_s"] for r in basic["requests"])
+    assert basic["max_s"] == latencies[-1]
+    assert latencies[0] <= basic["p50_s"] <= basic["p95_s"] <= basic["p99_s"] <= basic["max_s"]
+    assert basic["mean_s"] == pytest.approx(sum(latencies) / len(latencies))
+    assert basic["spikes"] == sum(x > 5.0 for x in latencies)
+    assert basic["load_s"] > 0
+    assert basic["reloads"] == 0
+    assert basic["cache_hit_rate"] == 1.0
+    assert len(basic["pass_mean_s"]) == 2
+    assert basic["rss_growth_bytes_per_pass"] is not None
+
+
+def test_json_targets_and_diagnosis(basic: dict) -> None:
+    assert set(basic["targets"]) == set(targets({}))
+    for check in basic["targets"].values():
+        assert check["pass"] in (True, False, None)
+    assert basic["targets"]["cache_hit_rate"]["pass"] is True
+    assert isinstance(basic["diagnosis"], list)
+    assert "context_overflow" not in basic["diagnosis"]
+    assert "thread_contention" not in basic["diagnosis"]
+
+
+def test_json_records_settings_model_and_machine(basic: dict) -> None:
+    assert basic["settings"]["JARVIS_N_THREADS"] == "2"
+    assert basic["settings"]["JARVIS_MODEL_CONTEXT_WINDOW"] == "4096"
+    assert basic["model"]["architecture"] == "llama"
+    assert basic["model"]["quantization"] == "Q4_1"
+    assert basic["hardware"]["physical_cores"] == PHYSICAL_CORES
+    assert basic["thread_probe"] is None
+
+
+def test_bench_writes_nothing_into_the_cwd(basic: dict, bench_cwd: Path) -> None:
+    assert list(bench_cwd.iterdir()) == []
+
+
+def test_concurrent_is_slower_per_request(basic: dict, concurrent: dict) -> None:
+    assert concurrent["status"] == "ok"
+    assert concurrent["clients"] == 3
+    assert len(concurrent["requests"]) == 8
+    assert {r["client"] for r in concurrent["requests"]} > {0}
+    assert concurrent["queue_mean_s"] > basic["queue_mean_s"]
+    assert concurrent["mean_s"] > basic["mean_s"]
+
+
+@pytest.mark.skipif(PHYSICAL_CORES >= 8, reason="8 threads only contend on < 8 physical cores")
+def test_eight_threads_diagnose_thread_contention(run_cli: RunCli, bench_cwd: Path,
+                                                  model_path: Path,
+                                                  tiny_workload_file: Path) -> None:
+    env = {"JARVIS_N_THREADS": "8", "JARVIS_MODEL_CONTEXT_WINDOW": "4096",
+           "JARVIS_ENABLE_CONTEXT_CACHE": "true", "JARVIS_MAX_CACHE_SIZE": "100"}
+    report = bench_json(run_cli, bench_cwd, str(model_path), "--workload",
+                        str(tiny_workload_file), "--tokens", "4", env=env)
+    assert "thread_contention" in report["diagnosis"]
+    probe = report["thread_probe"]
+    assert probe["configured_threads"] == 8
+    assert probe["physical_threads"] == PHYSICAL_CORES
+    assert probe["configured_s"] > probe["physical_s"]
+    finding = next(f for f in report["findings"] if f["cause"] == "thread_contention")
+    assert finding["fix"] == f"export JARVIS_N_THREADS={PHYSICAL_CORES}"
+
+
+def test_small_context_diagnoses_context_overflow(run_cli: RunCli, bench_cwd: Path,
+                                                  model_path: Path) -> None:
+    env = {**THREADS, "JARVIS_MODEL_CONTEXT_WINDOW": "512"}
+    report = bench_json(run_cli, bench_cwd, str(model_path), "--tokens", "4", env=env)
+    assert report["status"] == "ok"
+    assert report["workload"]["name"] == "builtin"
+    assert len(report["requests"]) == 16
+    assert report["reloads"] > 0
+    assert "context_overflow" in report["diagnosis"]
+    assert any(r["reload"] for r in report["requests"])
+    finding = next(f for f in report["findings"] if f["cause"] == "context_overflow")
+    assert "JARVIS_MODEL_CONTEXT_WINDOW=1024" in finding["fix"]
+
+
+def test_table_output(run_cli: RunCli, bench_cwd: Path, model_path: Path,
+                      tiny_workload_file: Path, tmp_path: Path) -> None:
+    env_file = tmp_path / "jarvis.sh"
+    env_file.write_text("export JARVIS_N_THREADS='2'\nexport JARVIS_MAX_CACHE_SIZE='10'\n",
+                        encoding="utf-8")
+    done = run_cli("bench", str(model_path), "--env", str(env_file), "--workload",
+                   str(tiny_workload_file), "--tokens", "4", cwd=bench_cwd,
+                   env={"COLUMNS": "200", "JARVIS_N_THREADS": "abc"})  # --env wins
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "mean latency" in out
+    assert "The guide's targets" in out
+    for check in targets({}).values():
+        assert check["target"] in out
+    assert "\nDiagnosis" in out
+    assert "4 requests x 1 pass(es), sequential, 4 tokens each" in out
+    assert list(bench_cwd.iterdir()) == []
+
+
+def test_env_file_with_a_bad_value(run_cli: RunCli, empty_cwd: Path, small_gguf: Path,
+                                   tmp_path: Path) -> None:
+    env_file = tmp_path / "bad.env"
+    env_file.write_text("JARVIS_N_THREADS=2\nJARVIS_MODEL_CONTEXT_WINDOW=-5\n",
+                        encoding="utf-8")
+    line = one_line_error(run_cli("bench", str(small_gguf), "--env", str(env_file),
+                                  cwd=empty_cwd), empty_cwd)
+    assert "JARVIS_MODEL_CONTEXT_WINDOW" in line
+    assert str(env_file) in line
+
+
+def test_env_file_missing(run_cli: RunCli, empty_cwd: Path, small_gguf: Path,
+                          tmp_path: Path) -> None:
+    line = one_line_error(run_cli("bench", str(small_gguf), "--env",
+                                  str(tmp_path / "nope.env"), cwd=empty_cwd), empty_cwd)
+    assert "nope.env" in line
+
+
+def test_bad_environment_variable(run_cli: RunCli, empty_cwd: Path, small_gguf: Path) -> None:
+    line = one_line_error(run_cli("bench", str(small_gguf), cwd=empty_cwd,
+                                  env={"JARVIS_N_THREADS": "abc"}), empty_cwd)
+    assert "JARVIS_N_THREADS='abc'" in line
+
+
+def test_workload_with_a_malformed_line(run_cli: RunCli, empty_cwd: Path, small_gguf: Path,
+                                        tiny_workload_file: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    lines = tiny_workload_file.read_text(encoding="utf-8").splitlines()
+    bad.write_text(f"{lines[0]}\n{{\"turns\": [\n{lines[1]}\n", encoding="utf-8")
+    line = one_line_error(run_cli("bench", str(small_gguf), "--workload", str(bad),
+                                  cwd=empty_cwd, env=THREADS), empty_cwd)
+    assert "line 2" in line
+    assert "not valid JSON" in line
+
+
+def test_workload_missing(run_cli: RunCli, empty_cwd: Path, small_gguf: Path,
+                          tmp_path: Path) -> None:
+    line = one_line_error(run_cli("bench", str(small_gguf), "--workload",
+                                  str(tmp_path / "nope.jsonl"), cwd=empty_cwd, env=THREADS),
+                          empty_cwd)
+    assert "nope.jsonl" in line
+
+
+def test_bench_help(run_cli: RunCli, empty_cwd: Path) -> None:
+    done = run_cli("bench", "--help", cwd=empty_cwd)
+    assert done.returncode == 0
+    for option in ("--iterations", "--concurrent", "--clients", "--workload", "--tokens",
+                   "--env", "--json", "--timeout"):
+        assert option in done.stdout
+    assert done.stderr == ""
+    assert list(empty_cwd.iterdir()) == []
+
+
+def test_version(run_cli: RunCli, empty_cwd: Path) -> None:
+    done = run_cli("--version", cwd=empty_cwd)
+    assert done.returncode == 0
+    assert "0.1.0" in done.stdout
+
+
+def test_bad_option_value_exits_2(run_cli: RunCli, empty_cwd: Path, small_gguf: Path) -> None:
+    done = run_cli("bench", str(small_gguf), "--iterations", "0", cwd=empty_cwd)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "--iterations" in done.stderr
+    assert list(empty_cwd.iterdir()) == []
