@@ -108,7 +108,9 @@ class Backend:
             verbose=settings.verbose,
         )
         self.load_s = time.perf_counter() - started
-        self.n_ctx = self.llm.n_ctx()
+        # llama.cpp rounds n_ctx up (to a multiple of 256) but the token buffer keeps the
+        # requested size: the requested window is the real limit.
+        self.n_ctx = min(self.llm.n_ctx(), settings.context_window)
         self.lock = threading.Lock()
         self.cache = PromptCache(settings.max_cache_size) if settings.enable_context_cache \
             else None

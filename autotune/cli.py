@@ -21,7 +21,7 @@ from rich.progress import (
 
 from autotune import bench as bench_lib
 from autotune.errors import AutotuneError
-from autotune.report import print_bench, print_tune
+from autotune.report import BUSY_MACHINE_PERCENT, print_bench, print_tune
 from autotune.scoring import Weights
 from autotune.settings import Settings, load_env_file
 from autotune.space import parse_fixes
@@ -131,9 +131,6 @@ def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, c
     workload, and reports latency statistics, the guide's targets and a diagnosis of
     which spike causes show. Exits 1 when the trial itself failed.
     """
-    from autotune.model import inspect_model
-
-    inspect_model(model)
     settings = settings_from(env_file)
     workload = load_workload(workload_file)
     clients = clients if concurrent else 1
@@ -172,7 +169,10 @@ def print_event(progress: Progress, task: int, kind: str, data: dict) -> None:
         label = f" [{data['label']}]" if data["label"] else ""
         best = f"{data['best']:.3f} s" if data["best"] is not None else "-"
         params = ", ".join(f"{k}={v}" for k, v in data["params"].items())
-        log(f"trial {data['number']}{label}: {value} ({params})")
+        others = data.get("other_cpu_percent")
+        busy = (f" [yellow]machine busy: others used {others:.0f}% of a core[/]"
+                if others is not None and others > BUSY_MACHINE_PERCENT else "")
+        log(f"trial {data['number']}{label}: {value} ({params}){busy}")
         progress.update(task, completed=data["done"],
                         description=f"trial {data['done']}/{data['total']}, best {best}")
     elif kind == "confirm":

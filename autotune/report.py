@@ -50,7 +50,10 @@ METRICS = (
     ("peak memory (RSS)", "peak_rss_bytes", mebibytes),
     ("memory growth / pass", "rss_growth_bytes_per_pass", signed_mebibytes),
     ("GPU memory peak", "gpu_memory_peak_bytes", mebibytes),
+    ("worker CPU (% of a core)", "cpu_percent_mean", number),
+    ("other processes' CPU", "other_cpu_percent_mean", number),
 )
+BUSY_MACHINE_PERCENT = 50.0
 
 
 def metrics_table(columns: dict[str, dict], title: str = "") -> Table:
@@ -109,6 +112,10 @@ def print_bench(console: Console, report: dict) -> None:
         console.print(f"Per pass: {drift} (drift {report['pass_drift']:+.1%})")
     console.print(targets_table({"measured": report}))
     print_findings(console, report["findings"])
+    others = report.get("other_cpu_percent_mean")
+    if others is not None and others > BUSY_MACHINE_PERCENT:
+        console.print(f"[yellow]Warning:[/] other processes used {others:.0f}% of a core "
+                      "during the measurement; rerun on a quiet machine before trusting it.")
 
 
 def print_tune(console: Console, summary: dict) -> None:

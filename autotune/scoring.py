@@ -9,9 +9,11 @@ A spike is a request slower than `spike_limit_s` (the guide's 5 s) or slower tha
 much latency per request is charged for that". Population standard deviation is used.
 
 Example:
-    >>> s = score([1.0, 1.0, 1.0, 5.0])
-    >>> round(s.mean_s, 3), s.spikes, round(s.spike_penalty_s, 3), round(s.total_s, 3)
-    (2.0, 1, 2.0, 4.0)
+    >>> s = score([1.0, 1.0, 1.0, 5.0])  # median 1, cv 0.866
+    >>> s.mean_s, s.spikes, s.spike_penalty_s, round(s.consistency_penalty_s, 3)
+    (2.0, 1, 2.0, 0.732)
+    >>> round(s.total_s, 3)
+    4.732
 """
 
 from __future__ import annotations

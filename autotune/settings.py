@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -149,6 +150,8 @@ def check(var: Variable, value: object, source: str = "settings") -> object:
     numeric = (int, float) if var.kind is float else var.kind
     if isinstance(value, bool) != (var.kind is bool) or not isinstance(value, numeric):
         raise AutotuneError(f"{var.name}={value!r} in {source}: expected {var.kind.__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AutotuneError(f"{var.name}={value!r} in {source}: expected a finite number")
     if var.minimum is not None and value < var.minimum:  # type: ignore[operator]
         raise AutotuneError(
             f"{var.name}={format_value(value)} in {source}: must be at least {var.minimum:g}")

@@ -37,6 +37,7 @@ def summarize(result: TrialResult) -> dict[str, object]:
         "gpu_memory_peak_bytes": result.gpu_memory_peak_bytes,
         "gpu_free_min_bytes": result.gpu_free_min_bytes,
         "cpu_percent_mean": result.cpu_percent_mean,
+        "other_cpu_percent_mean": result.other_cpu_percent_mean,
         "reloads": sum(bool(r["reload"]) for r in requests),
         "cache_hit_rate": rate([r["cache_hit"] for r in requests]),
         "rss_growth_bytes_per_pass": growth_per_pass(result.pass_rss_bytes),

@@ -187,6 +187,8 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
                                "value": trial.value if feasible(trial) else None,
                                "params": trial.params, "label": trial.user_attrs.get("label"),
                                "best": best.value if best else None,
+                               "other_cpu_percent": trial.user_attrs.get("stats", {}).get(
+                                   "other_cpu_percent_mean"),
                                "elapsed_s": time.monotonic() - started})
 
     study.optimize(objective_for(model, space, measurement, host), n_trials=trials,

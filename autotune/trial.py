@@ -78,6 +78,7 @@ class TrialResult:
     pass_rss_bytes: list[int] = field(default_factory=list)
     peak_rss_bytes: int = 0
     cpu_percent_mean: float | None = None
+    other_cpu_percent_mean: float | None = None
     gpu_memory_peak_bytes: int | None = None
     gpu_free_min_bytes: int | None = None
     thread_probe: dict | None = None
@@ -107,6 +108,7 @@ class ResourceSampler(threading.Thread):
         self.stopped = threading.Event()
         self.peak_rss = 0
         self.cpu: list[float] = []
+        self.others: list[float] = []
         self.gpu_peak: int | None = None
         self.gpu_free_min: int | None = None
         self.min_available = psutil.virtual_memory().available
@@ -115,9 +117,14 @@ class ResourceSampler(threading.Thread):
         try:
             process = psutil.Process(self.pid)
             process.cpu_percent()
+            psutil.cpu_percent()
+            cores = psutil.cpu_count() or 1
             while not self.stopped.wait(SAMPLE_EVERY_S):
                 self.peak_rss = max(self.peak_rss, process.memory_info().rss)
-                self.cpu.append(process.cpu_percent())
+                mine = process.cpu_percent()
+                self.cpu.append(mine)
+                # What the rest of the machine used meanwhile, in percent of one core.
+                self.others.append(max(0.0, psutil.cpu_percent() * cores - mine))
                 self.min_available = min(self.min_available, psutil.virtual_memory().available)
                 used = gpu_memory_used(self.pid)
                 if used is not None:
@@ -163,14 +170,16 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     ended = None
     done = False
     while ended is None:
+        now = time.perf_counter()
+        if now > deadline:
+            ended = (TIMED_OUT, f"trial ran past its {spec.timeout_s:g} s limit")
+            break
+        if now - last_line > spec.stall_s:
+            ended = (TIMED_OUT, f"worker hung: no progress for {spec.stall_s:g} s")
+            break
         try:
             line = lines.get(timeout=0.05)
         except queue.Empty:
-            now = time.perf_counter()
-            if now > deadline:
-                ended = (TIMED_OUT, f"trial ran past its {spec.timeout_s:g} s limit")
-            elif now - last_line > spec.stall_s:
-                ended = (TIMED_OUT, f"worker hung: no progress for {spec.stall_s:g} s")
             continue
         if line is None:
             break
@@ -203,10 +212,14 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     sampler.stopped.set()
     for thread in readers:
         thread.join(timeout=2)
+    process.stdout.close()
+    process.stderr.close()
     result.stderr_tail = "".join(stderr_tail)[-4000:]
     result.returncode = returncode
     result.peak_rss_bytes = max([sampler.peak_rss, *[r["rss_bytes"] for r in result.requests]])
     result.cpu_percent_mean = sum(sampler.cpu) / len(sampler.cpu) if sampler.cpu else None
+    result.other_cpu_percent_mean = (sum(sampler.others) / len(sampler.others)
+                                     if sampler.others else None)
     result.gpu_memory_peak_bytes = sampler.gpu_peak
     result.gpu_free_min_bytes = sampler.gpu_free_min
     memory_ran_out = sampler.min_available < LOW_MEMORY_FRACTION * psutil.virtual_memory().total

@@ -11,7 +11,7 @@ from autotune.settings import Settings
 from autotune.workload import Workload, build
 
 TOKENS = 4
-LONG_TURNS = 8
+LONG_TURNS = 6
 
 
 def long_conversation() -> Workload:
@@ -132,7 +132,8 @@ def test_small_cache_evicts_and_misses(model_path: Path, tiny_workload: Workload
 @pytest.mark.parametrize("context_window", [256, 300])
 def test_tiny_context_drops_turns_instead_of_crashing(model_path: Path,
                                                       context_window: int) -> None:
-    backend = Backend(str(model_path), Settings(n_threads=2, context_window=context_window))
+    backend = Backend(str(model_path), Settings(n_threads=2, context_window=context_window,
+                                                enable_context_cache=False))
     served = replay(backend, long_conversation())
     assert [s.generated for s in served] == [TOKENS] * (LONG_TURNS + 1)
     assert all(s.prompt_tokens + TOKENS <= context_window for s in served)
