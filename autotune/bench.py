@@ -16,11 +16,10 @@ from autotune.diagnosis import diagnose, targets
 from autotune.model import inspect_model
 from autotune.settings import Settings
 from autotune.stats import summarize
-from autotune.trial import TrialSpec, run_trial
+from autotune.trial import DEFAULT_TOKENS, TrialSpec, run_trial
 from autotune.workload import Workload, builtin_workload
 
 DEFAULT_CLIENTS = 3
-DEFAULT_TOKENS = 12
 
 
 def bench(model_path: str | os.PathLike[str], settings: Settings,

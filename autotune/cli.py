@@ -166,7 +166,7 @@ def print_event(progress: Progress, task: int, kind: str, data: dict) -> None:
     elif kind == "trial":
         value = f"score {data['value']:.3f} s" if data["value"] is not None else (
             f"{data['status'] or data['state'].lower()}: {data['reason']}")
-        label = f" [{data['label']}]" if data["label"] else ""
+        label = f" ({data['label']})" if data["label"] else ""
         best = f"{data['best']:.3f} s" if data["best"] is not None else "-"
         params = ", ".join(f"{k}={v}" for k, v in data["params"].items())
         others = data.get("other_cpu_percent")

@@ -40,6 +40,9 @@ PRUNED = "pruned"
 STDERR_LINES = 40
 SAMPLE_EVERY_S = 0.2
 LOW_MEMORY_FRACTION = 0.05
+# A short assistant reply: with fewer tokens, prompt work and cache copies dominate and
+# decoding, where thread settings matter most, is under-weighted.
+DEFAULT_TOKENS = 32
 OOM_WORDS = ("out of memory", "failed to allocate", "cudamalloc failed", "memoryerror",
              "cannot allocate memory", "std::bad_alloc", "unable to allocate")
 
@@ -51,7 +54,7 @@ class TrialSpec:
     model_path: str
     settings: Settings
     workload: Workload
-    tokens_per_request: int = 12
+    tokens_per_request: int = DEFAULT_TOKENS
     passes: int = 1
     clients: int = 1
     probe_threads: int | None = None
@@ -163,47 +166,16 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     sampler = ResourceSampler(process.pid)
     for thread in (*readers, sampler):
         thread.start()
-    process.stdin.write(json.dumps(spec.to_wire()) + "\n")
-    process.stdin.flush()
-    deadline = started + spec.timeout_s
-    last_line = time.perf_counter()
-    ended = None
-    done = False
-    while ended is None:
-        now = time.perf_counter()
-        if now > deadline:
-            ended = (TIMED_OUT, f"trial ran past its {spec.timeout_s:g} s limit")
-            break
-        if now - last_line > spec.stall_s:
-            ended = (TIMED_OUT, f"worker hung: no progress for {spec.stall_s:g} s")
-            break
-        try:
-            line = lines.get(timeout=0.05)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        last_line = time.perf_counter()
-        event = parse_event(line)
-        if event is None:
-            continue
-        kind = event.pop("event")
-        if kind == "loaded":
-            result.load_s = event["load_s"]
-        elif kind == "warmup":
-            result.warmup_s = event["latency_s"]
-        elif kind == "request":
-            result.requests.append(event)
-            if on_request is not None and on_request(event):
-                ended = (PRUNED, f"stopped after {len(result.requests)} requests")
-        elif kind == "pass_end":
-            result.pass_rss_bytes.append(event["rss_bytes"])
-        elif kind == "thread_probe":
-            result.thread_probe = event
-        elif kind == "load_failed":
-            ended = (LOAD_FAILED, event["error"])
-        elif kind == "done":
-            done = True
+    try:
+        process.stdin.write(json.dumps(spec.to_wire()) + "\n")
+        process.stdin.flush()
+    except OSError:  # the worker died at start-up; its exit status tells how
+        pass
+    try:
+        ended, done = follow(lines, result, spec, started, on_request)
+    except BaseException:
+        kill_group(process)  # never leave a worker behind, even on Ctrl-C
+        raise
     if ended is not None and ended[0] != LOAD_FAILED:
         kill_group(process)
     process.stdin.close()
@@ -227,6 +199,49 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
                                                      memory_ran_out)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def follow(lines: queue.Queue, result: TrialResult, spec: TrialSpec, started: float,
+           on_request: OnRequest | None) -> tuple[tuple[str, str] | None, bool]:
+    """Read the worker's events into `result` until it ends, or a limit or a prune stops it.
+
+    Returns how the parent stopped it (None when the worker ended by itself) and whether
+    the worker said it was done.
+    """
+    deadline = started + spec.timeout_s
+    last_line = time.perf_counter()
+    done = False
+    while True:
+        now = time.perf_counter()
+        if now > deadline:
+            return (TIMED_OUT, f"trial ran past its {spec.timeout_s:g} s limit"), done
+        if now - last_line > spec.stall_s:
+            return (TIMED_OUT, f"worker hung: no progress for {spec.stall_s:g} s"), done
+        try:
+            line = lines.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        if line is None:
+            return None, done
+        last_line = time.perf_counter()
+        event = parse_event(line)
+        kind = event.pop("event") if event else None
+        if kind == "loaded":
+            result.load_s = event["load_s"]
+        elif kind == "warmup":
+            result.warmup_s = event["latency_s"]
+        elif kind == "request":
+            result.requests.append(event)
+            if on_request is not None and on_request(event):
+                return (PRUNED, f"stopped after {len(result.requests)} requests"), done
+        elif kind == "pass_end":
+            result.pass_rss_bytes.append(event["rss_bytes"])
+        elif kind == "thread_probe":
+            result.thread_probe = event
+        elif kind == "load_failed":
+            return (LOAD_FAILED, event["error"]), done
+        elif kind == "done":
+            done = True
 
 
 def parse_event(line: str) -> dict | None:

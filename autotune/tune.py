@@ -24,6 +24,7 @@ from autotune.settings import Settings
 from autotune.space import GUIDE_DEFAULTS, build_space
 from autotune.storage import location, open_storage
 from autotune.study import Event, Measurement, open_study, ranked_feasible, search
+from autotune.trial import DEFAULT_TOKENS
 from autotune.workload import Workload, builtin_workload
 
 
@@ -33,7 +34,7 @@ class TuneOptions:
     timeout_s: float | None = None
     seed: int | None = None
     workload: Workload | None = None
-    tokens_per_request: int = 12
+    tokens_per_request: int = DEFAULT_TOKENS
     clients: int = 1
     extended: bool = False
     fixed: dict[str, object] = field(default_factory=dict)

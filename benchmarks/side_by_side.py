@@ -1,6 +1,6 @@
 """Interleaved side-by-side of export files (or the guide's defaults) with `autotune bench`.
 
-    python benchmarks/side_by_side.py MODEL jarvis.env [other.env ...] [--rounds 3]
+    python benchmarks/side_by_side.py MODEL jarvis.env [other.env ...] [--rounds 3] [--tokens N]
 
 Each round runs `autotune bench MODEL --env FILE --json` once per configuration, in a
 shuffled order, and the table gives each configuration's median mean latency and its ratio
@@ -40,10 +40,11 @@ def main() -> None:
     parser.add_argument("env_files", nargs="*")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("bench_args", nargs=argparse.REMAINDER,
-                        help="after --, passed to autotune bench (e.g. -- --tokens 24)")
+    parser.add_argument("--tokens", type=int, help="tokens per request (bench's default)")
+    parser.add_argument("--workload", help="JSONL workload (bench's built-in one)")
     args = parser.parse_args()
-    extra = [a for a in args.bench_args if a != "--"]
+    extra = [*(["--tokens", str(args.tokens)] if args.tokens else []),
+             *(["--workload", args.workload] if args.workload else [])]
     with tempfile.TemporaryDirectory() as folder:
         defaults = Path(folder) / "guide-defaults.env"
         defaults.write_text("".join(f"{k}={v}\n" for k, v in GUIDE_DEFAULTS.items()))
