@@ -22,6 +22,7 @@ demo: install
 	cat jarvis.env
 
 test: install
+	$(BIN)/ruff check autotune tests benchmarks
 	$(BIN)/python -m pytest
 
 lint: install

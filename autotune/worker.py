@@ -48,10 +48,25 @@ class Emitter:
         return int(self.process.memory_info().rss)
 
 
+ABANDONED = 70
+finished: list[int] = []  # the exit code, once the workload is done
+
+
 def exit_when_parent_leaves(stdin: IO[str]) -> None:
-    """Block on stdin; EOF means the parent is gone or wants us gone."""
+    """Block on stdin; EOF means the parent is gone or wants us gone.
+
+    A worker that has finished its work keeps its own exit code when the parent closes
+    stdin at the same moment; one still working exits with ABANDONED.
+    """
     stdin.read()
-    os._exit(70)
+    os._exit(finished[0] if finished else ABANDONED)
+
+
+def finish(emit: Emitter, code: int, event: str, **fields: object) -> int:
+    """Emit the last event; from then on a closed stdin is no longer an abandonment."""
+    finished.append(code)
+    emit(event, **fields)
+    return code
 
 
 def serve(backend: Backend, emit: Emitter, request: Request, n_tokens: int, pass_no: int,
@@ -125,8 +140,7 @@ def run(spec: dict, emit: Emitter) -> int:
     try:
         backend = Backend(spec["model_path"], settings)
     except Exception as err:
-        emit("load_failed", error=f"{type(err).__name__}: {err}")
-        return 3
+        return finish(emit, 3, "load_failed", error=f"{type(err).__name__}: {err}")
     emit("loaded", load_s=round(backend.load_s, 6), n_ctx=backend.n_ctx, rss_bytes=emit.rss())
     warm = Request(-1, "warmup", "warmup", 1, WARMUP_PROMPT)
     started = time.perf_counter()
@@ -139,8 +153,7 @@ def run(spec: dict, emit: Emitter) -> int:
     physical = spec.get("probe_threads")
     if physical and physical != settings.n_threads:
         thread_probe(backend, emit, warm, n_tokens, int(physical))
-    emit("done")
-    return 0
+    return finish(emit, 0, "done")
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ def machine(**changes: object) -> Hardware:
     return dataclasses.replace(base, **changes)
 
 
-def sample(space, params: dict | None = None, pinned: dict | None = None):  # noqa: ANN001, ANN201
+def sample(space, params: dict | None = None, pinned: dict | None = None):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     if params is not None:
         study.enqueue_trial(params, user_attrs={"pinned": pinned or {}})
@@ -49,7 +49,7 @@ def test_offload_build_with_gpu_searches_layers_from_minus_one_to_layers_plus_on
     gpu = Gpu(0, "test gpu", 8 * 2**30, 7 * 2**30)
     space = build_space(model, machine(gpus=(gpu,), gpu_offload=True))
     assert space.gpu_layers == (-1, model.n_layers + 1)
-    trial, settings = sample(space)
+    trial, _settings = sample(space)
     assert -1 <= trial.params["n_gpu_layers"] <= model.n_layers + 1
 
 
@@ -77,7 +77,7 @@ def test_cache_size_is_searched_only_when_the_cache_is_on(model: ModelInfo) -> N
     space = build_space(model, machine())
     off_trial, off = sample(space, {"enable_context_cache": False})
     assert "max_cache_size" not in off_trial.params and not off.enable_context_cache
-    on_trial, on = sample(space, {"enable_context_cache": True})
+    on_trial, _on = sample(space, {"enable_context_cache": True})
     assert 1 <= on_trial.params["max_cache_size"] <= 128
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
+from conftest import AUTOTUNE, clean_env
 
 from autotune.settings import CORE_FIELDS
 from autotune.storage import open_storage
 from autotune.study import FAILED_SCORE_S
-from conftest import AUTOTUNE, clean_env
 
 QUICK = ("--tokens", "4", "--rounds", "1", "--finalists", "1", "--seed", "0", "--json")
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -41,7 +41,7 @@ def first_run(model_path: Path, tiny_workload_file: Path,
     return folder, json.loads(done.stdout), done
 
 
-def test_summary_names_the_study_its_winner_and_the_improvement(first_run) -> None:  # noqa: ANN001
+def test_summary_names_the_study_its_winner_and_the_improvement(first_run) -> None:
     _, summary, _ = first_run
     assert summary["n_trials"] == 4
     assert summary["study_name"].startswith("SmolLM2-135M-Instruct.Q4_1@")
@@ -53,12 +53,12 @@ def test_summary_names_the_study_its_winner_and_the_improvement(first_run) -> No
     assert summary["baseline"]["stats"]["mean_s"] > 0
 
 
-def test_winner_uses_no_more_threads_than_the_machine_has(first_run) -> None:  # noqa: ANN001
+def test_winner_uses_no_more_threads_than_the_machine_has(first_run) -> None:
     _, summary, _ = first_run
     assert int(summary["best"]["JARVIS_N_THREADS"]) <= psutil.cpu_count(logical=True)
 
 
-def test_export_file_sources_into_the_five_core_variables(first_run) -> None:  # noqa: ANN001
+def test_export_file_sources_into_the_five_core_variables(first_run) -> None:
     folder, summary, _ = first_run
     env = subprocess.run(["sh", "-c", f". {folder / 'jarvis.env'}; env"], capture_output=True,
                          text=True, check=True, env={}).stdout.splitlines()
@@ -67,7 +67,7 @@ def test_export_file_sources_into_the_five_core_variables(first_run) -> None:  #
     assert len(jarvis) == len(CORE_FIELDS)
 
 
-def test_every_trial_records_its_score_parts_and_measurements(first_run) -> None:  # noqa: ANN001
+def test_every_trial_records_its_score_parts_and_measurements(first_run) -> None:
     folder, _, _ = first_run
     trials = study_trials(folder / "studies")
     labels = [t.user_attrs.get("label") for t in trials[:2]]
@@ -83,7 +83,7 @@ def test_every_trial_records_its_score_parts_and_measurements(first_run) -> None
             assert trial.constraints == {"failed": 0.0}
 
 
-def test_study_records_model_versions_hardware_and_workload(first_run) -> None:  # noqa: ANN001
+def test_study_records_model_versions_hardware_and_workload(first_run) -> None:
     folder, _, _ = first_run
     storage = open_storage(folder / "studies")
     (summary,) = optuna.get_all_study_summaries(storage)
@@ -98,7 +98,7 @@ def test_study_records_model_versions_hardware_and_workload(first_run) -> None: 
 
 
 def test_existing_out_file_stops_the_run_before_any_work(first_run, model_path: Path,
-                                                         run_cli: Run) -> None:  # noqa: ANN001
+                                                         run_cli: Run) -> None:
     folder, _, _ = first_run
     before = (folder / "jarvis.env").read_text()
     started = time.monotonic()
@@ -111,7 +111,7 @@ def test_existing_out_file_stops_the_run_before_any_work(first_run, model_path: 
     assert len(study_trials(folder / "studies")) == 4
 
 
-def test_same_command_again_resumes_the_study(first_run, model_path: Path,  # noqa: ANN001
+def test_same_command_again_resumes_the_study(first_run, model_path: Path,
                                               tiny_workload_file: Path, run_cli: Run) -> None:
     folder, summary, _ = first_run
     before = {t.number: t.user_attrs.get("latencies") for t in study_trials(folder / "studies")}
@@ -126,7 +126,7 @@ def test_same_command_again_resumes_the_study(first_run, model_path: Path,  # no
     assert {n: after[n] for n in before} == before
 
 
-def test_a_different_workload_will_not_resume_the_study(first_run, model_path: Path,  # noqa: ANN001
+def test_a_different_workload_will_not_resume_the_study(first_run, model_path: Path,
                                                         run_cli: Run) -> None:
     folder, _, _ = first_run
     done = run_cli(str(model_path), "--trials", "1", "--studies-dir", str(folder / "studies"),
@@ -188,7 +188,7 @@ def test_sigkill_mid_study_leaves_no_worker_and_loses_no_trial(
         assert len(finished) >= 2 and worker, "the study never got going"
         os.kill(tuner.pid, signal.SIGKILL)
         tuner.wait()
-        gone, alive = psutil.wait_procs(worker, timeout=5)
+        _gone, alive = psutil.wait_procs(worker, timeout=5)
         assert not alive, "a worker outlived its study"
     finally:
         if tuner.poll() is None:
