@@ -164,8 +164,12 @@ def print_event(progress: Progress, task: int, kind: str, data: dict) -> None:
         for note in data["notes"]:
             log(f"  note: {note}")
     elif kind == "trial":
-        value = f"score {data['value']:.3f} s" if data["value"] is not None else (
-            f"{data['status'] or data['state'].lower()}: {data['reason']}")
+        if data["value"] is not None:
+            value = f"score {data['value']:.3f} s"
+        elif data["infeasible"]:
+            value = f"infeasible, {data['infeasible']}"
+        else:
+            value = f"{data['status'] or data['state'].lower()}: {data['reason']}"
         label = f" ({data['label']})" if data["label"] else ""
         best = f"{data['best']:.3f} s" if data["best"] is not None else "-"
         params = ", ".join(f"{k}={v}" for k, v in data["params"].items())

@@ -173,8 +173,7 @@ def compare_table(summaries: list[dict]) -> Table:
                for row in summaries]
     for label, key, fmt in COMPARE_ROWS:
         table.add_row(label, *(present(r.get(key), fmt) for r in derived))
-    variables = sorted({k for r in summaries for k in r if k.startswith("JARVIS_")},
-                       key=lambda k: list(summaries[0]).index(k) if k in summaries[0] else 99)
+    variables = dict.fromkeys(k for r in summaries for k in r if k.startswith("JARVIS_"))
     for name in variables:
         table.add_row(name, *(present(r.get(name), str) for r in summaries))
     return table

@@ -17,6 +17,7 @@ import pandas as pd
 
 from autotune.settings import BY_FIELD, format_value
 from autotune.storage import load_study, open_storage, study_names
+from autotune.study import feasible
 
 STAT_COLUMNS = ("mean_s", "p50_s", "p95_s", "p99_s", "max_s", "std_s", "cv", "spikes",
                 "ttft_mean_s", "tokens_per_s", "cache_hit_rate", "cache_mean_s", "reloads",
@@ -59,6 +60,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
         "trial": trial.number, "state": trial.state.name, "status": attrs.get("status"),
         "reason": attrs.get("reason", ""), "label": attrs.get("label"),
         "score_s": trial.value if attrs.get("status") == "ok" else None,
+        "infeasible": attrs.get("infeasible"),
         "started": trial.datetime_start,
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
     }
@@ -98,9 +100,8 @@ def load_studies(location: str | os.PathLike[str] | None = None,
 def summary_row(study: optuna.Study) -> dict[str, object]:
     trials = study.get_trials(deepcopy=False)
     statuses = [t.user_attrs.get("status") for t in trials]
-    ok = [t for t in trials if t.user_attrs.get("status") == "ok"
-          and t.state == optuna.trial.TrialState.COMPLETE]
-    best = min(ok, key=lambda t: t.value) if ok else None
+    candidates = [t for t in trials if feasible(t)]
+    best = min(candidates, key=lambda t: t.value) if candidates else None
     winner = study.user_attrs.get("winner") or {}
     improvement = winner.get("improvement") or {}
     candidates = (study.user_attrs.get("confirmation") or {}).get("candidates", [])
@@ -132,7 +133,7 @@ def study_summaries(location: str | os.PathLike[str] | None = None,
 
 
 def feasible_study(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy holding only the trials that finished: for importances and plots.
+    """An in-memory copy holding only the feasible trials: for importances and plots.
 
     Failed trials carry a placeholder score that would swamp both.
     """
@@ -142,9 +143,7 @@ def feasible_study(study: optuna.Study) -> optuna.Study:
         copy = optuna.create_study(direction="minimize", study_name=study.study_name)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    copy.add_trials([t for t in study.get_trials(deepcopy=False)
-                     if t.state == optuna.trial.TrialState.COMPLETE
-                     and t.user_attrs.get("status") == "ok"])
+    copy.add_trials([t for t in study.get_trials(deepcopy=False) if feasible(t)])
     return copy
 
 

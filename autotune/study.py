@@ -162,14 +162,23 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         if result.status == PRUNED:
             raise optuna.TrialPruned(result.reason)
         trial.set_constraint("failed", 0.0 if value is not None else 1.0)
+        # A window that makes the workload drop history changes what the model sees, as a
+        # generation setting would: however fast, it is not a candidate.
+        reloads = sum(bool(r["reload"]) for r in result.requests)
+        trial.set_constraint("context_overflow", float(reloads))
+        if reloads:
+            trial.set_user_attr("infeasible", f"context overflow: {reloads} request(s) "
+                                              "dropped history")
         return FAILED_SCORE_S if value is None else value
 
     return objective
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """Finished its workload without failing and without overflowing the context."""
     return (trial.state == optuna.trial.TrialState.COMPLETE
-            and trial.user_attrs.get("status") == OK)
+            and trial.user_attrs.get("status") == OK
+            and all(v <= 0 for v in trial.constraints.values()))
 
 
 def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measurement: Measurement,
@@ -188,6 +197,7 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
                                "state": trial.state.name, "status": trial.user_attrs.get("status"),
                                "reason": trial.user_attrs.get("reason", ""),
                                "value": trial.value if feasible(trial) else None,
+                               "infeasible": trial.user_attrs.get("infeasible"),
                                "params": {**trial.params,
                                           **trial.user_attrs.get(PINNED_ATTR, {})},
                                "label": trial.user_attrs.get("label"),

@@ -104,8 +104,9 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
            on_event)
     candidates = finalists(study, options.finalists)
     if len(candidates) == 1:
-        raise AutotuneError(f"study {name!r}: no trial finished, so there is nothing to "
-                            "confirm; see `autotune show` for the failures")
+        raise AutotuneError(f"study {name!r}: no trial finished without failing or "
+                            "overflowing the context, so there is nothing to confirm; see "
+                            f"`autotune show {name}`")
     outcome = confirm(candidates, lambda s: measurement.spec(model, s), options.rounds,
                       options.weights, options.seed, on_event)
     winner = outcome["winner"]

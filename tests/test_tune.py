@@ -80,7 +80,7 @@ def test_every_trial_records_its_score_parts_and_measurements(first_run) -> None
             assert parts["total_s"] == pytest.approx(
                 parts["mean_s"] + parts["spike_penalty_s"] + parts["consistency_penalty_s"])
             assert len(trial.user_attrs["latencies"]) == 4
-            assert trial.constraints == {"failed": 0.0}
+            assert trial.constraints == {"failed": 0.0, "context_overflow": 0.0}
 
 
 def test_study_records_model_versions_hardware_and_workload(first_run) -> None:
@@ -148,7 +148,22 @@ def test_failed_trials_inform_the_sampler_and_never_stop_the_study(
         assert trial.state == optuna.trial.TrialState.COMPLETE
         assert trial.user_attrs["status"] == "timed_out"
         assert trial.value == FAILED_SCORE_S
-        assert trial.constraints == {"failed": 1.0}
+        assert trial.constraints == {"failed": 1.0, "context_overflow": 0.0}
+    assert not (tmp_path / "j.env").exists()
+
+
+def test_a_context_that_drops_history_is_never_the_winner(model_path: Path, tmp_path: Path,
+                                                           run_cli: Run) -> None:
+    # The built-in workload overflows 512 tokens on its last turns: fast, but it forgets.
+    done = run_cli(str(model_path), "--trials", "2", "--fix", "context_window=512",
+                   "--studies-dir", str(tmp_path / "studies"), "--out", str(tmp_path / "j.env"),
+                   *QUICK, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "overflowing the context" in done.stderr
+    for trial in study_trials(tmp_path / "studies"):
+        assert trial.user_attrs["status"] == "ok" and trial.value < FAILED_SCORE_S
+        assert trial.constraints["context_overflow"] > 0
+        assert "dropped history" in trial.user_attrs["infeasible"]
     assert not (tmp_path / "j.env").exists()
 
 
