@@ -22,14 +22,14 @@ demo: install
 	cat jarvis.env
 
 test: install
-	$(BIN)/ruff check autotune tests benchmarks
+	$(BIN)/ruff check autotune tests benchmarks studies
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check autotune tests benchmarks
+	$(BIN)/ruff check autotune tests benchmarks studies
 
 fix: install
-	$(BIN)/ruff check --fix autotune tests benchmarks
+	$(BIN)/ruff check --fix autotune tests benchmarks studies
 
 bench: install
 	$(BIN)/python benchmarks/threads_and_cache.py "$(DEMO_MODEL)"
