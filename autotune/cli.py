@@ -243,8 +243,6 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
     from autotune.tune import TuneOptions
     from autotune.tune import tune as tune_lib
 
-    if studies_dir and storage:
-        raise AutotuneError("pass --studies-dir or --storage, not both")
     options = TuneOptions(
         trials=trials, timeout_s=timeout, seed=seed, workload=load_workload(workload_file),
         tokens_per_request=tokens, clients=clients if concurrent else 1, extended=extended,
@@ -269,8 +267,6 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
 def open_studies(studies_dir: str | None, storage: str | None):
     from autotune.storage import open_storage
 
-    if studies_dir and storage:
-        raise AutotuneError("pass --studies-dir or --storage, not both")
     return open_storage(studies_dir, storage, create=False)
 
 

@@ -49,8 +49,7 @@ def machine_variables(settings: Settings, gpus: list[int], system: str) -> dict[
 def render(settings: Settings, fields: tuple[str, ...], header: ExportHeader,
            machine: dict[str, str] | None = None, fmt: str = "shell") -> str:
     """The export file's text, for the given tuned fields."""
-    if fmt not in FORMATS:
-        raise AutotuneError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    check_format(fmt)
     lines = [f"# JARVIS_* settings for {header.model}, measured by autotune",
              f"# date: {header.date}",
              f"# study: {header.study}"]
@@ -68,6 +67,11 @@ def render(settings: Settings, fields: tuple[str, ...], header: ExportHeader,
                      else f"{name}={value}")
     lines.append(f"# {NOT_FOR_LLAMA}")
     return "\n".join(lines) + "\n"
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise AutotuneError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
 
 
 def check_writable(path: str | os.PathLike[str], force: bool) -> Path:

@@ -80,7 +80,7 @@ def nvml_ready() -> bool:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:
+    except Exception:  # no driver, no library, no device: all mean "no GPU"
         return False
     return True
 
@@ -133,7 +133,7 @@ def gpu_offload_supported() -> bool:
         import llama_cpp
 
         return bool(llama_cpp.llama_supports_gpu_offload())
-    except Exception:
+    except Exception:  # an unloadable library offloads nothing
         return False
 
 

@@ -127,7 +127,7 @@ def field_value(field):
     """A reader field as a plain Python value (str, number, or list)."""
     try:
         return field.contents()
-    except Exception:
+    except Exception:  # older gguf releases lack contents()
         return None
 
 

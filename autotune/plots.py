@@ -11,6 +11,7 @@ from autotune.errors import AutotuneError
 from autotune.settings import BY_FIELD
 from autotune.space import BASELINE_LABEL
 from autotune.studies import feasible_study
+from autotune.study import best_feasible
 
 KINDS = ("png", "html")
 STUDY_PLOTS = ("optimization_history", "slice", "parallel_coordinate")
@@ -25,10 +26,9 @@ def kind_of(path: str | os.PathLike[str]) -> str:
 
 def latency_groups(study: optuna.Study) -> list[tuple[str, list[float]]]:
     """The best finished trial's latencies and the guide defaults' trial's, for one study."""
-    finished = feasible_study(study).trials
     groups = []
-    if finished:
-        best = min(finished, key=lambda t: t.value)
+    best = best_feasible(study)
+    if best is not None:
         groups.append((f"{study.study_name}\nbest (trial {best.number})",
                        best.user_attrs["latencies"]))
     for trial in study.get_trials(deepcopy=False):

@@ -42,6 +42,8 @@ def open_storage(studies_dir: str | os.PathLike[str] | None = None,
                  storage: str | None = None, create: bool = True
                  ) -> optuna.storages.BaseStorage:
     """Open the studies folder's journal, or `storage` (a URL or a journal file path)."""
+    if studies_dir and storage:
+        raise AutotuneError("pass --studies-dir or --storage, not both")
     where = location(studies_dir, storage)
     if "://" in where:
         try:

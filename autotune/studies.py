@@ -17,7 +17,7 @@ import pandas as pd
 
 from autotune.settings import BY_FIELD, format_value
 from autotune.storage import load_study, open_storage, study_names
-from autotune.study import feasible
+from autotune.study import best_feasible, feasible
 
 STAT_COLUMNS = ("mean_s", "p50_s", "p95_s", "p99_s", "max_s", "std_s", "cv", "spikes",
                 "ttft_mean_s", "tokens_per_s", "cache_hit_rate", "cache_mean_s", "reloads",
@@ -100,8 +100,7 @@ def load_studies(location: str | os.PathLike[str] | None = None,
 def summary_row(study: optuna.Study) -> dict[str, object]:
     trials = study.get_trials(deepcopy=False)
     statuses = [t.user_attrs.get("status") for t in trials]
-    candidates = [t for t in trials if feasible(t)]
-    best = min(candidates, key=lambda t: t.value) if candidates else None
+    best = best_feasible(study)
     winner = study.user_attrs.get("winner") or {}
     improvement = winner.get("improvement") or {}
     candidates = (study.user_attrs.get("confirmation") or {}).get("candidates", [])

@@ -85,9 +85,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     model = inspect_model(model_path)
     if options.out:
         export.check_writable(options.out, options.force)
-    if options.fmt not in export.FORMATS:
-        raise AutotuneError(f"--format {options.fmt}: expected one of "
-                            f"{', '.join(export.FORMATS)}")
+    export.check_format(options.fmt)
     machine = detect()
     space = build_space(model, machine, options.extended, options.fixed)
     measurement = Measurement(options.workload or builtin_workload(), options.tokens_per_request,

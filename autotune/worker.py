@@ -104,7 +104,7 @@ def run_pass(backend: Backend, emit: Emitter, requests: list[Request], n_tokens:
                 except queue.Empty:
                     return
                 serve(backend, emit, request, n_tokens, pass_no, number, time.perf_counter())
-        except BaseException as err:
+        except BaseException as err:  # re-raised in the main thread
             errors.append(err)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
@@ -139,7 +139,7 @@ def run(spec: dict, emit: Emitter) -> int:
     n_tokens = int(spec["tokens_per_request"])
     try:
         backend = Backend(spec["model_path"], settings)
-    except Exception as err:
+    except Exception as err:  # any load failure is reported, not raised
         return finish(emit, 3, "load_failed", error=f"{type(err).__name__}: {err}")
     emit("loaded", load_s=round(backend.load_s, 6), n_ctx=backend.n_ctx, rss_bytes=emit.rss())
     warm = Request(-1, "warmup", "warmup", 1, WARMUP_PROMPT)
