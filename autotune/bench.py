@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from autotune import hardware as hw
 from autotune.diagnosis import diagnose, targets
+from autotune.machine_lock import MachineLock
 from autotune.model import inspect_model
 from autotune.settings import Settings
 from autotune.stats import summarize
@@ -26,11 +27,13 @@ def bench(model_path: str | os.PathLike[str], settings: Settings,
           workload: Workload | None = None, iterations: int = 1, clients: int = 1,
           tokens_per_request: int = DEFAULT_TOKENS, timeout_s: float = 1800.0,
           on_request: Callable[[dict], bool] | None = None,
-          machine: hw.Hardware | None = None) -> dict[str, object]:
+          machine: hw.Hardware | None = None, lock: MachineLock | None = None
+          ) -> dict[str, object]:
     """Measure one configuration and return the report: statistics, targets, diagnosis.
 
     `iterations` passes over the workload (memory growth per pass is the leak check);
-    `clients` > 1 sends requests from that many threads at once to one backend.
+    `clients` > 1 sends requests from that many threads at once to one backend. The trial
+    waits for any other measurement on the machine first (`lock`, by default waiting).
     """
     model = inspect_model(model_path)
     machine = machine or hw.detect()
@@ -39,7 +42,8 @@ def bench(model_path: str | os.PathLike[str], settings: Settings,
     spec = TrialSpec(model.path, settings, workload, tokens_per_request=tokens_per_request,
                      passes=iterations, clients=clients, probe_threads=probe,
                      timeout_s=timeout_s)
-    result = run_trial(spec, on_request=on_request)
+    with (lock or MachineLock()).held("bench"):
+        result = run_trial(spec, on_request=on_request)
     summary = summarize(result)
     causes = diagnose(summary, result.thread_probe, settings, machine)
     return {

@@ -21,6 +21,7 @@ from rich.progress import (
 
 from autotune import bench as bench_lib
 from autotune.errors import AutotuneError
+from autotune.machine_lock import Holder, MachineLock
 from autotune.report import BUSY_MACHINE_PERCENT, print_bench, print_tune
 from autotune.scoring import Weights
 from autotune.settings import Settings, load_env_file
@@ -44,7 +45,7 @@ class DefaultGroup(click.Group):
 
 
 def user_errors(command: Callable) -> Callable:
-    """Turn an AutotuneError into one line on stderr and exit status 2."""
+    """Turn an AutotuneError into one line on stderr and its exit status (2: bad input)."""
 
     @functools.wraps(command)
     def wrapper(*args: object, **kwargs: object) -> object:
@@ -52,7 +53,7 @@ def user_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except AutotuneError as err:
             click.echo(f"autotune: error: {err}", err=True)
-            raise click.exceptions.Exit(2) from None
+            raise click.exceptions.Exit(err.exit_status) from None
 
     return wrapper
 
@@ -76,6 +77,18 @@ def progress_bar(description: str, total: int):
 def settings_from(env_file: str | None) -> Settings:
     """Settings from --env FILE when given, else from the environment (else defaults)."""
     return load_env_file(env_file) if env_file else Settings.from_env()
+
+
+def no_wait_option(command: Callable) -> Callable:
+    return click.option("--no-wait", is_flag=True,
+                        help="If another autotune is measuring on this machine, exit (status "
+                             "1) instead of waiting for it: two measurements at once on the "
+                             "same cores slow each other many times over.")(command)
+
+
+def say_waiting(holder: Holder) -> None:
+    err_console.print(f"waiting for the machine: {holder.describe()} is measuring "
+                      "(one measurement at a time; --no-wait exits instead)", markup=False)
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,9 +135,11 @@ def out_console() -> Console:
 @click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(1),
               help="Wall-clock limit for the trial, seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@no_wait_option
 @user_errors
 def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, clients: int,
-          workload_file: str | None, tokens: int, timeout: float, as_json: bool) -> None:
+          workload_file: str | None, tokens: int, timeout: float, as_json: bool,
+          no_wait: bool) -> None:
     """Latency test of one configuration of the backend (the guide's test_latency.py).
 
     Loads MODEL in a fresh worker process with the JARVIS_* settings, replays the
@@ -137,7 +152,8 @@ def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, c
     with progress_bar("bench", len(workload.requests) * iterations) as advance:
         report = bench_lib.bench(model, settings, workload, iterations=iterations,
                                  clients=clients, tokens_per_request=tokens,
-                                 timeout_s=timeout, on_request=advance)
+                                 timeout_s=timeout, on_request=advance,
+                                 lock=MachineLock(wait=not no_wait, on_wait=say_waiting))
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -158,7 +174,10 @@ def storage_options(command: Callable) -> Callable:
 def print_event(progress: Progress, task: int, kind: str, data: dict) -> None:
     """One line per finished trial or confirmation run, and the bar moved on."""
     log = progress.console.print
-    if kind == "start":
+    if kind == "waiting":
+        log(f"waiting for the machine: {data['holder']} is measuring (one measurement at "
+            "a time; --no-wait exits instead)", markup=False)
+    elif kind == "start":
         verb = "resuming" if data["resumed"] else "starting"
         log(f"{verb} study {data['study']} in {data['storage']}")
         for note in data["notes"]:
@@ -227,13 +246,14 @@ def print_event(progress: Progress, task: int, kind: str, data: dict) -> None:
               show_default=True, help="shell: export NAME='value'; dotenv: NAME=value.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary instead of tables.")
+@no_wait_option
 @user_errors
 def tune(model: str, trials: int, timeout: float | None, seed: int | None,
          workload_file: str | None, tokens: int, concurrent: bool, clients: int,
          extended: bool, fixes: tuple[str, ...], finalists: int, rounds: int,
          spike_weight: float, spike_factor: float, cv_weight: float, trial_timeout: float,
          study_name: str | None, studies_dir: str | None, storage: str | None, out: str,
-         fmt: str, force: bool, as_json: bool) -> None:
+         fmt: str, force: bool, as_json: bool, no_wait: bool) -> None:
     """Find the fastest steady JARVIS_* settings for MODEL on this machine.
 
     Runs an Optuna study (each candidate a latency trial in its own process), re-measures
@@ -250,7 +270,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
         weights=Weights(spike_weight=spike_weight, spike_factor=spike_factor,
                         cv_weight=cv_weight),
         trial_timeout_s=trial_timeout, study_name=study_name, studies_dir=studies_dir,
-        storage=storage, out=out, fmt=fmt, force=force)
+        storage=storage, out=out, fmt=fmt, force=force, wait=not no_wait)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                         transient=True)

@@ -18,7 +18,7 @@ from autotune.scoring import Weights, score
 from autotune.settings import Settings
 from autotune.space import BASELINE_LABEL
 from autotune.stats import summarize
-from autotune.trial import TrialSpec, run_trial
+from autotune.trial import TrialResult
 
 BASELINE = BASELINE_LABEL
 
@@ -30,10 +30,13 @@ class Candidate:
     trial_number: int | None = None
 
 
-def confirm(candidates: list[Candidate], spec_for: Callable[[Settings], TrialSpec],
+def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResult],
             rounds: int, weights: Weights, seed: int | None = None,
             on_event: Callable[[str, dict], None] | None = None) -> dict[str, object]:
-    """Run every candidate once per round, shuffled; return runs, per-candidate and winner."""
+    """Run every candidate once per round, shuffled; return runs, per-candidate and winner.
+
+    `measure` runs one trial of the given settings (alone on the machine) and returns it.
+    """
     rng = random.Random(seed)
     runs: list[dict] = []
     total = rounds * len(candidates)
@@ -41,7 +44,7 @@ def confirm(candidates: list[Candidate], spec_for: Callable[[Settings], TrialSpe
         order = list(candidates)
         rng.shuffle(order)
         for candidate in order:
-            result = run_trial(spec_for(candidate.settings))
+            result = measure(candidate.settings)
             run = {"round": round_no, "label": candidate.label, "status": result.status,
                    "reason": result.reason, "trial_number": candidate.trial_number,
                    "settings": candidate.settings.to_dict(), "stats": summarize(result)}

@@ -7,3 +7,5 @@ class AutotuneError(Exception):
     The CLI prints the message on one line and exits with status 2; nothing else
     is printed and nothing is written.
     """
+
+    exit_status = 2

@@ -83,24 +83,41 @@ def process_identity() -> dict[str, object]:
     return {"pid": me.pid, "pid_started": me.create_time()}
 
 
-def is_alive(pid: int | None, started: float | None) -> bool:
-    if pid is None:
-        return False
+def is_alive(pid: object, started: object) -> bool:
+    """Whether the process that recorded (pid, start time) still runs; unsure means alive.
+
+    A trial whose owner cannot be told apart from a live one is never failed: failing a
+    live tuner's trial would throw away a measurement in progress.
+    """
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return True  # the owner is not written yet (or unreadable): cannot tell
     try:
-        return abs(psutil.Process(pid).create_time() - float(started or 0)) < 1e-3
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        process_started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
         return False
+    except (psutil.AccessDenied, OSError):
+        return True
+    try:
+        return abs(process_started - float(started)) < 1e-3  # else the pid was reused
+    except (TypeError, ValueError):
+        return True
 
 
 def fail_orphaned_trials(study: optuna.Study, host: str) -> list[int]:
-    """Mark FAIL the RUNNING trials whose tuner process on this host is gone (it was killed)."""
+    """Mark FAIL the RUNNING trials whose tuner process on this host is gone (it was killed).
+
+    Trials of other hosts, and trials whose owner this host cannot identify, are left alone.
+    """
     from optuna.trial import TrialState
 
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
         if attrs.get("host") == host and not is_alive(attrs.get("pid"), attrs.get("pid_started")):
-            study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            try:
+                study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another tuner failed it first
             failed.append(trial.number)
     return failed

@@ -27,6 +27,7 @@ import optuna
 from autotune import __version__
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware
+from autotune.machine_lock import MachineLock
 from autotune.model import ModelInfo
 from autotune.scoring import Weights, score
 from autotune.space import PINNED_ATTR, SearchSpace
@@ -56,12 +57,21 @@ class Measurement:
     clients: int = 1
     trial_timeout_s: float = 300.0
     weights: Weights = field(default_factory=Weights)
+    lock: MachineLock = field(default_factory=MachineLock, compare=False)
 
     def spec(self, model: ModelInfo, settings: object) -> TrialSpec:
         return TrialSpec(model.path, settings, self.workload,  # type: ignore[arg-type]
                          tokens_per_request=self.tokens_per_request, clients=self.clients,
                          timeout_s=self.trial_timeout_s,
                          stall_s=min(120.0, self.trial_timeout_s))
+
+    def run(self, model: ModelInfo, settings: object, on_request=None,
+            before: Callable[[], object] | None = None) -> TrialResult:
+        """One trial, alone on the machine; `before` runs once the machine is ours."""
+        with self.lock.held("tune"):
+            if before is not None:
+                before()
+            return run_trial(self.spec(model, settings), on_request=on_request)
 
     def identity(self) -> dict[str, object]:
         requests = json.dumps([r.to_dict() for r in self.workload.requests], sort_keys=True)
@@ -143,10 +153,12 @@ def record(trial: optuna.Trial, result: TrialResult, weights: Weights) -> float 
 def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement,
                   host: str) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
-        settings = space.suggest(trial)
+        # Who runs the trial comes first: until it is written, another tuner cannot tell
+        # whether this trial is orphaned, and so must treat it as alive.
         trial.set_user_attr("host", host)
         for key, value in process_identity().items():
             trial.set_user_attr(key, value)
+        settings = space.suggest(trial)
 
         total = len(measurement.workload.requests)
         reported = 0
@@ -157,7 +169,9 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
             trial.report(event["latency_s"], event["index"])
             return reported < total and trial.should_prune()  # a finished trial is kept
 
-        result = run_trial(measurement.spec(model, settings), on_request=on_request)
+        # A tuner that held the machine may have been killed while we waited for it.
+        result = measurement.run(model, settings, on_request,
+                                 before=lambda: fail_orphaned_trials(trial.study, host))
         value = record(trial, result, measurement.weights)
         if result.status == PRUNED:
             raise optuna.TrialPruned(result.reason)

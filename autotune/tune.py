@@ -18,6 +18,7 @@ from autotune import export
 from autotune.confirm import BASELINE, Candidate, confirm, describe
 from autotune.errors import AutotuneError
 from autotune.hardware import detect
+from autotune.machine_lock import MachineLock
 from autotune.model import inspect_model
 from autotune.scoring import Weights
 from autotune.settings import Settings
@@ -48,6 +49,7 @@ class TuneOptions:
     out: str | None = "jarvis.env"
     fmt: str = "shell"
     force: bool = False
+    wait: bool = True
 
 
 def default_study_name(model_path: str, host: str) -> str:
@@ -88,8 +90,10 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     export.check_format(options.fmt)
     machine = detect()
     space = build_space(model, machine, options.extended, options.fixed)
+    lock = MachineLock(wait=options.wait, on_wait=None if on_event is None else
+                       lambda holder: on_event("waiting", {"holder": holder.describe()}))
     measurement = Measurement(options.workload or builtin_workload(), options.tokens_per_request,
-                              options.clients, options.trial_timeout_s, options.weights)
+                              options.clients, options.trial_timeout_s, options.weights, lock)
     storage = open_storage(options.studies_dir, options.storage)
     name = options.study_name or default_study_name(model.path, machine.host)
     study = open_study(name, storage, model, machine, measurement, space, options.seed)
@@ -105,7 +109,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         raise AutotuneError(f"study {name!r}: no trial finished without failing or "
                             "overflowing the context, so there is nothing to confirm; see "
                             f"`autotune show {name}`")
-    outcome = confirm(candidates, lambda s: measurement.spec(model, s), options.rounds,
+    outcome = confirm(candidates, lambda s: measurement.run(model, s), options.rounds,
                       options.weights, options.seed, on_event)
     winner = outcome["winner"]
     if winner is None:

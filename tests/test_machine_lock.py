@@ -1,0 +1,150 @@
+"""One measurement at a time: the machine lock waits, refuses, and dies with its holder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import AUTOTUNE, clean_env
+
+from autotune.errors import AutotuneError
+from autotune.machine_lock import LOCK_FILE_ENV, Holder, MachineBusy, MachineLock
+from autotune.storage import is_alive
+
+HOLD = ("import sys\n"
+        "from autotune.machine_lock import MachineLock\n"
+        "with MachineLock(path=sys.argv[1]).held('tune'):\n"
+        "    print('held', flush=True)\n"
+        "    sys.stdin.read()\n")
+
+
+@pytest.fixture
+def lock_file(tmp_path: Path) -> Path:
+    return tmp_path / "measure.lock"
+
+
+@pytest.fixture
+def holder(lock_file: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the machine until its stdin closes (or it is killed)."""
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(lock_file)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "held\n"
+    with process:  # closes its pipes on the way out
+        yield process
+        if process.poll() is None:
+            process.kill()
+
+
+def test_a_second_measurement_is_refused_naming_the_holder(holder, lock_file: Path) -> None:
+    with pytest.raises(MachineBusy) as caught, MachineLock(wait=False, path=lock_file
+                                                           ).held("bench"):
+        pytest.fail("took a machine that another process holds")
+    message = str(caught.value)
+    assert f"pid {holder.pid}" in message and "autotune tune" in message
+    assert "\n" not in message and caught.value.exit_status == 1
+
+
+def test_sigkill_of_the_holder_frees_the_machine_at_once(holder, lock_file: Path) -> None:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    started = time.monotonic()
+    with MachineLock(wait=False, path=lock_file).held("bench"):
+        record = json.loads(lock_file.read_text())
+    assert record["pid"] == os.getpid() and record["purpose"] == "bench"
+    assert time.monotonic() - started < 5
+
+
+def test_a_waiting_measurement_says_so_then_runs_when_the_holder_ends(holder,
+                                                                       lock_file: Path) -> None:
+    seen: list[Holder] = []
+    entered = threading.Event()
+
+    def measure() -> None:
+        with MachineLock(wait=True, on_wait=seen.append, path=lock_file).held("bench"):
+            entered.set()
+
+    waiter = threading.Thread(target=measure)
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [h.pid for h in seen] == [holder.pid]
+    assert not entered.is_set()
+    assert holder.stdin is not None
+    holder.stdin.close()  # the holder leaves its block and exits
+    waiter.join(timeout=30)
+    assert entered.is_set()
+
+
+def test_a_hostile_lock_record_is_never_echoed(lock_file: Path, holder) -> None:
+    # Whatever another user writes into the shared file, only a pid and a known word show.
+    lock_file.write_text(json.dumps({"pid": "$(reboot)", "purpose": "\x1b[31m[red]pwn",
+                                     "since": "yesterday"}))
+    with pytest.raises(MachineBusy) as caught, MachineLock(wait=False, path=lock_file
+                                                           ).held("bench"):
+        pass
+    assert "autotune measurement (another process)" in str(caught.value)
+    assert "\x1b" not in str(caught.value) and "reboot" not in str(caught.value)
+
+
+def test_a_planted_symlink_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    link = tmp_path / "measure.lock"
+    link.symlink_to(target)
+    with pytest.raises(AutotuneError, match=LOCK_FILE_ENV), \
+            MachineLock(path=link).held("bench"):
+        pass
+    assert target.read_text() == "keep me"
+
+
+def test_cannot_tell_means_alive() -> None:
+    me = psutil.Process()
+    assert is_alive(None, None)  # the owner is not recorded yet
+    assert is_alive(me.pid, me.create_time())
+    assert not is_alive(me.pid, me.create_time() - 100)  # the pid was reused
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert not is_alive(dead.pid, time.time())
+
+
+def test_bench_with_no_wait_refuses_in_one_line(holder, lock_file: Path, model_path: Path,
+                                                tmp_path: Path) -> None:
+    done = subprocess.run([AUTOTUNE, "bench", str(model_path), "--no-wait"], cwd=tmp_path,
+                          env=clean_env(**{LOCK_FILE_ENV: str(lock_file)}),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and f"pid {holder.pid}" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_bench_waits_for_the_machine_with_a_visible_message(
+        holder, lock_file: Path, model_path: Path, tiny_workload_file: Path,
+        tmp_path: Path) -> None:
+    bench = subprocess.Popen(
+        [AUTOTUNE, "bench", str(model_path), "--workload", str(tiny_workload_file),
+         "--tokens", "2", "--json"], cwd=tmp_path,
+        env=clean_env(JARVIS_N_THREADS="1", **{LOCK_FILE_ENV: str(lock_file)}),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert bench.stderr is not None
+        line = bench.stderr.readline()
+        assert "waiting for the machine" in line and f"pid {holder.pid}" in line
+        assert not [p for p in psutil.Process(bench.pid).children(recursive=True)
+                    if "autotune.worker" in " ".join(p.cmdline())], "measured while waiting"
+        holder.send_signal(signal.SIGKILL)
+        out, err = bench.communicate(timeout=300)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.communicate() == 0, err
+    assert json.loads(out)["status"] == "ok"
