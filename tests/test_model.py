@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 from conftest import write_gguf
 
@@ -56,6 +59,77 @@ def make_no_block_count(folder: Path, model: Path) -> Path:
     return write_gguf(folder / "noblocks.gguf", "llama", None)
 
 
+def write_metadata(path: Path, **values: object) -> Path:
+    """A small GGUF whose llama.* metadata holds exactly `values` (of any type given)."""
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name("crafted")
+    for key, value in values.items():
+        name = f"llama.{key.replace('__', '.')}"
+        if isinstance(value, list):
+            writer.add_array(name, value)
+        elif isinstance(value, str):
+            writer.add_string(name, value)
+        elif isinstance(value, float):
+            writer.add_float32(name, value)
+        else:
+            writer.add_uint64(name, value)  # type: ignore[arg-type]
+    writer.add_tensor("weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def raw_gguf(path: Path, metadata: bytes, n_fields: int = 1, n_tensors: int = 0) -> Path:
+    """GGUF bytes written by hand, for headers the `gguf` writer refuses to write."""
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_fields) + metadata)
+    return path
+
+
+def text(value: str) -> bytes:
+    data = value.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def make_text_block_count(folder: Path, model: Path) -> Path:
+    return write_metadata(folder / "textblocks.gguf", block_count="thirty")
+
+
+def make_fraction_context(folder: Path, model: Path) -> Path:
+    return write_metadata(folder / "fraction.gguf", block_count=2, context_length=4096.5)
+
+
+def make_absurd_layers(folder: Path, model: Path) -> Path:
+    return write_metadata(folder / "absurd.gguf", block_count=2**40)
+
+
+def make_text_heads_per_layer(folder: Path, model: Path) -> Path:
+    return write_metadata(folder / "textheads.gguf", block_count=2,
+                          attention__head_count=["eight", "eight"])
+
+
+def make_nested_arrays(folder: Path, model: Path) -> Path:
+    # 100,000 arrays deep: a recursive reader runs out of stack.
+    depth = 100_000
+    nested = text("general.nested") + struct.pack("<I", 9) \
+        + struct.pack("<IQ", 9, 1) * depth + struct.pack("<IQ", 4, 0)
+    return raw_gguf(folder / "nested.gguf", nested)
+
+
+def make_huge_count(folder: Path, model: Path) -> Path:
+    return raw_gguf(folder / "count.gguf", text("general.architecture"), n_fields=2**60)
+
+
+def make_unknown_value_type(folder: Path, model: Path) -> Path:
+    return raw_gguf(folder / "type.gguf", text("general.architecture") + struct.pack("<I", 99))
+
+
+def make_hostile_architecture(folder: Path, model: Path) -> Path:
+    return raw_gguf(folder / "arch.gguf", text("general.architecture") + struct.pack("<I", 8)
+                    + text("llama\n$(touch PWNED)"))
+
+
 # (maker, words the one-line message must contain)
 BAD_FILES: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
     "missing": (make_missing, ("no such file",)),
@@ -66,6 +140,15 @@ BAD_FILES: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
     "header_only": (make_header_only, ("GGUF",)),
     "no_architecture": (make_no_architecture, ("general.architecture",)),
     "no_block_count": (make_no_block_count, ("llama.block_count",)),
+    "text_block_count": (make_text_block_count, ("llama.block_count is text",)),
+    "fraction_context": (make_fraction_context, ("llama.context_length is a fraction",)),
+    "absurd_layers": (make_absurd_layers, ("llama.block_count = 1099511627776 is outside",)),
+    "text_heads_per_layer": (make_text_heads_per_layer,
+                             ("llama.attention.head_count is a list of text",)),
+    "nested_arrays": (make_nested_arrays, ("nests arrays",)),
+    "huge_count": (make_huge_count, ("more than the file holds",)),
+    "unknown_value_type": (make_unknown_value_type, ("unknown value type 99",)),
+    "hostile_architecture": (make_hostile_architecture, ("not a plain name",)),
 }
 
 
@@ -118,6 +201,24 @@ def test_small_written_gguf_is_readable(tmp_path: Path) -> None:
     assert small.context_length == 2048  # absent from the file: llama.cpp's fallback
     assert small.quantization == "F32"
     assert small.n_params == 16
+
+
+def test_per_layer_head_counts_are_read_as_their_largest(tmp_path: Path) -> None:
+    # OpenELM, Jamba and DeciLM files give one head count per layer (0: no attention).
+    info = inspect_model(write_metadata(tmp_path / "layers.gguf", block_count=3,
+                                        embedding_length=64,
+                                        attention__head_count=[4, 4, 8],
+                                        attention__head_count_kv=[0, 2, 2]))
+    assert (info.n_layers, info.head_count, info.head_count_kv) == (3, 8, 2)
+
+
+def test_the_vocabulary_is_stepped_over_not_decoded(info: ModelInfo, model_path: Path) -> None:
+    from autotune.gguf_header import read_header
+
+    header = read_header(model_path)
+    assert "tokenizer.ggml.tokens" not in header.fields  # 49,152 entries
+    assert header.fields["general.architecture"] == "llama"
+    assert len(header.tensors) == len(gguf.GGUFReader(model_path).tensors)
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_FILES))
