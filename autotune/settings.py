@@ -168,16 +168,34 @@ def format_value(value: object) -> str:
 
 
 def load_env_file(path: str | os.PathLike[str]) -> Settings:
-    """Settings from a `.env` file or an export script (`export NAME='value'` lines)."""
-    from dotenv import dotenv_values
+    """Settings from a `.env` file or an export script (`export NAME='value'` lines).
+
+    Every line must parse: a line python-dotenv would skip in silence would leave its
+    setting at the default, and the measurement would not be of the file the user meant.
+    A JARVIS_* name the contract does not know is refused for the same reason.
+    """
+    from dotenv.parser import parse_stream
 
     file = Path(path)
     if not file.is_file():
         raise AutotuneError(
             f"settings file {file}: not found (pass an existing .env or export file)")
     try:
-        values = dotenv_values(file)
+        with open(file, encoding="utf-8") as handle:
+            bindings = list(parse_stream(handle))
     except (OSError, UnicodeDecodeError) as err:
         raise AutotuneError(f"settings file {file}: cannot read it ({err})") from None
-    clean = {k: v for k, v in values.items() if v is not None}
-    return Settings.from_env(clean, source=str(file))
+    values: dict[str, str] = {}
+    for binding in bindings:
+        line = binding.original.line
+        if binding.error:
+            raise AutotuneError(f"settings file {file} line {line}: cannot parse it (expected "
+                                "NAME=value or export NAME='value')")
+        if binding.key is None:
+            continue  # a blank or comment line
+        if binding.key.startswith("JARVIS_") and binding.key not in BY_NAME:
+            raise AutotuneError(f"settings file {file} line {line}: unknown variable "
+                                f"{binding.key[:80]!r} (known: {', '.join(BY_NAME)})")
+        if binding.value is not None:
+            values[binding.key] = binding.value
+    return Settings.from_env(values, source=f"{file}")

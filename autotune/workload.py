@@ -172,6 +172,9 @@ def parse_conversation(line: str, where: str, default_id: str) -> dict:
         data = json.loads(line)
     except json.JSONDecodeError as err:
         raise AutotuneError(f"{where}: not valid JSON ({err.msg})") from None
+    except RecursionError:  # brackets nested deeper than the parser's stack
+        raise AutotuneError(f"{where}: JSON nested too deeply (a conversation is an object "
+                            "holding a list of turns)") from None
     if not isinstance(data, dict):
         raise AutotuneError(f"{where}: expected an object with a 'turns' list")
     turns = data.get("turns")

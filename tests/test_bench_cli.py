@@ -181,6 +181,24 @@ def test_env_file_with_a_bad_value(run_cli: RunCli, empty_cwd: Path, small_gguf:
     assert str(env_file) in line
 
 
+@pytest.mark.parametrize(("text", "words"), [
+    ("JARVIS_N_THREADS=2\nthis line is not a setting\n", ("line 2", "cannot parse")),
+    ("export JARVIS_N_THREADS='2\n", ("line 1", "cannot parse")),
+    ("JARVIS_N_THREAD=2\n", ("line 1", "unknown variable 'JARVIS_N_THREAD'")),
+])
+def test_env_file_that_does_not_parse_is_refused(run_cli: RunCli, empty_cwd: Path,
+                                                 small_gguf: Path, tmp_path: Path, text: str,
+                                                 words: tuple[str, ...]) -> None:
+    # Skipping such a line would measure the defaults instead of the file the user meant.
+    env_file = tmp_path / "typo.env"
+    env_file.write_text(text, encoding="utf-8")
+    line = one_line_error(run_cli("bench", str(small_gguf), "--env", str(env_file),
+                                  cwd=empty_cwd), empty_cwd)
+    assert str(env_file) in line
+    for word in words:
+        assert word in line
+
+
 def test_env_file_missing(run_cli: RunCli, empty_cwd: Path, small_gguf: Path,
                           tmp_path: Path) -> None:
     line = one_line_error(run_cli("bench", str(small_gguf), "--env",
@@ -203,6 +221,15 @@ def test_workload_with_a_malformed_line(run_cli: RunCli, empty_cwd: Path, small_
                                   cwd=empty_cwd, env=THREADS), empty_cwd)
     assert "line 2" in line
     assert "not valid JSON" in line
+
+
+def test_workload_nested_past_the_parser_stack(run_cli: RunCli, empty_cwd: Path,
+                                               small_gguf: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "deep.jsonl"
+    bad.write_text("[" * 200_000 + "]" * 200_000 + "\n", encoding="utf-8")
+    line = one_line_error(run_cli("bench", str(small_gguf), "--workload", str(bad),
+                                  cwd=empty_cwd, env=THREADS), empty_cwd)
+    assert "line 1" in line and "nested too deeply" in line
 
 
 def test_workload_missing(run_cli: RunCli, empty_cwd: Path, small_gguf: Path,
