@@ -12,13 +12,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import psutil
 import pytest
 from conftest import AUTOTUNE, clean_env
 
 from autotune.errors import AutotuneError
 from autotune.machine_lock import LOCK_FILE_ENV, Holder, MachineBusy, MachineLock
-from autotune.storage import is_alive
+from autotune.storage import is_alive, open_storage
 
 HOLD = ("import sys\n"
         "from autotune.machine_lock import MachineLock\n"
@@ -148,3 +149,68 @@ def test_bench_waits_for_the_machine_with_a_visible_message(
             bench.kill()
             bench.communicate() == 0, err
     assert json.loads(out)["status"] == "ok"
+
+
+def running_trials(studies: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(studies)
+    summaries = optuna.get_all_study_summaries(storage)
+    if not summaries:
+        return []
+    study = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+    return study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
+def test_a_second_tuner_waits_and_never_fails_a_live_tuners_trial(
+        model_path: Path, tiny_workload_file: Path, tmp_path: Path, lock_file: Path) -> None:
+    studies = tmp_path / "studies"
+    args = [AUTOTUNE, str(model_path), "--studies-dir", str(studies), "--workload",
+            str(tiny_workload_file), "--tokens", "4", "--rounds", "1", "--finalists", "1",
+            "--seed", "0", "--trial-timeout", "600"]
+    env = {LOCK_FILE_ENV: str(lock_file)}
+    first = subprocess.Popen(  # its first worker loads the model, then hangs
+        [*args, "--trials", "5", "--out", str(tmp_path / "first.env")], cwd=tmp_path,
+        env=clean_env(AUTOTUNE_WORKER_FAULT="hang@load", **env),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = None
+    try:
+        deadline = time.monotonic() + 120
+        while not running_trials(studies) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (mine,) = running_trials(studies)
+        assert mine.user_attrs["pid"] == first.pid
+        second = subprocess.Popen(
+            [*args, "--trials", "1", "--out", str(tmp_path / "second.env"), "--json"],
+            cwd=tmp_path, env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        assert second.stderr is not None
+        waiting = ""
+        while "waiting for the machine" not in waiting:
+            line = second.stderr.readline()
+            assert line, "the second tuner never said it was waiting"
+            waiting += line
+        assert f"pid {first.pid}" in waiting
+        still = {t.number: t for t in running_trials(studies)}
+        assert mine.number in still and still[mine.number].user_attrs["pid"] == first.pid
+        workers = [p for p in psutil.Process(first.pid).children(recursive=True)
+                   if "autotune.worker" in " ".join(p.cmdline())]
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        _gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, "the killed tuner's worker outlived it"
+        out, err = second.communicate(timeout=600)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert second.returncode == 0, err
+    assert "Traceback" not in err
+    storage = open_storage(studies)
+    name = json.loads(out)["study_name"]
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    orphan = trials[mine.number]
+    assert orphan.state == optuna.trial.TrialState.FAIL
+    assert orphan.user_attrs["status"] == "interrupted"
+    finished = [t for t in trials if t.number != mine.number]
+    assert [t.user_attrs["status"] for t in finished] == ["ok"]
+    assert not running_trials(studies)
