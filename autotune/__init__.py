@@ -1,5 +1,7 @@
 """autotune: measure, don't guess, the latency settings of a local GGUF assistant backend."""
 
+from __future__ import annotations
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -10,6 +12,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # After __version__: the study module records it.
 from autotune.errors import AutotuneError
 from autotune.settings import Settings
-from autotune.studies import load_studies, study_summaries
 
 __all__ = ["AutotuneError", "Settings", "__version__", "load_studies", "study_summaries"]
+
+
+def __getattr__(name: str) -> object:
+    """The studies API loads pandas and Optuna on first use: a trial worker needs neither."""
+    if name in ("load_studies", "study_summaries"):
+        from autotune import studies
+
+        return getattr(studies, name)
+    raise AttributeError(f"module 'autotune' has no attribute {name!r}")
