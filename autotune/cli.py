@@ -268,7 +268,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
         storage=storage, out=out, fmt=fmt, force=force)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                        transient=True)
+                        transient=True, disable=not err_console.is_terminal)
     with progress:
         task = progress.add_task(f"trial 0/{trials}", total=trials)
         summary = tune_lib(model, options,
