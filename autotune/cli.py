@@ -23,6 +23,7 @@ from autotune import bench as bench_lib
 from autotune.errors import AutotuneError
 from autotune.machine_lock import Holder, MachineLock
 from autotune.report import BUSY_MACHINE_PERCENT, print_bench, print_tune
+from autotune.safe_text import is_visible, terminal, visible
 from autotune.scoring import Weights
 from autotune.settings import Settings, load_env_file
 from autotune.space import parse_fixes
@@ -52,7 +53,8 @@ def user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except AutotuneError as err:
-            click.echo(f"autotune: error: {err}", err=True)
+            # messages quote file and study names, which may hold any character
+            click.echo(f"autotune: error: {visible(err)}", err=True)
             raise click.exceptions.Exit(err.exit_status) from None
 
     return wrapper
@@ -172,26 +174,30 @@ def storage_options(command: Callable) -> Callable:
 
 
 def print_event(progress: Progress, task: int, kind: str, data: dict) -> None:
-    """One line per finished trial or confirmation run, and the bar moved on."""
+    """One line per finished trial or confirmation run, and the bar moved on.
+
+    Names, notes and reasons can quote the model file: each goes through `terminal`, so
+    brackets print as they are and control characters as visible escapes.
+    """
     log = progress.console.print
     if kind == "waiting":
         log(f"waiting for the machine: {data['holder']} is measuring (one measurement at "
             "a time; --no-wait exits instead)", markup=False)
     elif kind == "start":
         verb = "resuming" if data["resumed"] else "starting"
-        log(f"{verb} study {data['study']} in {data['storage']}")
+        log(f"{verb} study {terminal(data['study'])} in {terminal(data['storage'])}")
         for note in data["notes"]:
-            log(f"  note: {note}")
+            log(f"  note: {terminal(note)}")
     elif kind == "trial":
         if data["value"] is not None:
             value = f"score {data['value']:.3f} s"
         elif data["infeasible"]:
-            value = f"infeasible, {data['infeasible']}"
+            value = f"infeasible, {terminal(data['infeasible'])}"
         else:
-            value = f"{data['status'] or data['state'].lower()}: {data['reason']}"
-        label = f" ({data['label']})" if data["label"] else ""
+            value = terminal(f"{data['status'] or data['state'].lower()}: {data['reason']}")
+        label = f" ({terminal(data['label'])})" if data["label"] else ""
         best = f"{data['best']:.3f} s" if data["best"] is not None else "-"
-        params = ", ".join(f"{k}={v}" for k, v in data["params"].items())
+        params = terminal(", ".join(f"{k}={v}" for k, v in data["params"].items()))
         others = data.get("other_cpu_percent")
         busy = (f" [yellow]machine busy: others used {others:.0f}% of a core[/]"
                 if others is not None and others > BUSY_MACHINE_PERCENT else "")
@@ -202,9 +208,17 @@ def print_event(progress: Progress, task: int, kind: str, data: dict) -> None:
         if data["done"] == 1:
             progress.update(task, completed=0, total=data["total"])
         value = f"{data['value']:.3f} s" if data["value"] is not None else data["status"]
-        log(f"confirm {data['done']}/{data['total']}: {data['label']}: {value}")
+        log(f"confirm {data['done']}/{data['total']}: {terminal(data['label'])}: "
+            f"{terminal(value)}")
         progress.update(task, completed=data["done"],
                         description=f"confirming {data['done']}/{data['total']}")
+
+
+def check_study_name(name: str | None) -> None:
+    """A study name is shown, typed back and written into export headers: visible text only."""
+    if name is not None and (not name.strip() or not is_visible(name)):
+        raise AutotuneError(f"--study-name {visible(repr(name), 80)}: use visible characters "
+                            "only (no newline, tab, escape or other control character)")
 
 
 @cli.command()
@@ -263,6 +277,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
     from autotune.tune import TuneOptions
     from autotune.tune import tune as tune_lib
 
+    check_study_name(study_name)
     options = TuneOptions(
         trials=trials, timeout_s=timeout, seed=seed, workload=load_workload(workload_file),
         tokens_per_request=tokens, clients=clients if concurrent else 1, extended=extended,
@@ -273,7 +288,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
         storage=storage, out=out, fmt=fmt, force=force, wait=not no_wait)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                        transient=True)
+                        transient=True, disable=not err_console.is_terminal)
     with progress:
         task = progress.add_task(f"trial 0/{trials}", total=trials)
         summary = tune_lib(model, options,
@@ -322,7 +337,7 @@ def compare(studies: tuple[str, ...], studies_dir: str | None, storage: str | No
     else:
         out_console().print(compare_table(rows))
         if plot:
-            out_console().print(f"Wrote {plot}")
+            out_console().print(f"Wrote {terminal(plot)}")
 
 
 @cli.command()
@@ -337,7 +352,7 @@ def compare(studies: tuple[str, ...], studies_dir: str | None, storage: str | No
 def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str | None,
          plot_format: str, as_json: bool) -> None:
     """A study's trials, its parameter importances, and on request its plots."""
-    from autotune.report import importance_table, trials_table
+    from autotune.report import importance_table, seconds, trials_table
     from autotune.storage import load_study
     from autotune.studies import importances, trial_row
 
@@ -362,9 +377,10 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
         console.print("Parameter importance: needs at least 3 finished trials that differ.")
     winner = loaded.user_attrs.get("winner")
     if winner:
-        console.print(f"Confirmed winner: {winner['label']}, score {winner['score_s']:.3f} s")
+        console.print(f"Confirmed winner: {terminal(winner['label'])}, score "
+                      f"{terminal(seconds(winner['score_s']))}")
     for path in written:
-        console.print(f"Wrote {path}")
+        console.print(f"Wrote {terminal(path)}")
 
 
 @cli.command(name="export")
@@ -390,7 +406,7 @@ def export_command(study: str, studies_dir: str | None, storage: str | None,
     text = export_text(loaded, trial_number, fmt)
     if out:
         export.write(out, text, force)
-        click.echo(f"Wrote {out}", err=True)
+        click.echo(f"Wrote {visible(out)}", err=True)
     else:
         click.echo(text, nl=False)
 

@@ -3,20 +3,45 @@
 Two formats: `shell` (`export NAME='value'`, for `. ./jarvis.env` in sh or bash) and
 `dotenv` (`NAME=value`, for systemd's EnvironmentFile= and `docker --env-file`). Both
 read back through python-dotenv, so `autotune bench --env FILE` measures what was written.
+
+The header repeats text that a downloaded model file chose (its name, its file name), so
+`render` makes every header value one visible line itself instead of trusting its callers,
+and then checks that each line of the result is a comment or one of the expected variables.
+The file is written as sh's and editors' users expect in a shared folder: a new file made
+exclusively beside the target, fsynced, renamed into place, never clobbering a file that
+appeared after the `--force` check.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
+import tempfile
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotune.errors import AutotuneError
+from autotune.safe_text import visible
 from autotune.settings import Settings, load_env_file
 
 FORMATS = ("shell", "dotenv")
 NOT_FOR_LLAMA = ("PYTORCH_CUDA_ALLOC_CONF and TF_FORCE_GPU_ALLOW_GROWTH are not set: they "
                  "configure PyTorch and TensorFlow memory, and llama.cpp reads neither.")
+# Characters of one header value: a model's name can be megabytes, and docker's --env-file
+# reader rejects a line over 64 KiB.
+HEADER_LIMIT = 300
+# What a written line may be, nothing else: a comment, or a known name with a plain value.
+NAME = r"(?:JARVIS_[A-Z_]+|CUDA_VISIBLE_DEVICES|LLAMA_METAL)"
+VALUE = r"[0-9A-Za-z.,+-]*"
+# A comment's backslashes come in pairs or start an escape: one that ends a line would make
+# systemd read the next line as part of the comment.
+COMMENT = r"#(?:[^\\\r\n]|\\[^\r\n])*"
+NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
+LINE = {"shell": re.compile(rf"{COMMENT}|export {NAME}='{VALUE}'"),
+        "dotenv": re.compile(rf"{COMMENT}|{NAME}={VALUE}")}
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,10 @@ def shell_quote(value: str) -> str:
 def machine_variables(settings: Settings, gpus: list[int], system: str) -> dict[str, str]:
     """The machine-level variables that apply: the GPUs used, Metal on macOS."""
     found = {}
+    for gpu in gpus:  # read back from a storage, which anyone may have written
+        if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
+            raise AutotuneError(f"GPU index {visible(repr(gpu), 40)} in the study's hardware "
+                                "record is not a whole number; export with a study tuned here")
     if gpus and settings.n_gpu_layers != 0:
         found["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     if system == "Darwin":
@@ -46,52 +75,147 @@ def machine_variables(settings: Settings, gpus: list[int], system: str) -> dict[
     return found
 
 
+def comment(text: object) -> str:
+    """One comment line, whatever `text` holds (see safe_text.visible)."""
+    return "# " + visible(text, HEADER_LIMIT, escape_backslash=True)
+
+
 def render(settings: Settings, fields: tuple[str, ...], header: ExportHeader,
            machine: dict[str, str] | None = None, fmt: str = "shell") -> str:
     """The export file's text, for the given tuned fields."""
     check_format(fmt)
-    lines = [f"# JARVIS_* settings for {header.model}, measured by autotune",
-             f"# date: {header.date}",
-             f"# study: {header.study}"]
-    if header.score_s is not None:
-        lines.append(f"# score: {header.score_s:.3f} s (mean latency + spike and "
-                     "consistency penalties)")
+    lines = [comment(f"JARVIS_* settings for {header.model}, measured by autotune"),
+             comment(f"date: {header.date}"),
+             comment(f"study: {header.study}")]
+    if isinstance(header.score_s, (int, float)) and not isinstance(header.score_s, bool):
+        lines.append(comment(f"score: {header.score_s:.3f} s (mean latency + spike and "
+                             "consistency penalties)"))
     if header.improvement:
-        lines.append(f"# improvement over the guide's defaults: {header.improvement}")
-    lines += [f"# {note}" for note in header.notes]
+        lines.append(comment(f"improvement over the guide's defaults: {header.improvement}"))
+    lines += [comment(note) for note in header.notes]
     if fmt == "shell":
-        lines.append("# use: . ./jarvis.env   (then restart Jarvis)")
+        lines.append(comment("use: . ./jarvis.env   (then restart Jarvis)"))
     variables = {**settings.to_env(fields), **(machine or {})}
     for name, value in variables.items():
         lines.append(f"export {name}={shell_quote(value)}" if fmt == "shell"
                      else f"{name}={value}")
-    lines.append(f"# {NOT_FOR_LLAMA}")
-    return "\n".join(lines) + "\n"
+    lines.append(comment(NOT_FOR_LLAMA))
+    text = "\n".join(lines) + "\n"
+    check_lines(text, fmt, len(lines))
+    return text
+
+
+def check_lines(text: str, fmt: str, expected: int) -> None:
+    """The last guard: every line a comment or a plain variable, however a line is split."""
+    if len(text.splitlines()) != expected or not all(
+            LINE[fmt].fullmatch(line) for line in text.splitlines()):
+        raise RuntimeError(f"export text failed its line check:\n{text!r}")
 
 
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise AutotuneError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+        raise AutotuneError(f"--format {visible(fmt, 40)}: expected one of {', '.join(FORMATS)}")
 
 
 def check_writable(path: str | os.PathLike[str], force: bool) -> Path:
-    """Refuse, before any work is done, to overwrite an existing file without --force."""
+    """Refuse, before any work is done, a target that cannot or may not be written.
+
+    Whether the folder takes a new file is found by making one there (and removing it):
+    permissions, read-only mounts, quotas and root's rights all answer the same way then.
+    """
     out = Path(path)
+    shown = visible(out)
     if out.is_dir():
-        raise AutotuneError(f"--out {out}: is a directory, expected a file path")
-    if out.exists() and not force:
-        raise AutotuneError(f"--out {out}: file exists; pass --force to overwrite it")
-    if not out.parent.exists():
-        raise AutotuneError(f"--out {out}: folder {out.parent} does not exist")
+        raise AutotuneError(f"--out {shown}: is a directory, expected a file path")
+    if os.path.lexists(out) and not force:
+        raise AutotuneError(f"--out {shown}: file exists; pass --force to overwrite it")
+    folder = out.parent
+    if not folder.exists():
+        raise AutotuneError(f"--out {shown}: folder {visible(folder)} does not exist")
+    if not folder.is_dir():
+        raise AutotuneError(f"--out {shown}: {visible(folder)} is not a folder")
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as err:
+        raise AutotuneError(f"--out {shown}: cannot write in {visible(folder)} "
+                            f"({err.strerror}); choose another --out") from None
     return out
 
 
 def write(path: str | os.PathLike[str], text: str, force: bool = False) -> Path:
+    """Write `text` to `path` atomically, keeping an existing file's mode.
+
+    Without `force`, a file that appeared at `path` since `check_writable` is kept: the new
+    file is hard-linked into place, which fails rather than replace it. With `force` the
+    target is renamed over, so a symlink there is replaced, never followed.
+    """
     out = check_writable(path, force)
-    temporary = out.with_name(out.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(out)
+    mode = kept_mode(out)
+    temporary = None
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.",
+                                                 suffix=".tmp")
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as file:
+            file.write(text)
+            file.flush()
+            os.fchmod(file.fileno(), mode)
+            os.fsync(file.fileno())
+        if force:
+            os.replace(temporary, out)
+        else:
+            place_new(temporary, out, text, mode)
+        fsync_folder(out.parent)
+    except FileExistsError:
+        raise AutotuneError(f"--out {visible(out)}: a file appeared there while autotune "
+                            "worked; it is kept. Pass --force to overwrite it, or `autotune "
+                            "export STUDY --out FILE` to write elsewhere") from None
+    except OSError as err:
+        raise AutotuneError(f"--out {visible(out)}: cannot write it ({err.strerror}); the "
+                            "study is kept: `autotune export STUDY --out FILE` writes it "
+                            "elsewhere") from None
+    finally:
+        if temporary is not None:
+            with suppress(FileNotFoundError):
+                os.unlink(temporary)  # still there unless it was renamed into place
     return out
+
+
+def place_new(temporary: str, out: Path, text: str, mode: int) -> None:
+    """Put the written file at `out` only if nothing is there (FileExistsError otherwise)."""
+    try:
+        os.link(temporary, out)
+    except OSError as err:
+        if isinstance(err, FileExistsError) or err.errno not in NO_HARD_LINKS:
+            raise
+        # A filesystem without hard links: create exclusively, which also never clobbers.
+        descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def kept_mode(out: Path) -> int:
+    """The existing regular file's permissions, else what a new file gets under the umask."""
+    with suppress(FileNotFoundError):
+        status = os.lstat(out)
+        if stat.S_ISREG(status.st_mode):
+            return stat.S_IMODE(status.st_mode)
+    umask = os.umask(0o022)  # the only portable way to read it is to set it and set it back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; some filesystems cannot sync a folder, which is fine."""
+    with suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def read(path: str | os.PathLike[str]) -> Settings:

@@ -1,4 +1,9 @@
-"""Terminal reports: metric tables, the guide's targets as pass/fail, the diagnosis."""
+"""Terminal reports: metric tables, the guide's targets as pass/fail, the diagnosis.
+
+Names here (model, study, file, host, workload, labels) come from model files and storages
+that anyone may have written; each goes through `terminal` (or `cell` in tables), so rich
+markup in it prints literally and control characters show as escapes.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autotune.diagnosis import targets
+from autotune.safe_text import terminal
 
 
 def seconds(value: object) -> str:
@@ -61,7 +67,7 @@ def metrics_table(columns: dict[str, dict], title: str = "") -> Table:
     table = Table(title=title or None)
     table.add_column("metric")
     for name in columns:
-        table.add_column(name, justify="right")
+        table.add_column(terminal(name), justify="right")
     for label, key, fmt in METRICS:
         values = [summary.get(key) for summary in columns.values()]
         if all(v is None for v in values):
@@ -74,7 +80,7 @@ def targets_table(columns: dict[str, dict]) -> Table:
     table = Table(title="The guide's targets")
     table.add_column("target")
     for name in columns:
-        table.add_column(name, justify="center")
+        table.add_column(terminal(name), justify="center")
     checks = {name: targets(summary) for name, summary in columns.items()}
     first = next(iter(checks.values()))
     for key, check in first.items():
@@ -93,18 +99,22 @@ def print_findings(console: Console, findings: list[dict[str, str]]) -> None:
         return
     console.print("Diagnosis:")
     for finding in findings:
-        console.print(f"  [bold]{finding['cause']}[/]: {finding['evidence']}.")
-        console.print(f"    fix: {finding['fix']}")
+        console.print(f"  [bold]{terminal(finding['cause'])}[/]: "
+                      f"{terminal(finding['evidence'])}.")
+        console.print(f"    fix: {terminal(finding['fix'])}")
 
 
 def print_bench(console: Console, report: dict) -> None:
     mode = f"{report['clients']} concurrent clients" if report["clients"] > 1 else "sequential"
-    console.print(f"[bold]{report['model']['name']}[/] ({report['model']['quantization']}), "
-                  f"workload {report['workload']['name']}: {report['workload']['requests']} "
+    console.print(f"[bold]{terminal(report['model']['name'])}[/] "
+                  f"({terminal(report['model']['quantization'])}), "
+                  f"workload {terminal(report['workload']['name'])}: "
+                  f"{report['workload']['requests']} "
                   f"requests x {report['iterations']} pass(es), {mode}, "
                   f"{report['tokens_per_request']} tokens each")
     if report["status"] != "ok":
-        console.print(f"[red]trial {report['status']}[/]: {report['reason']}")
+        console.print(f"[red]trial {terminal(report['status'])}[/]: "
+                      f"{terminal(report['reason'])}")
     console.print(metrics_table({"measured": report}))
     pass_means = report.get("pass_mean_s") or []
     if len(pass_means) > 1:
@@ -122,7 +132,7 @@ def print_tune(console: Console, summary: dict) -> None:
     """The defaults against the winner, metric by metric, then the guide's targets."""
     columns = {"guide defaults": summary["baseline"]["stats"] or {},
                f"winner ({summary['winner']['label']})": summary["winner"]["stats"] or {}}
-    console.print(metrics_table(columns, title=f"Study {summary['study_name']}: "
+    console.print(metrics_table(columns, title=f"Study {terminal(summary['study_name'])}: "
                                 f"{summary['n_trials']} trials"))
     console.print(targets_table(columns))
     improvement = summary["improvement"]
@@ -132,11 +142,12 @@ def print_tune(console: Console, summary: dict) -> None:
                       f"{improvement['speedup_max']:.2f}x over {improvement['rounds']} "
                       "interleaved rounds).")
     best = " ".join(f"{k}={v}" for k, v in summary["best"].items())
-    console.print(f"Best: {best}")
+    console.print(f"Best: {terminal(best)}")
     for note in summary["notes"]:
-        console.print(f"Note: {note}")
+        console.print(f"Note: {terminal(note)}")
     if summary["out"]:
-        console.print(f"Wrote {summary['out']}: run `. {summary['out']}` and restart Jarvis.")
+        out = terminal(summary["out"])
+        console.print(f"Wrote {out}: run `. {out}` and restart Jarvis.")
 
 
 # (label, study-summary column, formatter): the rows of `autotune compare`.
@@ -163,7 +174,7 @@ def compare_table(summaries: list[dict]) -> Table:
     table = Table(title="Studies")
     table.add_column("")
     for row in summaries:
-        table.add_column(str(row["study"]), justify="right")
+        table.add_column(terminal(row["study"]), justify="right")
     derived = [{**row,
                 "cores": f"{row.get('physical_cores')}/{row.get('logical_cores')}",
                 "outcomes": f"{row['ok']}/{row['pruned']}/{row['failed']}",
@@ -175,14 +186,15 @@ def compare_table(summaries: list[dict]) -> Table:
         table.add_row(label, *(present(r.get(key), fmt) for r in derived))
     variables = dict.fromkeys(k for r in summaries for k in r if k.startswith("JARVIS_"))
     for name in variables:
-        table.add_row(name, *(present(r.get(name), str) for r in summaries))
+        table.add_row(terminal(name), *(present(r.get(name), str) for r in summaries))
     return table
 
 
 def present(value: object, fmt) -> str:
+    """A table cell: `-` for a missing value, else the formatted value as literal text."""
     if value is None or (isinstance(value, float) and value != value):
         return "-"
-    return fmt(value)
+    return terminal(fmt(value))
 
 
 def trials_table(trials: list[dict], fields: list[str]) -> Table:
@@ -194,7 +206,7 @@ def trials_table(trials: list[dict], fields: list[str]) -> Table:
         status = row["status"] or row["state"].lower()
         if row.get("label"):
             status += f" ({row['label']})"
-        table.add_row(str(row["trial"]), status, present(row["score_s"], seconds),
+        table.add_row(str(row["trial"]), terminal(status), present(row["score_s"], seconds),
                       present(row["mean_s"], seconds), present(row["p95_s"], seconds),
                       *(present(row.get(f), str) for f in fields))
     return table
@@ -205,5 +217,5 @@ def importance_table(scores: dict[str, float]) -> Table:
     table.add_column("setting")
     table.add_column("importance", justify="right")
     for name, value in scores.items():
-        table.add_row(name, f"{value:.2f}")
+        table.add_row(terminal(name), f"{value:.2f}")
     return table

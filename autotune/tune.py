@@ -20,6 +20,7 @@ from autotune.errors import AutotuneError
 from autotune.hardware import detect
 from autotune.machine_lock import MachineLock
 from autotune.model import inspect_model
+from autotune.safe_text import visible
 from autotune.scoring import Weights
 from autotune.settings import Settings
 from autotune.space import GUIDE_DEFAULTS, build_space
@@ -53,9 +54,13 @@ class TuneOptions:
 
 
 def default_study_name(model_path: str, host: str) -> str:
-    """The model file's name and the host: `SmolLM2-135M-Instruct.Q4_1@laptop`."""
+    """The model file's name and the host: `SmolLM2-135M-Instruct.Q4_1@laptop`.
+
+    A downloaded file's name may hold control characters; the study is named with them
+    escaped (safe_text.visible), so the name can be typed back and shown as it is kept.
+    """
     stem = os.path.basename(model_path)
-    return f"{stem.removesuffix('.gguf')}@{host}"
+    return visible(f"{stem.removesuffix('.gguf')}@{host}")
 
 
 def finalists(study: optuna.Study, count: int) -> list[Candidate]:
@@ -147,14 +152,30 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
 
 def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str = "shell",
                 date: str | None = None) -> str:
-    """The export script for a study's confirmed winner, or for any of its trials."""
+    """The export script for a study's confirmed winner, or for any of its trials.
+
+    Every text here was read back from a storage, which anyone may have written; `render`
+    makes it safe, and a record of the wrong shape is one error naming the study.
+    """
+    try:
+        return export_from_records(study, trial_number, fmt, date)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise AutotuneError(f"study {visible(repr(study.study_name))}: its records cannot be "
+                            f"exported ({visible(type(err).__name__)}: {visible(err, 80)}); "
+                            "tune it again or export another trial with --trial N") from None
+
+
+def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
+                        date: str | None) -> str:
     attrs = study.user_attrs
+    name = visible(repr(study.study_name))
     fields = tuple(attrs.get("tuned_fields") or ())
-    notes = tuple(attrs.get("space", {}).get("notes", ()))
+    notes = attrs.get("space", {}).get("notes", ())
+    notes = (notes,) if isinstance(notes, str) else tuple(notes)
     if trial_number is None:
         winner = attrs.get("winner")
         if not winner:
-            raise AutotuneError(f"study {study.study_name!r} has no confirmed winner yet; "
+            raise AutotuneError(f"study {name} has no confirmed winner yet; "
                                 "pass --trial N or finish a tuning run")
         settings = Settings.from_dict(winner["settings"])
         score_s, improvement = winner["score_s"], describe(winner["improvement"])
@@ -162,8 +183,7 @@ def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str =
     else:
         trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
         if not trials or "settings" not in trials[0].user_attrs:
-            raise AutotuneError(f"study {study.study_name!r} has no measured trial "
-                                f"{trial_number}")
+            raise AutotuneError(f"study {name} has no measured trial {trial_number}")
         trial = trials[0]
         settings = Settings.from_dict(trial.user_attrs["settings"])
         score_s = trial.user_attrs.get("score", {}).get("total_s")
@@ -172,7 +192,7 @@ def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str =
     model = attrs.get("model", {})
     hardware = attrs.get("hardware", {})
     header = export.ExportHeader(
-        model=f"{model.get('name', '?')} ({os.path.basename(model.get('path', '?'))})",
+        model=f"{model.get('name', '?')} ({os.path.basename(str(model.get('path', '?')))})",
         study=source, date=date or time.strftime("%Y-%m-%d %H:%M %Z"), score_s=score_s,
         improvement=improvement, notes=notes)
     gpus = [g["index"] for g in hardware.get("gpus", [])] if hardware.get("gpu_offload") else []
