@@ -342,3 +342,12 @@ def test_open_storage_copies_nothing_when_the_journal_is_sound(tmp_path: Path) -
     shutil.copy(tmp_path / "autotune.journal", tmp_path / "other.journal")
     assert trial_counts(tmp_path / "other.journal") == {"kept": 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["autotune.journal", "other.journal"]
+
+
+def test_a_record_optuna_cannot_replay_is_one_line(tmp_path: Path, run_cli) -> None:
+    path = make_study(tmp_path)
+    with path.open("ab") as journal_file:
+        journal_file.write(b'{"op_code":99,"worker_id":"from-the-future"}\n')
+    for command in (("show", "kept"), ("compare",)):
+        done = run_cli(*command, "--studies-dir", str(tmp_path), cwd=tmp_path)
+        one_error_line(done, "cannot be read as a study journal", "restore it from a backup")
