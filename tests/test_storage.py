@@ -229,13 +229,14 @@ def write_lock(journal_path: Path, pid: int, started: float) -> Path:
 
 
 def acquire_in_thread(journal_path: Path) -> threading.Event:
+    """Take the journal's lock and give it back in a thread; the event says it is done."""
     acquired = threading.Event()
 
     def take() -> None:
         lock = journal.HolderLock(str(journal_path))
         lock.acquire()
-        acquired.set()
         lock.release()
+        acquired.set()
 
     threading.Thread(target=take, daemon=True).start()
     return acquired
