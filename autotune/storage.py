@@ -2,14 +2,17 @@
 
 The default is Optuna's JournalStorage on a file (`studies/autotune.journal`): embedded,
 append-only, and safe for several processes on one machine (it takes a file lock for each
-write), and readable by `optuna-dashboard studies/autotune.journal`. `--storage URL`
-takes any RDB URL Optuna accepts (`sqlite:///file.db`, `postgresql://...`) or the path of
-another journal file.
+write), and readable by `optuna-dashboard studies/autotune.journal`. autotune opens it
+through `autotune.journal`, which repairs a record torn by a killed writer and rolls back
+a write that failed on a full disk (see there for why). `--storage URL` takes any RDB URL
+Optuna accepts (`sqlite:///file.db`, `postgresql://...`) or the path of another journal
+file. A URL is only ever shown with its password hidden (`redact`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import optuna
@@ -20,37 +23,100 @@ from autotune.errors import AutotuneError
 DEFAULT_STUDIES_DIR = "studies"
 JOURNAL_FILE = "autotune.journal"
 JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
+SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|secret|token)=)[^&;]*", re.IGNORECASE)
 
 
-def journal_storage(path: Path) -> optuna.storages.BaseStorage:
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+def redact(where: str) -> str:
+    """A storage location fit to print: the password of a URL replaced by ***."""
+    scheme, sep, rest = where.partition("://")
+    if not sep:
+        return where
+    authority_end = rest.find("/", rest.rfind("@") + 1) if "@" in rest else -1
+    authority = rest if authority_end == -1 else rest[:authority_end]
+    userinfo, at, host = authority.rpartition("@")
+    if at and ":" in userinfo:
+        user = userinfo.split(":", 1)[0]
+        rest = f"{user}:***@{host}" + ("" if authority_end == -1 else rest[authority_end:])
+    return SECRET_QUERY.sub(r"\1***", f"{scheme}://{rest}")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
-    return optuna.storages.JournalStorage(backend)
+
+def hide_secrets(text: str, where: str) -> str:
+    """`text` (an error from a driver, say) without the password that `where` carries."""
+    userinfo = where.partition("://")[2].rpartition("@")[0]
+    password = userinfo.split(":", 1)[1] if ":" in userinfo else ""
+    return text.replace(password, "***") if password else text
+
+
+def journal_storage(path: Path, create: bool = True) -> optuna.storages.BaseStorage:
+    """The journal at `path` through autotune's safe backend, checked (and repaired) first.
+
+    With `create`, the folder is made and writing is tried for real (the lock file is
+    taken and released) so that a tuner finds out before it measures anything.
+    """
+    from autotune.journal import SafeJournalBackend, check_on_open
+
+    if create:
+        make_studies_folder(path.parent)
+    try:
+        backend = SafeJournalBackend(str(path))
+        if create:
+            open(path, "ab").close()  # the journal itself may be read-only
+            with backend.locked():
+                pass
+    except OSError as err:
+        raise AutotuneError(f"the studies folder {path.parent} cannot be written "
+                            f"({err.strerror}): the study could not be saved; make it "
+                            "writable, or pass another --studies-dir or --storage") from None
+    check_on_open(path, backend)
+    try:
+        return optuna.storages.JournalStorage(backend)
+    except Exception as err:  # a record Optuna cannot replay
+        raise AutotuneError(f"{path} cannot be read as a study journal ({first_line(err)}); "
+                            "restore it from a backup, or move it away to start afresh"
+                            ) from None
+
+
+def make_studies_folder(folder: Path) -> None:
+    """Create the studies folder itself, never a missing parent (that is a typo)."""
+    if folder.is_dir():
+        return
+    parent = folder.parent
+    if not parent.is_dir():
+        raise AutotuneError(f"cannot create the studies folder {folder}: {parent} "
+                            f"{'is not a folder' if parent.exists() else 'does not exist'}; "
+                            "fix the path, or create the folder first")
+    try:
+        folder.mkdir()
+    except OSError as err:
+        raise AutotuneError(f"cannot create the studies folder {folder}: {err.strerror}; "
+                            "pass another --studies-dir or --storage") from None
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def location(studies_dir: str | os.PathLike[str] | None = None,
              storage: str | None = None) -> str:
-    """The storage as a user would name it: a URL, or the journal file's path."""
+    """The storage as a user would name it, fit to print: a URL (password hidden) or a path."""
     if storage:
-        return storage
+        return redact(storage)
     return str(Path(studies_dir or DEFAULT_STUDIES_DIR) / JOURNAL_FILE)
 
 
 def open_storage(studies_dir: str | os.PathLike[str] | None = None,
                  storage: str | None = None, create: bool = True
                  ) -> optuna.storages.BaseStorage:
-    """Open the studies folder's journal, or `storage` (a URL or a journal file path)."""
+    """Open the studies folder's journal, or `storage` (a URL or a journal file path).
+
+    With `create=False` (every command that only reads) nothing is created: a missing
+    journal or SQLite file is an error, not a new empty storage.
+    """
     if studies_dir and storage:
         raise AutotuneError("pass --studies-dir or --storage, not both")
-    where = location(studies_dir, storage)
+    where = storage or str(Path(studies_dir or DEFAULT_STUDIES_DIR) / JOURNAL_FILE)
     if "://" in where:
-        try:
-            return optuna.storages.get_storage(where)
-        except Exception as err:
-            detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise AutotuneError(f"--storage {where}: cannot open it ({detail})") from None
+        return url_storage(where, create)
     path = Path(where)
     if path.is_dir():
         path = path / JOURNAL_FILE
@@ -60,7 +126,52 @@ def open_storage(studies_dir: str | os.PathLike[str] | None = None,
     if path.suffix not in JOURNAL_SUFFIXES:
         raise AutotuneError(f"--storage {where}: expected a URL such as sqlite:///studies.db "
                             f"or a journal file ending in {', '.join(JOURNAL_SUFFIXES)}")
-    return journal_storage(path)
+    return journal_storage(path, create)
+
+
+def url_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
+    shown = redact(url)
+    database = sqlite_file(url)
+    if database is not None and not create and not Path(database).is_file():
+        raise AutotuneError(f"no studies at {shown} ({database} does not exist); check the "
+                            "path (sqlite:///relative.db, sqlite:////absolute.db)")
+    try:
+        return optuna.storages.get_storage(url)
+    except Exception as err:
+        detail = hide_secrets(first_line(err), url)
+        raise AutotuneError(f"--storage {shown}: cannot open it ({detail}); check the URL, "
+                            "and that it names an Optuna database") from None
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file a sqlite:// URL names (None for other URLs and in-memory databases)."""
+    if not url.lower().startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+def storage_failure(err: BaseException) -> AutotuneError | None:
+    """The storage error behind `err`, if any.
+
+    Optuna turns an error raised while it records a trial's end into an AssertionError
+    of its own; the original is kept in the exception's context.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, AutotuneError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

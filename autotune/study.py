@@ -32,7 +32,7 @@ from autotune.model import ModelInfo
 from autotune.scoring import Weights, score
 from autotune.space import PINNED_ATTR, SearchSpace
 from autotune.stats import summarize
-from autotune.storage import fail_orphaned_trials, process_identity
+from autotune.storage import fail_orphaned_trials, process_identity, storage_failure
 from autotune.trial import DEFAULT_TOKENS, OK, PRUNED, TrialResult, TrialSpec, run_trial
 from autotune.workload import Workload
 
@@ -220,8 +220,14 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
                                    "other_cpu_percent_mean"),
                                "elapsed_s": time.monotonic() - started})
 
-    study.optimize(objective_for(model, space, measurement, host), n_trials=trials,
-                   timeout=timeout_s, callbacks=[after_trial], gc_after_trial=False)
+    try:
+        study.optimize(objective_for(model, space, measurement, host), n_trials=trials,
+                       timeout=timeout_s, callbacks=[after_trial], gc_after_trial=False)
+    except Exception as err:
+        failure = storage_failure(err)  # Optuna hides a failed write behind its own error
+        if failure is None or failure is err:
+            raise
+        raise failure from None
 
 
 def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

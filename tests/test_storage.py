@@ -1,0 +1,354 @@
+"""The study storage: journal repair, its lock, and bad --storage / --studies-dir inputs.
+
+These tests measure nothing: studies here are written with Optuna's own API into the real
+journal, which is then damaged on purpose. test_storage_faults.py does the same to studies
+the real tuner wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from conftest import clean_env
+
+import autotune
+from autotune import journal
+from autotune.errors import AutotuneError
+from autotune.storage import location, open_storage, redact
+
+SECRET = "s3cr3t-pa55"
+
+
+def make_study(folder: Path, name: str = "kept", trials: int = 3) -> Path:
+    """A study of `trials` finished trials in `folder`'s journal; returns the journal."""
+    storage = open_storage(folder)
+    study = optuna.create_study(study_name=name, storage=storage)
+    study.set_user_attr("model", {"name": "m", "path": "/models/m.gguf"})
+    for value in range(trials):
+        trial = study.ask()
+        trial.set_user_attr("status", "ok")
+        study.tell(trial, float(value))
+    return folder / "autotune.journal"
+
+
+def trial_counts(location: Path) -> dict[str, int]:
+    storage = open_storage(storage=str(location), create=False)
+    return {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+
+
+def tear_last_record(path: Path, keep: float = 0.5) -> None:
+    """Cut the journal inside its last record, as a writer killed mid-append leaves it."""
+    data = path.read_bytes()
+    start = data.rstrip(b"\n").rfind(b"\n") + 1
+    path.write_bytes(data[: start + int((len(data) - start) * keep)])
+
+
+def repair_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == journal.__name__
+            and r.levelno >= logging.WARNING]
+
+
+def backups(folder: Path) -> list[Path]:
+    return sorted(folder.glob("autotune.journal.*.bak"))
+
+
+def one_error_line(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()  # tune's progress display adds a blank line
+    assert line.startswith("autotune: error: ")
+    for needle in needles:
+        assert needle in done.stderr
+
+
+def test_a_torn_last_record_then_a_write_keeps_every_study(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = make_study(tmp_path, "first")
+    make_study(tmp_path, "second", trials=2)
+    before = path.read_bytes()
+    tear_last_record(path)
+    torn = path.read_bytes()
+
+    study = optuna.load_study(study_name="first", storage=open_storage(tmp_path))
+    study.set_user_attr("after", 1)  # the append that used to fuse onto the torn record
+
+    assert trial_counts(tmp_path) == {"first": 3, "second": 2}
+    assert len(repair_lines(caplog)) == 1 and "torn last record" in repair_lines(caplog)[0]
+    (backup,) = backups(tmp_path)
+    assert backup.read_bytes() == torn
+    assert path.read_bytes().startswith(before[: before.rstrip(b"\n").rfind(b"\n") + 1])
+    reloaded = optuna.load_study(study_name="first", storage=open_storage(tmp_path))
+    assert reloaded.user_attrs["after"] == 1
+
+
+def test_a_journal_broken_by_a_plain_optuna_append_is_recovered(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # What earlier versions left: a record appended straight after a torn one, on one line.
+    path = make_study(tmp_path)
+    tear_last_record(path)
+    plain = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path)))
+    optuna.load_study(study_name="kept", storage=plain).set_user_attr("fused", "yes")
+    with pytest.raises(ValueError):  # Optuna itself can no longer read it after one more
+        optuna.load_study(study_name="kept", storage=plain).set_user_attr("more", 1)
+        optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+    study = optuna.load_study(study_name="kept", storage=open_storage(tmp_path))
+    assert study.user_attrs["fused"] == "yes" and study.user_attrs["more"] == 1
+    assert len(study.trials) == 3
+    assert len(repair_lines(caplog)) == 1 and "split line" in repair_lines(caplog)[0]
+    assert len(backups(tmp_path)) == 1
+
+
+def test_a_whole_last_record_missing_its_newline_is_kept(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = make_study(tmp_path)
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    assert trial_counts(tmp_path) == {"kept": 3}
+    study = optuna.load_study(study_name="kept", storage=open_storage(tmp_path))
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert "newline" in repair_lines(caplog)[0]
+
+
+def test_a_sound_journal_is_never_rewritten(tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    path = make_study(tmp_path)
+    inode = path.stat().st_ino
+    assert trial_counts(tmp_path) == {"kept": 3}
+    assert path.stat().st_ino == inode and not backups(tmp_path) and not repair_lines(caplog)
+
+
+def test_garbage_in_the_middle_is_one_line_that_says_how_to_recover(
+        tmp_path: Path, run_cli) -> None:
+    path = make_study(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[3] = b"this line was typed in by hand\n"
+    path.write_bytes(b"".join(lines))
+    damaged = path.read_bytes()
+    for command in (("show", "kept"), ("compare",), ("export", "kept")):
+        done = run_cli(*command, "--studies-dir", str(tmp_path), cwd=tmp_path)
+        one_error_line(done, "line 4 is not a journal record", "head -n 3")
+    with pytest.raises(AutotuneError, match="line 4 is not a journal record"):
+        autotune.load_studies(tmp_path)
+    assert path.read_bytes() == damaged and not backups(tmp_path)
+    # The advice works: the first three records are a readable journal.
+    kept = tmp_path / "repaired.journal"
+    kept.write_bytes(b"".join(lines[:3]))
+    assert trial_counts(kept) == {"kept": 1}
+
+
+@pytest.mark.parametrize("content", [os.urandom(4096), b"\x00" * 100,
+                                     b"SQLite format 3\x00" + os.urandom(200)])
+def test_a_journal_that_is_binary_garbage_is_one_line(tmp_path: Path, content: bytes,
+                                                      run_cli) -> None:
+    (tmp_path / "autotune.journal").write_bytes(content)
+    for command in (("show", "x"), ("compare",), ("export", "x")):
+        done = run_cli(*command, "--studies-dir", str(tmp_path), cwd=tmp_path)
+        one_error_line(done, "is not an Optuna study journal", "move this one away")
+    assert (tmp_path / "autotune.journal").read_bytes() == content
+
+
+def test_a_sqlite_file_that_is_not_a_database_is_one_line(tmp_path: Path, run_cli) -> None:
+    (tmp_path / "studies.db").write_bytes(b"not a database at all\n" * 100)
+    for command in (("show", "x"), ("compare",)):
+        done = run_cli(*command, "--storage", "sqlite:///studies.db", cwd=tmp_path)
+        one_error_line(done, "cannot open it", "Optuna database")
+
+
+def test_reading_a_missing_sqlite_file_creates_nothing(tmp_path: Path, run_cli) -> None:
+    for command in (("show", "x"), ("compare",), ("export", "x")):
+        done = run_cli(*command, "--storage", "sqlite:///typo.db", cwd=tmp_path)
+        one_error_line(done, "typo.db does not exist")
+    with pytest.raises(AutotuneError, match="does not exist"):
+        autotune.load_studies(f"sqlite:///{tmp_path / 'typo.db'}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url, shown", [
+    (f"postgresql://tuner:{SECRET}@db.local:5432/studies",
+     "postgresql://tuner:***@db.local:5432/studies"),
+    (f"mysql+pymysql://tuner:{SECRET}@db.local/studies?charset=utf8",
+     "mysql+pymysql://tuner:***@db.local/studies?charset=utf8"),
+    (f"postgresql://tuner:{SECRET}@db.local", "postgresql://tuner:***@db.local"),
+    (f"redis://:{SECRET}@localhost:6379/0", "redis://:***@localhost:6379/0"),
+    (f"postgresql://db.local/studies?user=tuner&password={SECRET}",
+     "postgresql://db.local/studies?user=tuner&password=***"),
+    ("sqlite:////srv/with@sign/studies.db", "sqlite:////srv/with@sign/studies.db"),
+    ("studies/autotune.journal", "studies/autotune.journal"),
+])
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
+    assert SECRET not in location(storage=url)
+
+
+def test_no_command_prints_the_password_of_a_storage_url(tmp_path: Path, small_gguf: Path,
+                                                         run_cli) -> None:
+    url = f"postgresql://tuner:{SECRET}@127.0.0.1:9/studies"
+    for command in (("show", "x"), ("compare", "--json"), ("export", "x"),
+                    (str(small_gguf), "--json", "--out", str(tmp_path / "j.env"))):
+        done = run_cli(*command, "--storage", url, cwd=tmp_path)
+        one_error_line(done, "postgresql://tuner:***@127.0.0.1:9/studies")
+        assert SECRET not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("studies_dir, problem", [
+    ("missing/deeper/studies", "missing/deeper does not exist"),
+    ("a-file/studies", "a-file is not a folder"),
+    ("a-file", "cannot create the studies folder a-file"),
+])
+def test_a_studies_dir_that_cannot_be_made_is_one_line(tmp_path: Path, small_gguf: Path,
+                                                       studies_dir: str, problem: str,
+                                                       run_cli) -> None:
+    (tmp_path / "a-file").write_text("in the way\n")
+    done = run_cli(str(small_gguf), "--studies-dir", studies_dir, "--out", "j.env",
+                   cwd=tmp_path)
+    one_error_line(done, problem)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def start_holder(tmp_path: Path) -> subprocess.Popen[bytes]:
+    """Another live process, whose identity a lock file can name."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                            env=clean_env())
+
+
+def write_lock(journal_path: Path, pid: int, started: float) -> Path:
+    lock = Path(f"{journal_path}.lock")
+    lock.write_text(json.dumps({"host": os.uname().nodename, "pid": pid, "started": started}))
+    return lock
+
+
+def acquire_in_thread(journal_path: Path) -> threading.Event:
+    """Take the journal's lock and give it back in a thread; the event says it is done."""
+    acquired = threading.Event()
+
+    def take() -> None:
+        lock = journal.HolderLock(str(journal_path))
+        lock.acquire()
+        lock.release()
+        acquired.set()
+
+    threading.Thread(target=take, daemon=True).start()
+    return acquired
+
+
+def test_a_lock_waits_for_a_live_holder_and_is_broken_when_it_dies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal, "LOCK_GRACE_S", 1e9)  # only a dead holder frees the lock
+    path = make_study(tmp_path)
+    holder = start_holder(tmp_path)
+    try:
+        lock = write_lock(path, holder.pid, psutil.Process(holder.pid).create_time())
+        acquired = acquire_in_thread(path)
+        assert not acquired.wait(2), "took a lock whose holder is alive"
+        assert lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert acquired.wait(120), "a lock left by a dead process was not broken"
+    assert not lock.exists()
+
+
+def test_a_lock_of_a_reused_pid_is_stale_and_one_that_names_no_holder_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal, "LOCK_GRACE_S", 1e9)
+    path = make_study(tmp_path)
+    me = psutil.Process()
+    write_lock(path, me.pid, me.create_time() - 1000)  # same pid, another process's start
+    assert acquire_in_thread(path).wait(120)
+    Path(f"{path}.lock").write_text("")  # a plain Optuna holder: cannot tell, so alive
+    waiting = acquire_in_thread(path)
+    assert not waiting.wait(2)
+    os.unlink(f"{path}.lock")  # what the plain Optuna holder does when it is done
+    assert waiting.wait(120)
+
+
+WRITER = """
+import sys, optuna
+from autotune.storage import open_storage
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name="kept", storage=open_storage(sys.argv[1]))
+for i in range(int(sys.argv[3])):
+    study.set_user_attr(f"{sys.argv[2]}-{i}", "x" * 2000)
+"""
+
+
+def run_writer(folder: Path, tag: str, count: int, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(folder), tag, str(count)],
+                            env=clean_env(PYTHONPATH=os.pathsep.join(sys.path), **env),
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_writers_and_one_killed_mid_write_lose_nothing(tmp_path: Path) -> None:
+    make_study(tmp_path)
+    writers = [run_writer(tmp_path, tag, 150) for tag in ("a", "b")]
+    killed = run_writer(tmp_path, "killed", 150, **{journal.FAULT_VARIABLE: "torn-write:40"})
+    killed.communicate(timeout=300)
+    assert killed.returncode == -9
+    for writer in writers:
+        _, stderr = writer.communicate(timeout=300)
+        assert writer.returncode == 0, stderr
+        assert "Traceback" not in stderr
+    attrs = optuna.load_study(study_name="kept", storage=open_storage(tmp_path)).user_attrs
+    for tag in ("a", "b"):
+        assert all(f"{tag}-{i}" in attrs for i in range(150))
+    assert all(f"killed-{i}" in attrs for i in range(39)) and "killed-39" not in attrs
+    assert trial_counts(tmp_path) == {"kept": 3}
+
+
+def test_a_failed_append_leaves_no_partial_record(tmp_path: Path) -> None:
+    path = make_study(tmp_path)
+    before = path.read_bytes()
+    limit = len(before) + 500
+    code = ("import resource, signal, sys, optuna\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            "from autotune.storage import open_storage\n"
+            f"s = optuna.load_study(study_name='kept', storage=open_storage({str(tmp_path)!r}))\n"
+            "s.set_user_attr('small', 1)\n"
+            "try:\n    s.set_user_attr('big', 'x' * 5000)\n"
+            "except Exception as err:\n    print(type(err).__name__, err)\n"
+            "try:\n    s.set_user_attr('tiny', 2)\n"
+            "except Exception as err:\n    print(type(err).__name__, err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=clean_env(PYTHONPATH=os.pathsep.join(sys.path)), check=True)
+    first, second = done.stdout.splitlines()
+    assert first.startswith("AutotuneError cannot write to the study journal")
+    assert "File too large" in first and "run the same command again" in first
+    assert second == first  # nothing more is written after a failed write
+    assert path.read_bytes().startswith(before) and path.read_bytes().endswith(b"\n")
+    attrs = optuna.load_study(study_name="kept", storage=open_storage(tmp_path)).user_attrs
+    assert attrs["small"] == 1 and "big" not in attrs and "tiny" not in attrs
+
+
+def test_the_fault_switch_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(journal.FAULT_VARIABLE, raising=False)
+    assert not journal.torn_write_fault(1)
+    monkeypatch.setenv(journal.FAULT_VARIABLE, "torn-write:3")
+    assert [journal.torn_write_fault(n) for n in (1, 2, 3, 4)] == [False, False, True, False]
+
+
+def test_open_storage_copies_nothing_when_the_journal_is_sound(tmp_path: Path) -> None:
+    make_study(tmp_path)
+    shutil.copy(tmp_path / "autotune.journal", tmp_path / "other.journal")
+    assert trial_counts(tmp_path / "other.journal") == {"kept": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["autotune.journal", "other.journal"]
+
+
+def test_a_record_optuna_cannot_replay_is_one_line(tmp_path: Path, run_cli) -> None:
+    path = make_study(tmp_path)
+    with path.open("ab") as journal_file:
+        journal_file.write(b'{"op_code":99,"worker_id":"from-the-future"}\n')
+    for command in (("show", "kept"), ("compare",)):
+        done = run_cli(*command, "--studies-dir", str(tmp_path), cwd=tmp_path)
+        one_error_line(done, "cannot be read as a study journal", "restore it from a backup")
