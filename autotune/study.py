@@ -58,10 +58,10 @@ class Measurement:
     weights: Weights = field(default_factory=Weights)
 
     def spec(self, model: ModelInfo, settings: object) -> TrialSpec:
+        # the stall and load limits follow --trial-timeout and the model's size
         return TrialSpec(model.path, settings, self.workload,  # type: ignore[arg-type]
                          tokens_per_request=self.tokens_per_request, clients=self.clients,
-                         timeout_s=self.trial_timeout_s,
-                         stall_s=min(120.0, self.trial_timeout_s))
+                         timeout_s=self.trial_timeout_s)
 
     def identity(self) -> dict[str, object]:
         requests = json.dumps([r.to_dict() for r in self.workload.requests], sort_keys=True)
