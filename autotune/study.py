@@ -60,10 +60,10 @@ class Measurement:
     lock: MachineLock = field(default_factory=MachineLock, compare=False)
 
     def spec(self, model: ModelInfo, settings: object) -> TrialSpec:
+        # the stall and load limits follow --trial-timeout and the model's size
         return TrialSpec(model.path, settings, self.workload,  # type: ignore[arg-type]
                          tokens_per_request=self.tokens_per_request, clients=self.clients,
-                         timeout_s=self.trial_timeout_s,
-                         stall_s=min(120.0, self.trial_timeout_s))
+                         timeout_s=self.trial_timeout_s)
 
     def run(self, model: ModelInfo, settings: object, on_request=None,
             before: Callable[[], object] | None = None) -> TrialResult:

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -45,6 +47,28 @@ LOW_MEMORY_FRACTION = 0.05
 DEFAULT_TOKENS = 32
 OOM_WORDS = ("out of memory", "failed to allocate", "cudamalloc failed", "memoryerror",
              "cannot allocate memory", "std::bad_alloc", "unable to allocate")
+# Limits when the user gives only the trial's time limit: a request may go quiet for a tenth
+# of it (at least STALL_FLOOR_S) before the worker counts as hung. Before the model has
+# loaded, the silence allowed grows with the file: start-up plus reading it from a slow disk.
+STALL_FRACTION = 0.1
+STALL_FLOOR_S = 120.0
+STARTUP_S = 60.0
+SLOW_DISK_BYTES_PER_S = 50e6
+# How long a worker that closed its event stream may take to exit, and a killed one to be
+# reaped, before the parent reports it and moves on rather than waiting forever.
+EXIT_GRACE_S = 5.0
+REAP_S = 10.0
+# The worker runs with the directory holding the very `autotune` package the parent
+# imported first on sys.path, never the current directory (`python -m` would put the
+# cwd there, and a json.py or autotune/ beside a downloaded model would be imported).
+PACKAGE_ROOT = str(Path(__file__).absolute().parent.parent)
+BOOTSTRAP = ("import sys; sys.path[:] = [sys.argv.pop(1), *(p for p in sys.path if p)]; "
+             "from autotune.worker import main; main()")
+# The fields the parent reads from each event: a worker that sends an event without them
+# is broken, and says so, rather than raising in the parent.
+REQUIRED = {"loaded": ("load_s",), "warmup": ("latency_s",),
+            "request": ("id", "index", "latency_s", "rss_bytes"), "pass_end": ("rss_bytes",),
+            "load_failed": ("error",)}
 
 
 @dataclass(frozen=True)
@@ -59,7 +83,25 @@ class TrialSpec:
     clients: int = 1
     probe_threads: int | None = None
     timeout_s: float = 900.0
-    stall_s: float = 120.0
+    stall_s: float | None = None  # None: follows timeout_s (see stall_limit_s)
+    load_timeout_s: float | None = None  # None: follows the model's size (load_limit_s)
+
+    def stall_limit_s(self) -> float:
+        """Longest silence between events once the model has loaded."""
+        if self.stall_s is not None:
+            return self.stall_s
+        return min(self.timeout_s, max(STALL_FLOOR_S, STALL_FRACTION * self.timeout_s))
+
+    def load_limit_s(self) -> float:
+        """Longest wait for the model to load: start-up plus a slow disk reading the file."""
+        if self.load_timeout_s is not None:
+            return self.load_timeout_s
+        try:
+            size = os.path.getsize(self.model_path)
+        except OSError:  # the worker reports a missing file itself, at once
+            size = 0
+        return min(self.timeout_s,
+                   max(STARTUP_S, self.stall_limit_s()) + size / SLOW_DISK_BYTES_PER_S)
 
     def to_wire(self) -> dict[str, object]:
         return {"model_path": self.model_path, "settings": self.settings.to_dict(),
@@ -100,6 +142,7 @@ class TrialResult:
 
 
 OnRequest = Callable[[dict], bool]
+Ended = tuple[str, str] | None  # (status, reason) when the parent decided how a trial ended
 
 
 class ResourceSampler(threading.Thread):
@@ -141,9 +184,26 @@ class ResourceSampler(threading.Thread):
 
 
 def read_lines(stream, sink: queue.Queue) -> None:
-    for line in stream:
-        sink.put(line)
-    sink.put(None)
+    """Queue each line (bad bytes read as U+FFFD), then None at the end, whatever happens."""
+    try:
+        with contextlib.suppress(OSError, ValueError):  # closed under us: its end too
+            for line in stream:
+                sink.put(line)
+    finally:
+        sink.put(None)
+
+
+def keep_tail(stream, tail: deque[str]) -> None:
+    with contextlib.suppress(OSError, ValueError):  # closed under us: the end as well
+        tail.extend(stream)
+
+
+def send_spec(stdin, line: str) -> None:
+    """Write the spec; run in a thread, so a worker that never reads cannot block the
+    parent past the trial's deadline (the write fails once the worker is killed)."""
+    with contextlib.suppress(OSError, ValueError):  # it died or was killed: its status tells
+        stdin.write(line)
+        stdin.flush()
 
 
 def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResult:
@@ -155,34 +215,32 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     started = time.perf_counter()
     result = TrialResult(status=FAILED, settings=spec.settings.to_dict())
     process = subprocess.Popen(
-        [sys.executable, "-m", "autotune.worker"], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+        worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     result.pid = process.pid
     stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
     lines: queue.Queue = queue.Queue()
-    readers = [threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True),
-               threading.Thread(target=lambda: stderr_tail.extend(process.stderr), daemon=True)]
+    threads = [threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True),
+               threading.Thread(target=keep_tail, args=(process.stderr, stderr_tail),
+                                daemon=True)]
+    writer = threading.Thread(target=send_spec, daemon=True,
+                              args=(process.stdin, json.dumps(spec.to_wire()) + "\n"))
     sampler = ResourceSampler(process.pid)
-    for thread in (*readers, sampler):
+    for thread in (*threads, writer, sampler):
         thread.start()
-    try:
-        process.stdin.write(json.dumps(spec.to_wire()) + "\n")
-        process.stdin.flush()
-    except OSError:  # the worker died at start-up; its exit status tells how
-        pass
     try:
         ended, done = follow(lines, result, spec, started, on_request)
     except BaseException:
         kill_group(process)  # never leave a worker behind, even on Ctrl-C
         raise
-    if ended is not None and ended[0] != LOAD_FAILED:
-        kill_group(process)
-    process.stdin.close()
-    returncode = process.wait()
+    returncode, ended = end_worker(process, ended)
     result.ended_at = time.perf_counter()
+    writer.join(timeout=REAP_S)
+    if not writer.is_alive():  # else it holds stdin's lock: only an unkillable worker
+        close_quietly(process.stdin)
     sampler.stopped.set()
-    for thread in readers:
+    for thread in threads:
         thread.join(timeout=2)
     process.stdout.close()
     process.stderr.close()
@@ -195,28 +253,32 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     result.gpu_memory_peak_bytes = sampler.gpu_peak
     result.gpu_free_min_bytes = sampler.gpu_free_min
     memory_ran_out = sampler.min_available < LOW_MEMORY_FRACTION * psutil.virtual_memory().total
-    result.status, result.reason = ended or classify(returncode, done, result.stderr_tail,
-                                                     memory_ran_out)
+    result.status, result.reason = ended or classify(returncode,  # type: ignore[arg-type]
+                                                     done, result.stderr_tail, memory_ran_out)
     result.wall_s = time.perf_counter() - started
     return result
 
 
 def follow(lines: queue.Queue, result: TrialResult, spec: TrialSpec, started: float,
-           on_request: OnRequest | None) -> tuple[tuple[str, str] | None, bool]:
+           on_request: OnRequest | None) -> tuple[Ended, bool]:
     """Read the worker's events into `result` until it ends, or a limit or a prune stops it.
 
     Returns how the parent stopped it (None when the worker ended by itself) and whether
     the worker said it was done.
     """
     deadline = started + spec.timeout_s
+    stall_s, load_s = spec.stall_limit_s(), spec.load_limit_s()
     last_line = time.perf_counter()
+    loaded = False
     done = False
     while True:
         now = time.perf_counter()
         if now > deadline:
             return (TIMED_OUT, f"trial ran past its {spec.timeout_s:g} s limit"), done
-        if now - last_line > spec.stall_s:
-            return (TIMED_OUT, f"worker hung: no progress for {spec.stall_s:g} s"), done
+        if loaded and now - last_line > stall_s:
+            return (TIMED_OUT, f"worker hung: no progress for {stall_s:g} s"), done
+        if not loaded and now - last_line > load_s:
+            return (TIMED_OUT, f"worker hung: model not loaded after {load_s:.4g} s"), done
         try:
             line = lines.get(timeout=0.05)
         except queue.Empty:
@@ -225,8 +287,14 @@ def follow(lines: queue.Queue, result: TrialResult, spec: TrialSpec, started: fl
             return None, done
         last_line = time.perf_counter()
         event = parse_event(line)
-        kind = event.pop("event") if event else None
+        if event is None:  # not an event (garbage is progress all the same): read on
+            continue
+        kind = event.pop("event")
+        missing = [key for key in REQUIRED.get(kind, ()) if key not in event]
+        if missing:
+            return (FAILED, f"worker sent a {kind} event without {', '.join(missing)}"), done
         if kind == "loaded":
+            loaded = True
             result.load_s = event["load_s"]
         elif kind == "warmup":
             result.warmup_s = event["latency_s"]
@@ -252,13 +320,50 @@ def parse_event(line: str) -> dict | None:
     return event if isinstance(event, dict) and "event" in event else None
 
 
-def kill_group(process: subprocess.Popen) -> None:
-    """Kill the worker and anything it started, and reap it."""
+def worker_command() -> list[str]:
+    return [sys.executable, "-c", BOOTSTRAP, PACKAGE_ROOT]
+
+
+def kill_group(process: subprocess.Popen) -> int | None:
+    """Kill the worker and anything it started; its exit status, None if it won't go."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         process.kill()
-    process.wait()
+    return reap(process, REAP_S)
+
+
+def reap(process: subprocess.Popen, within_s: float) -> int | None:
+    """Wait for the process to exit, but not forever (a process stuck in the kernel does
+    not die of SIGKILL); None when it did not."""
+    try:
+        return process.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def end_worker(process: subprocess.Popen, ended: Ended) -> tuple[int | None, Ended]:
+    """Kill the worker when the parent stopped the trial; else let it exit, or make it.
+
+    Returns its exit status (None when it would not go) and the verdict so far.
+    """
+    if ended is not None and ended[0] != LOAD_FAILED:
+        returncode = kill_group(process)
+    else:
+        returncode = reap(process, EXIT_GRACE_S)
+        if returncode is None:
+            returncode = kill_group(process)
+            ended = ended or (FAILED, "worker closed its event stream but was still running "
+                                      f"{EXIT_GRACE_S:g} s later")
+    if returncode is None:
+        stuck = f"worker pid {process.pid} still running {REAP_S:g} s after SIGKILL"
+        ended = (ended[0], f"{ended[1]}; {stuck}") if ended else (FAILED, stuck)
+    return returncode, ended
+
+
+def close_quietly(stream) -> None:
+    with contextlib.suppress(OSError):  # what was left of the spec could not reach a dead worker
+        stream.close()
 
 
 def classify(returncode: int, done: bool, stderr: str, memory_ran_out: bool = False

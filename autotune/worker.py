@@ -1,4 +1,4 @@
-"""Subprocess entry point of a latency trial: `python -m autotune.worker`.
+"""Subprocess entry point of a latency trial, started by `autotune.trial.worker_command`.
 
 The parent writes one JSON line (the trial spec) to stdin and keeps stdin open; the
 worker builds the backend, warms it up, replays the workload and streams one JSON line
@@ -6,7 +6,10 @@ per event to stdout. When stdin closes (the parent died or gave up), the worker 
 once, so no worker outlives its study.
 
 Events: `loaded` (load_s), `warmup` (latency_s), `request` (one per request), `pass_end`
-(rss_bytes after each pass), `thread_probe`, `load_failed` (error), `done`.
+(rss_bytes after each pass), `probe_request` (progress of the thread probe),
+`thread_probe`, `load_failed` (error), `done`.
+
+Tests make it fail on purpose through `AUTOTUNE_WORKER_FAULT` (see `autotune.faults`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import IO
 import psutil
 
 from autotune.backend import Backend
+from autotune.faults import Faults
 from autotune.settings import Settings
 from autotune.workload import Request, requests_from_dicts
 
@@ -32,9 +36,10 @@ PROBE_REPEATS = 2
 class Emitter:
     """Writes events as JSON lines on the protocol stream, one writer at a time."""
 
-    def __init__(self, stream: IO[str], started: float) -> None:
+    def __init__(self, stream: IO[str], started: float, faults: Faults | None = None) -> None:
         self.stream = stream
         self.started = started
+        self.faults = faults or Faults([])
         self.lock = threading.Lock()
         self.process = psutil.Process()
 
@@ -43,6 +48,7 @@ class Emitter:
         with self.lock:
             self.stream.write(json.dumps(fields) + "\n")
             self.stream.flush()
+            self.faults.after(event, self.stream)
 
     def rss(self) -> int:
         return int(self.process.memory_info().rss)
@@ -127,6 +133,8 @@ def thread_probe(backend: Backend, emit: Emitter, request: Request, n_tokens: in
             started = time.perf_counter()
             backend.complete(request, n_tokens)
             timings[threads].append(time.perf_counter() - started)
+            # progress, so that a slow probe is not taken for a hung worker
+            emit("probe_request", threads=threads, latency_s=round(timings[threads][-1], 6))
     backend.set_threads(backend.settings.n_threads)
     emit("thread_probe", configured_threads=backend.settings.n_threads,
          configured_s=min(timings[backend.settings.n_threads]),
@@ -162,9 +170,17 @@ def main() -> None:
     protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    started = time.perf_counter()
+    try:
+        faults = Faults.from_env()
+    except ValueError as err:
+        sys.stderr.write(f"{err}\n")
+        sys.stderr.flush()
+        os._exit(2)
+    faults.after("start", protocol)
     spec = json.loads(sys.stdin.readline())
     threading.Thread(target=exit_when_parent_leaves, args=(sys.stdin,), daemon=True).start()
-    code = run(spec, Emitter(protocol, time.perf_counter()))
+    code = run(spec, Emitter(protocol, started, faults))
     protocol.flush()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown, which would close stdin and wake the watcher

@@ -137,9 +137,11 @@ def test_a_different_workload_will_not_resume_the_study(first_run, model_path: P
 
 def test_failed_trials_inform_the_sampler_and_never_stop_the_study(
         model_path: Path, tiny_workload_file: Path, tmp_path: Path, run_cli: Run) -> None:
+    # every worker hangs once its model is loaded: no trial can finish, however fast the machine
     done = run_cli(str(model_path), "--trials", "3", "--trial-timeout", "1",
                    "--studies-dir", str(tmp_path / "studies"), "--out", str(tmp_path / "j.env"),
-                   "--workload", str(tiny_workload_file), *QUICK, cwd=tmp_path)
+                   "--workload", str(tiny_workload_file), *QUICK, cwd=tmp_path,
+                   env={"AUTOTUNE_WORKER_FAULT": "hang@load"})
     assert done.returncode == 2
     assert "no trial finished" in done.stderr
     trials = study_trials(tmp_path / "studies")
@@ -150,6 +152,7 @@ def test_failed_trials_inform_the_sampler_and_never_stop_the_study(
         assert trial.value == FAILED_SCORE_S
         assert trial.constraints == {"failed": 1.0, "context_overflow": 0.0}
     assert not (tmp_path / "j.env").exists()
+    assert started_in(tmp_path) == [], "a hung worker outlived its trial"
 
 
 def test_a_context_that_drops_history_is_never_the_winner(model_path: Path, tmp_path: Path,
@@ -219,3 +222,35 @@ def test_sigkill_mid_study_leaves_no_worker_and_loses_no_trial(
     orphans = [t for t in trials if t.user_attrs.get("status") == "interrupted"]
     assert len(orphans) == 1 and orphans[0].state == optuna.trial.TrialState.FAIL
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+
+
+@pytest.mark.parametrize(("fault", "status"), [
+    ("abort@load", "crashed"), ("segfault@request:1", "crashed"),
+    ("oom@load", "out_of_memory"), ("exit@start", "failed")])
+def test_each_worker_fault_is_recorded_and_the_study_goes_on(
+        model_path: Path, tiny_workload_file: Path, tmp_path: Path, run_cli: Run, fault: str,
+        status: str) -> None:
+    done = run_cli(str(model_path), "--trials", "2", "--studies-dir", str(tmp_path / "studies"),
+                   "--out", str(tmp_path / "j.env"), "--workload", str(tiny_workload_file),
+                   *QUICK, cwd=tmp_path, env={"AUTOTUNE_WORKER_FAULT": fault})
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "no trial finished" in done.stderr
+    trials = study_trials(tmp_path / "studies")
+    assert [t.user_attrs["status"] for t in trials] == [status, status]
+    for trial in trials:
+        assert trial.value == FAILED_SCORE_S
+        assert f"AUTOTUNE_WORKER_FAULT: {fault}" in trial.user_attrs["stderr_tail"]
+    assert not (tmp_path / "j.env").exists()
+    assert started_in(tmp_path) == [], "a worker outlived its study"
+
+
+def started_in(folder: Path) -> list[int]:
+    """Processes still running in `folder`: the tuner's workers inherit its working dir."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.cwd() == str(folder) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process.pid)
+        except psutil.Error:
+            continue
+    return found
