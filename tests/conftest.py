@@ -37,6 +37,11 @@ def write_gguf(path: Path, arch: str | None = "llama", block_count: int | None =
     if block_count is not None:
         writer.add_block_count(block_count)
     writer.add_name("tiny")
+    return finish_gguf(writer, path)
+
+
+def finish_gguf(writer: gguf.GGUFWriter, path: Path) -> Path:
+    """Add one small tensor to a writer's metadata and write the file out."""
     writer.add_tensor("weight", np.zeros((4, 4), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -8,9 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
-from conftest import write_gguf
+from conftest import finish_gguf, write_gguf
 
 from autotune.errors import AutotuneError
 from autotune.model import ModelInfo, inspect_model
@@ -73,12 +72,7 @@ def write_metadata(path: Path, **values: object) -> Path:
             writer.add_float32(name, value)
         else:
             writer.add_uint64(name, value)  # type: ignore[arg-type]
-    writer.add_tensor("weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return finish_gguf(writer, path)
 
 
 def raw_gguf(path: Path, metadata: bytes, n_fields: int = 1, n_tensors: int = 0) -> Path:
