@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -30,6 +30,7 @@ from autotune.space import parse_fixes
 from autotune.workload import load_workload
 
 err_console = Console(stderr=True)
+STUDIES_ENV = "AUTOTUNE_STUDIES"
 
 
 class DefaultGroup(click.Group):
@@ -44,20 +45,18 @@ class DefaultGroup(click.Group):
             args.insert(0, self.default_command)
         return super().parse_args(ctx, args)
 
+    def invoke(self, ctx: click.Context) -> object:
+        """The one place errors become exit statuses: the library raises, the CLI decides.
 
-def user_errors(command: Callable) -> Callable:
-    """Turn an AutotuneError into one line on stderr and its exit status (2: bad input)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: object, **kwargs: object) -> object:
+        An AutotuneError is one line on stderr and its `exit_status`: 2 for bad input, 1
+        for a measurement that failed or a machine that is busy.
+        """
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
         except AutotuneError as err:
             # messages quote file and study names, which may hold any character
             click.echo(f"autotune: error: {visible(err)}", err=True)
-            raise click.exceptions.Exit(err.exit_status) from None
-
-    return wrapper
+            ctx.exit(err.exit_status)
 
 
 @contextmanager
@@ -138,7 +137,6 @@ def out_console() -> Console:
               help="Wall-clock limit for the trial, seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @no_wait_option
-@user_errors
 def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, clients: int,
           workload_file: str | None, tokens: int, timeout: float, as_json: bool,
           no_wait: bool) -> None:
@@ -146,7 +144,16 @@ def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, c
 
     Loads MODEL in a fresh worker process with the JARVIS_* settings, replays the
     workload, and reports latency statistics, the guide's targets and a diagnosis of
-    which spike causes show. Exits 1 when the trial itself failed.
+    which spike causes show.
+
+    \b
+    Examples:
+      autotune bench model.gguf --iterations 5     # drift and memory growth over 5 passes
+      autotune bench model.gguf --env jarvis.env   # the settings a tuning run wrote
+      autotune bench model.gguf --concurrent --json
+
+    Exit status: 0 measured, 1 the trial itself failed (or --no-wait found the machine
+    busy), 2 bad input.
     """
     settings = settings_from(env_file)
     workload = load_workload(workload_file)
@@ -170,7 +177,15 @@ def storage_options(command: Callable) -> Callable:
                            help="Any Optuna storage URL (sqlite:///x.db, postgresql://...) or "
                                 "a journal file path, instead of --studies-dir.")(command)
     return click.option("--studies-dir", metavar="DIR",
-                        help="Folder of the embedded study journal  [default: studies]")(command)
+                        help=f"Folder of the embedded study journal  [default: "
+                             f"${STUDIES_ENV}, else studies]")(command)
+
+
+def studies_folder(studies_dir: str | None, storage: str | None) -> str | None:
+    """--studies-dir, else $AUTOTUNE_STUDIES unless --storage names another storage."""
+    if studies_dir or storage:
+        return studies_dir
+    return os.environ.get(STUDIES_ENV) or None
 
 
 def print_event(progress: Progress, task: int, kind: str, data: dict) -> None:
@@ -261,7 +276,6 @@ def check_study_name(name: str | None) -> None:
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary instead of tables.")
 @no_wait_option
-@user_errors
 def tune(model: str, trials: int, timeout: float | None, seed: int | None,
          workload_file: str | None, tokens: int, concurrent: bool, clients: int,
          extended: bool, fixes: tuple[str, ...], finalists: int, rounds: int,
@@ -273,6 +287,15 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
     Runs an Optuna study (each candidate a latency trial in its own process), re-measures
     the best few against the guide's defaults, and writes the winner to --out as a
     script to source. Running the same command again resumes the study.
+
+    \b
+    Examples:
+      autotune model.gguf                            # 12 trials, then ./jarvis.env
+      autotune model.gguf --trials 30 --timeout 900  # a bigger budget (resumes the study)
+      autotune model.gguf --fix n_threads=4 --format dotenv --out jarvis.conf
+
+    Exit status: 0 written, 1 no trial or finalist finished (or --no-wait found the
+    machine busy), 2 bad input.
     """
     from autotune.tune import TuneOptions
     from autotune.tune import tune as tune_lib
@@ -284,7 +307,8 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
         fixed=parse_fixes(fixes), finalists=finalists, rounds=rounds,
         weights=Weights(spike_weight=spike_weight, spike_factor=spike_factor,
                         cv_weight=cv_weight),
-        trial_timeout_s=trial_timeout, study_name=study_name, studies_dir=studies_dir,
+        trial_timeout_s=trial_timeout, study_name=study_name,
+        studies_dir=studies_folder(studies_dir, storage),
         storage=storage, out=out, fmt=fmt, force=force, wait=not no_wait)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
@@ -302,7 +326,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
 def open_studies(studies_dir: str | None, storage: str | None):
     from autotune.storage import open_storage
 
-    return open_storage(studies_dir, storage, create=False)
+    return open_storage(studies_folder(studies_dir, storage), storage, create=False)
 
 
 @cli.command()
@@ -311,12 +335,17 @@ def open_studies(studies_dir: str | None, storage: str | None):
 @click.option("--plot", metavar="FILE", help="Write a figure of latency distributions and "
               "best settings: .png (matplotlib) or .html (plotly).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records.")
-@user_errors
 def compare(studies: tuple[str, ...], studies_dir: str | None, storage: str | None,
             plot: str | None, as_json: bool) -> None:
     """Studies side by side: hardware, workload, winner, improvement, best settings.
 
     Compares the named STUDIES, or every study in the storage when none is named.
+
+    \b
+    Examples:
+      autotune compare
+      autotune compare a@host b@host --plot cmp.png
+      autotune compare --storage sqlite:///studies.db --json
     """
     from autotune.report import compare_table
     from autotune.storage import study_names
@@ -348,17 +377,24 @@ def compare(studies: tuple[str, ...], studies_dir: str | None, storage: str | No
 @click.option("--plot-format", type=click.Choice(["html", "png"]), default="html",
               show_default=True, help="Format of --plots files.")
 @click.option("--json", "as_json", is_flag=True, help="Print trials and importances as JSON.")
-@user_errors
 def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str | None,
          plot_format: str, as_json: bool) -> None:
-    """A study's trials, its parameter importances, and on request its plots."""
+    """A study's trials, its parameter importances, and on request its plots.
+
+    \b
+    Examples:
+      autotune show MODEL@HOST
+      autotune show MODEL@HOST --plots plots/ --plot-format png
+      autotune show MODEL@HOST --json
+    """
     from autotune.report import importance_table, seconds, trials_table
     from autotune.storage import load_study
-    from autotune.studies import importances, trial_row
+    from autotune.studies import importance_report, trial_row
 
     loaded = load_study(study, open_studies(studies_dir, storage))
     rows = [trial_row(t) for t in loaded.get_trials(deepcopy=False)]
-    scores = importances(loaded)
+    importance = importance_report(loaded)
+    scores = importance.scores
     written = []
     if plot_dir:
         from autotune.plots import study_plots
@@ -366,13 +402,17 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
         written = study_plots(loaded, plot_dir, plot_format)
     if as_json:
         click.echo(json.dumps({"study": study, "trials": rows, "importances": scores,
+                               "importance_evaluator": importance.evaluator,
+                               "importance_caveats": list(importance.caveats),
                                "winner": loaded.user_attrs.get("winner"),
                                "plots": [str(p) for p in written]}, indent=2, default=str))
         return
     console = out_console()
     console.print(trials_table(rows, list(loaded.user_attrs.get("tuned_fields", []))))
     if scores:
-        console.print(importance_table(scores))
+        console.print(importance_table(scores, importance.evaluator))
+        for caveat in importance.caveats:
+            console.print(f"  caveat ({importance.evaluator}): {caveat}", markup=False)
     else:
         console.print("Parameter importance: needs at least 3 finished trials that differ.")
     winner = loaded.user_attrs.get("winner")
@@ -392,10 +432,15 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
 @click.option("--format", "fmt", type=click.Choice(["shell", "dotenv"]), default="shell",
               show_default=True, help="shell: export NAME='value'; dotenv: NAME=value.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-@user_errors
 def export_command(study: str, studies_dir: str | None, storage: str | None,
                    trial_number: int | None, out: str | None, fmt: str, force: bool) -> None:
-    """Re-export a study's winner (or any trial) as the export script, running nothing."""
+    """Re-export a study's winner (or any trial) as the export script, running nothing.
+
+    \b
+    Examples:
+      autotune export MODEL@HOST --out jarvis.env
+      autotune export MODEL@HOST --trial 7 --format dotenv
+    """
     from autotune import export
     from autotune.storage import load_study
     from autotune.tune import export_text

@@ -1,4 +1,4 @@
-"""The one error type a user sees: a problem with their input, said in one line."""
+"""The errors a user sees, each said in one line: bad input (exit 2), failed measurement (1)."""
 
 
 class AutotuneError(Exception):
@@ -9,3 +9,12 @@ class AutotuneError(Exception):
     """
 
     exit_status = 2
+
+
+class MeasurementFailed(AutotuneError):
+    """The input was fine but the measurement was not: no trial finished, a worker died.
+
+    The CLI prints the reason on one line and exits with status 1.
+    """
+
+    exit_status = 1

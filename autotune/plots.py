@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 
 import optuna
 
 from autotune.errors import AutotuneError
+from autotune.safe_text import visible
 from autotune.settings import BY_FIELD
 from autotune.space import BASELINE_LABEL
 from autotune.studies import feasible_study
@@ -15,6 +17,7 @@ from autotune.study import best_feasible
 
 KINDS = ("png", "html")
 STUDY_PLOTS = ("optimization_history", "slice", "parallel_coordinate")
+NAME_LIMIT = 60  # characters of a study name on a figure
 
 
 def kind_of(path: str | os.PathLike[str]) -> str:
@@ -25,28 +28,48 @@ def kind_of(path: str | os.PathLike[str]) -> str:
 
 
 def latency_groups(study: optuna.Study) -> list[tuple[str, list[float]]]:
-    """The best finished trial's latencies and the guide defaults' trial's, for one study."""
+    """One study's boxes: its confirmed winner, or plainly its best search trial; the defaults.
+
+    A box holds the request latencies of one search run of that configuration.
+    """
     groups = []
-    best = best_feasible(study)
-    if best is not None:
-        groups.append((f"{study.study_name}\nbest (trial {best.number})",
+    name = visible(study.study_name, NAME_LIMIT)
+    winner = study.user_attrs.get("winner") or {}
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    chosen = trials.get(winner.get("trial_number"))  # type: ignore[arg-type]
+    if chosen is not None and chosen.user_attrs.get("latencies"):
+        groups.append((f"{name}\nconfirmed winner (trial {chosen.number})",
+                       chosen.user_attrs["latencies"]))
+    elif not winner and (best := best_feasible(study)) is not None:
+        groups.append((f"{name}\nbest search trial {best.number} (unconfirmed)",
                        best.user_attrs["latencies"]))
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials.values():
         if trial.user_attrs.get("label") == BASELINE_LABEL and trial.user_attrs.get("latencies"):
-            groups.append((f"{study.study_name}\nguide defaults", trial.user_attrs["latencies"]))
+            groups.append((f"{name}\nguide defaults", trial.user_attrs["latencies"]))
             break
     return groups
 
 
 def best_settings_rows(studies: list[optuna.Study]) -> list[list[str]]:
+    """Per study: its name, whose settings these are, and the settings."""
     rows = []
     for study in studies:
         winner = study.user_attrs.get("winner") or {}
-        settings = winner.get("settings") or {}
+        settings, source = winner.get("settings"), "confirmed winner"
+        if not settings:
+            best = best_feasible(study)
+            settings = best.user_attrs.get("settings", {}) if best else {}
+            source = f"best search trial {best.number}, unconfirmed" if best else "no trial"
         fields = study.user_attrs.get("tuned_fields", [])
-        rows.append([study.study_name] + [f"{BY_FIELD[f].name.removeprefix('JARVIS_')}="
-                                          f"{settings.get(f, '-')}" for f in fields])
+        rows.append([f"{visible(study.study_name, NAME_LIMIT)} ({source})"]
+                    + [f"{BY_FIELD[f].name.removeprefix('JARVIS_')}={settings.get(f, '-')}"
+                       for f in fields if f in BY_FIELD])
     return rows
+
+
+def for_matplotlib(text: str) -> str:
+    """Literal text: a `$` would start mathtext (and a stray one raises)."""
+    return text.replace("$", r"\$")
 
 
 def compare_figure(studies: list[optuna.Study], path: str | os.PathLike[str]) -> Path:
@@ -66,13 +89,14 @@ def compare_figure(studies: list[optuna.Study], path: str | os.PathLike[str]) ->
         fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5),
                                           gridspec_kw={"width_ratios": [3, 2]})
         left.boxplot([values for _, values in groups], showmeans=True)
-        left.set_xticks(range(1, len(groups) + 1), [name for name, _ in groups], fontsize=7)
+        left.set_xticks(range(1, len(groups) + 1), [for_matplotlib(name) for name, _ in groups],
+                        fontsize=7)
         left.set_ylabel("request latency (s)")
         left.set_title("Latency distributions")
         right.axis("off")
-        right.set_title("Confirmed winners")
-        right.text(0, 1, "\n\n".join("\n".join(row) for row in rows), va="top", fontsize=8,
-                   family="monospace")
+        right.set_title("Winners")
+        right.text(0, 1, for_matplotlib("\n\n".join("\n".join(row) for row in rows)), va="top",
+                   fontsize=8, family="monospace")
         fig.tight_layout()
         fig.savefig(out, dpi=100)
         plt.close(fig)
@@ -82,12 +106,14 @@ def compare_figure(studies: list[optuna.Study], path: str | os.PathLike[str]) ->
 
         fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
                             specs=[[{"type": "xy"}, {"type": "table"}]],
-                            subplot_titles=("Latency distributions", "Confirmed winners"))
-        for name, values in groups:
-            fig.add_trace(go.Box(y=values, name=name.replace("\n", " "), boxmean=True), 1, 1)
+                            subplot_titles=("Latency distributions", "Winners"))
+        for name, values in groups:  # plotly renders some HTML in names: escape it all
+            fig.add_trace(go.Box(y=values, name=html.escape(name.replace("\n", " ")),
+                                 boxmean=True), 1, 1)
         fig.add_trace(go.Table(header={"values": ["study", "settings"]},
-                               cells={"values": [[r[0] for r in rows],
-                                                 ["<br>".join(r[1:]) for r in rows]]}), 1, 2)
+                               cells={"values": [[html.escape(r[0]) for r in rows],
+                                                 ["<br>".join(html.escape(c) for c in r[1:])
+                                                  for r in rows]]}), 1, 2)
         fig.update_yaxes(title_text="request latency (s)", row=1, col=1)
         fig.write_html(out, include_plotlyjs="cdn")
     return out

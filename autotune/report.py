@@ -212,8 +212,8 @@ def trials_table(trials: list[dict], fields: list[str]) -> Table:
     return table
 
 
-def importance_table(scores: dict[str, float]) -> Table:
-    table = Table(title="Parameter importance (fANOVA, finished trials)")
+def importance_table(scores: dict[str, float], evaluator: str) -> Table:
+    table = Table(title=f"Parameter importance ({terminal(evaluator)}, feasible trials)")
     table.add_column("setting")
     table.add_column("importance", justify="right")
     for name, value in scores.items():

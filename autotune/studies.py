@@ -10,7 +10,9 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import optuna
 import pandas as pd
@@ -146,14 +148,42 @@ def feasible_study(study: optuna.Study) -> optuna.Study:
     return copy
 
 
-def importances(study: optuna.Study) -> dict[str, float]:
-    """Optuna's fANOVA parameter importances over finished trials ({} when too few)."""
+# Optuna's default evaluator since 4.x, and the one that needs no scikit-learn: it
+# compares where good trials fall in each parameter's range with where all of them fall.
+IMPORTANCE_EVALUATOR = "PED-ANOVA"
+
+
+@dataclass(frozen=True)
+class Importances:
+    """Parameter importances, the evaluator that computed them, and its caveats."""
+
+    scores: dict[str, float]
+    evaluator: str = IMPORTANCE_EVALUATOR
+    caveats: tuple[str, ...] = ()
+
+
+def importance_report(study: optuna.Study) -> Importances:
+    """PED-ANOVA importances over the feasible trials; what the evaluator warned of, kept.
+
+    The evaluator warns (for example of too few trials in a range) through Python's
+    warnings; those become caveats a report can print, never raw lines on the terminal.
+    """
     finished = feasible_study(study)
     varied = {k for t in finished.trials for k in t.params
               if len({u.params.get(k) for u in finished.trials}) > 1}
     if len(finished.trials) < 3 or not varied:
-        return {}
-    try:
-        return dict(optuna.importance.get_param_importances(finished))
-    except (ValueError, RuntimeError):
-        return {}
+        return Importances({})
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            scores = dict(optuna.importance.get_param_importances(finished, evaluator=evaluator))
+        except (ValueError, RuntimeError):
+            scores = {}
+    caveats = tuple(dict.fromkeys(str(w.message).splitlines()[0] for w in caught))
+    return Importances(scores, caveats=caveats)
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Parameter importances over finished trials ({} when too few): see importance_report."""
+    return importance_report(study).scores

@@ -16,7 +16,7 @@ import optuna
 
 from autotune import export
 from autotune.confirm import BASELINE, Candidate, confirm, describe
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, MeasurementFailed
 from autotune.hardware import detect
 from autotune.machine_lock import MachineLock
 from autotune.model import inspect_model
@@ -111,14 +111,15 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
            on_event)
     candidates = finalists(study, options.finalists)
     if len(candidates) == 1:
-        raise AutotuneError(f"study {name!r}: no trial finished without failing or "
+        raise MeasurementFailed(f"study {name!r}: no trial finished without failing or "
                             "overflowing the context, so there is nothing to confirm; see "
                             f"`autotune show {name}`")
     outcome = confirm(candidates, lambda s: measurement.run(model, s), options.rounds,
                       options.weights, options.seed, on_event)
     winner = outcome["winner"]
     if winner is None:
-        raise AutotuneError(f"study {name!r}: no finalist finished every confirmation round")
+        raise MeasurementFailed(f"study {name!r}: no finalist finished every confirmation "
+                                "round")
     study.set_user_attr("confirmation", {k: outcome[k] for k in ("runs", "candidates")})
     study.set_user_attr("winner", {
         "label": winner["label"], "trial_number": winner["trial_number"],

@@ -18,6 +18,8 @@ from autotune.workload import Workload, load_workload
 
 AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
 CLI_TIMEOUT_S = 300
+# A developer's own settings of these would change what a test measures or where it looks.
+HERMETIC = ("AUTOTUNE_STUDIES", "AUTOTUNE_WORKER_FAULT", "AUTOTUNE_STORAGE_FAULT")
 
 TINY_CONVERSATIONS = (
     {"id": "fruit", "system": "You are brief.", "turns": [
@@ -86,7 +88,8 @@ def truncated_model(model_path: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 def clean_env(**overrides: str) -> dict[str, str]:
     """The process environment without any JARVIS_* variable, plus `overrides`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JARVIS_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JARVIS_") and k not in HERMETIC}
     env.update(overrides)
     return env
 

@@ -124,7 +124,7 @@ def test_show_lists_trials_and_writes_its_plots(two_studies: Path, tmp_path: Pat
 
 
 def test_importances_rank_the_setting_that_drives_the_score() -> None:
-    # Logic only: fANOVA on hand-made finished trials where n_threads alone matters.
+    # Logic only: PED-ANOVA on hand-made finished trials where n_threads alone matters.
     study = optuna.create_study()
     for threads in range(1, 9):
         for ctx in (512, 1024):

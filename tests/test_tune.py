@@ -142,8 +142,8 @@ def test_failed_trials_inform_the_sampler_and_never_stop_the_study(
                    "--studies-dir", str(tmp_path / "studies"), "--out", str(tmp_path / "j.env"),
                    "--workload", str(tiny_workload_file), *QUICK, cwd=tmp_path,
                    env={"AUTOTUNE_WORKER_FAULT": "hang@load"})
-    assert done.returncode == 2
-    assert "no trial finished" in done.stderr
+    assert done.returncode == 1  # a measurement that failed, not bad input
+    assert done.stderr.count("\n") == 1 and "no trial finished" in done.stderr
     trials = study_trials(tmp_path / "studies")
     assert len(trials) == 3
     for trial in trials:
@@ -161,7 +161,7 @@ def test_a_context_that_drops_history_is_never_the_winner(model_path: Path, tmp_
     done = run_cli(str(model_path), "--trials", "2", "--fix", "context_window=512",
                    "--studies-dir", str(tmp_path / "studies"), "--out", str(tmp_path / "j.env"),
                    *QUICK, cwd=tmp_path)
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert "overflowing the context" in done.stderr
     for trial in study_trials(tmp_path / "studies"):
         assert trial.user_attrs["status"] == "ok" and trial.value < FAILED_SCORE_S
@@ -233,7 +233,7 @@ def test_each_worker_fault_is_recorded_and_the_study_goes_on(
     done = run_cli(str(model_path), "--trials", "2", "--studies-dir", str(tmp_path / "studies"),
                    "--out", str(tmp_path / "j.env"), "--workload", str(tiny_workload_file),
                    *QUICK, cwd=tmp_path, env={"AUTOTUNE_WORKER_FAULT": fault})
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert "Traceback" not in done.stderr and "no trial finished" in done.stderr
     trials = study_trials(tmp_path / "studies")
     assert [t.user_attrs["status"] for t in trials] == [status, status]
