@@ -10,13 +10,10 @@ Causes: `thread_contention`, `context_overflow`, `cache_misses`, `gpu_memory_pre
 
 from __future__ import annotations
 
+from autotune.guide import CV_LIMIT, HIT_RATE_MIN, MEAN_LIMIT_S, SPIKE_LIMIT_S
 from autotune.hardware import Hardware
 from autotune.settings import Settings
 
-MEAN_LIMIT_S = 2.0
-SPIKE_LIMIT_S = 5.0
-CV_LIMIT = 0.5
-HIT_RATE_MIN = 0.8
 FIRST_REQUEST_FACTOR = 3.0
 GROWTH_LIMIT_BYTES = 16 * 1024 * 1024
 CONTENTION_FACTOR = 1.2
@@ -35,13 +32,14 @@ def targets(summary: dict) -> dict[str, dict[str, object]]:
     first, rest = summary.get("first_s"), summary.get("rest_median_s")
     growth = summary.get("rss_growth_bytes_per_pass")
     return {
-        "mean_latency": target("average latency 0.5-2.0 s (lower is better)", mean,
+        "mean_latency": target(f"average latency 0.5-{MEAN_LIMIT_S:.1f} s (lower is better)", mean,
                                None if mean is None else mean <= MEAN_LIMIT_S),
-        "no_spikes": target("no request over 5 s", top,
+        "no_spikes": target(f"no request over {SPIKE_LIMIT_S:g} s", top,
                             None if top is None else top <= SPIKE_LIMIT_S),
-        "consistency": target("std under 50% of the mean", cv,
+        "consistency": target(f"std under {CV_LIMIT:.0%} of the mean", cv,
                               None if cv is None else cv < CV_LIMIT),
-        "cache_hit_rate": target("context-cache hit rate over 80% for repeated patterns", hit,
+        "cache_hit_rate": target(f"context-cache hit rate over {HIT_RATE_MIN:.0%} for repeated "
+                                 "patterns", hit,
                                  None if hit is None else hit > HIT_RATE_MIN),
         "load_once": target("load cost paid once: first request under 3x the median of the rest",
                             first, None if first is None or rest is None

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autotune.diagnosis import targets
+from autotune.guide import DEFAULTS_LABEL
 from autotune.safe_text import terminal
 
 
@@ -130,7 +131,7 @@ def print_bench(console: Console, report: dict) -> None:
 
 def print_tune(console: Console, summary: dict) -> None:
     """The defaults against the winner, metric by metric, then the guide's targets."""
-    columns = {"guide defaults": summary["baseline"]["stats"] or {},
+    columns = {DEFAULTS_LABEL: summary["baseline"]["stats"] or {},
                f"winner ({summary['winner']['label']})": summary["winner"]["stats"] or {}}
     console.print(metrics_table(columns, title=f"Study {terminal(summary['study_name'])}: "
                                 f"{summary['n_trials']} trials"))

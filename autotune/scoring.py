@@ -23,14 +23,16 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from autotune.guide import CV_LIMIT, SPIKE_LIMIT_S
+
 
 @dataclass(frozen=True)
 class Weights:
     spike_weight: float = 2.0
     spike_factor: float = 3.0
-    spike_limit_s: float = 5.0
+    spike_limit_s: float = SPIKE_LIMIT_S
     cv_weight: float = 1.0
-    cv_limit: float = 0.5
+    cv_limit: float = CV_LIMIT
 
 
 @dataclass(frozen=True)

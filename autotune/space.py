@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from autotune.errors import AutotuneError
+from autotune.guide import DEFAULTS_LABEL, GUIDE_DEFAULTS
 from autotune.hardware import Hardware
 from autotune.model import ModelInfo
 from autotune.settings import (
@@ -36,11 +37,8 @@ UBATCH_CHOICES = (64, 128, 256, 512)
 SMALL_MODEL_PARAMS = 7e9
 LARGE_MODEL_PARAMS = 13e9
 
-BASELINE_LABEL = "guide defaults"
+BASELINE_LABEL = DEFAULTS_LABEL
 PINNED_ATTR = "pinned"
-# The optimisation guide's defaults: what most users run, and what every winner must beat.
-GUIDE_DEFAULTS = {"context_window": 4096, "n_threads": 8, "n_gpu_layers": -1,
-                  "enable_context_cache": True, "max_cache_size": 100}
 
 
 @dataclass

@@ -5,9 +5,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from autotune.guide import SPIKE_LIMIT_S
 from autotune.trial import TrialResult
-
-SPIKE_LIMIT_S = 5.0
 
 
 def percentile(values: Sequence[float], q: float) -> float:

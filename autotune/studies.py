@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import optuna
 import pandas as pd
 
+from autotune.guide import DEFAULTS_LABEL
 from autotune.settings import BY_FIELD, format_value
 from autotune.storage import load_study, open_storage, study_names
 from autotune.study import best_feasible, feasible
@@ -106,7 +107,7 @@ def summary_row(study: optuna.Study) -> dict[str, object]:
     winner = study.user_attrs.get("winner") or {}
     improvement = winner.get("improvement") or {}
     candidates = (study.user_attrs.get("confirmation") or {}).get("candidates", [])
-    baseline = next((c for c in candidates if c["label"] == "guide defaults"), {})
+    baseline = next((c for c in candidates if c["label"] == DEFAULTS_LABEL), {})
     row: dict[str, object] = {
         **metadata(study),
         "trials": len(trials), "ok": statuses.count("ok"), "pruned": statuses.count("pruned"),

@@ -17,13 +17,14 @@ import optuna
 from autotune import export
 from autotune.confirm import BASELINE, Candidate, confirm, describe
 from autotune.errors import AutotuneError, MeasurementFailed
+from autotune.guide import GUIDE_DEFAULTS
 from autotune.hardware import detect
 from autotune.machine_lock import MachineLock
 from autotune.model import inspect_model
 from autotune.safe_text import visible
 from autotune.scoring import Weights
 from autotune.settings import Settings
-from autotune.space import GUIDE_DEFAULTS, build_space
+from autotune.space import build_space
 from autotune.storage import location, open_storage
 from autotune.study import Event, Measurement, open_study, ranked_feasible, search
 from autotune.trial import DEFAULT_TOKENS

@@ -20,9 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-GUIDE_DEFAULTS = {"JARVIS_MODEL_CONTEXT_WINDOW": "4096", "JARVIS_N_THREADS": "8",
-                  "JARVIS_N_GPU_LAYERS": "-1", "JARVIS_ENABLE_CONTEXT_CACHE": "true",
-                  "JARVIS_MAX_CACHE_SIZE": "100"}
+from autotune.guide import DEFAULTS_LABEL, GUIDE_DEFAULTS
+from autotune.settings import CORE_FIELDS, Settings
+
 AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
 
 
@@ -47,8 +47,9 @@ def main() -> None:
              *(["--workload", args.workload] if args.workload else [])]
     with tempfile.TemporaryDirectory() as folder:
         defaults = Path(folder) / "guide-defaults.env"
-        defaults.write_text("".join(f"{k}={v}\n" for k, v in GUIDE_DEFAULTS.items()))
-        configs = {"guide defaults": str(defaults), **{f: f for f in args.env_files}}
+        guide = Settings(**GUIDE_DEFAULTS).to_env(CORE_FIELDS)  # type: ignore[arg-type]
+        defaults.write_text("".join(f"{k}={v}\n" for k, v in guide.items()))
+        configs = {DEFAULTS_LABEL: str(defaults), **{f: f for f in args.env_files}}
         means: dict[str, list[float]] = {name: [] for name in configs}
         rng = random.Random(args.seed)
         for round_no in range(args.rounds):
@@ -60,7 +61,7 @@ def main() -> None:
                 print(f"round {round_no + 1}: {name}: mean {report['mean_s']:.3f} s, "
                       f"p95 {report['p95_s']:.3f} s, diagnosis {report['diagnosis']}",
                       flush=True)
-    base = statistics.median(means["guide defaults"])
+    base = statistics.median(means[DEFAULTS_LABEL])
     print(f"\n{'configuration':40} {'median mean':>12} {'vs defaults':>12}")
     for name, values in means.items():
         median = statistics.median(values)

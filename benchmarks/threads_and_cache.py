@@ -14,13 +14,13 @@ import random
 import statistics
 
 from autotune.bench import bench
+from autotune.guide import GUIDE_DEFAULTS
 from autotune.hardware import detect
 from autotune.settings import Settings
 
 
 def configurations(physical: int) -> dict[str, Settings]:
-    guide = Settings(context_window=4096, n_threads=8, n_gpu_layers=0,
-                     enable_context_cache=True, max_cache_size=100)
+    guide = Settings(**{**GUIDE_DEFAULTS, "n_gpu_layers": 0})  # type: ignore[arg-type]
     return {
         "guide defaults (8 threads, 4096, cache 100)": guide,
         f"{physical} threads": guide.replace(n_threads=physical),

@@ -9,9 +9,10 @@ import optuna
 import pytest
 
 from autotune.errors import AutotuneError
+from autotune.guide import GUIDE_DEFAULTS
 from autotune.hardware import Gpu, Hardware, detect
 from autotune.model import ModelInfo, inspect_model
-from autotune.space import GUIDE_DEFAULTS, build_space, context_choices, parse_fixes
+from autotune.space import build_space, context_choices, parse_fixes
 
 
 @pytest.fixture(scope="module")
