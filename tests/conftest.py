@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,12 +12,16 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+import psutil
 import pytest
 
+from autotune.hardware import Hardware
 from autotune.model import demo_model_path
 from autotune.workload import Workload, load_workload
 
 AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
+# The smallest study that still searches, confirms and exports: for tests of the tuner.
+QUICK_STUDY = ("--tokens", "4", "--rounds", "1", "--finalists", "1", "--seed", "0")
 CLI_TIMEOUT_S = 300
 # A developer's own settings of these would change what a test measures or where it looks.
 HERMETIC = ("AUTOTUNE_STUDIES", "AUTOTUNE_WORKER_FAULT", "AUTOTUNE_STORAGE_FAULT")
@@ -84,6 +89,31 @@ def truncated_model(model_path: Path, tmp_path_factory: pytest.TempPathFactory) 
     data = model_path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
+
+
+def make_hardware(**changes: object) -> Hardware:
+    """A made-up machine for logic that measures nothing: 2 cores, 4 threads, no GPU."""
+    base = Hardware(host="box", system="Linux", machine="x86_64", cpu="test cpu",
+                    physical_cores=2, logical_cores=4, total_memory_bytes=16 * 2**30,
+                    available_memory_bytes=12 * 2**30, gpus=(), gpu_offload=False,
+                    llama_cpp_version="0.3.36")
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def workers_of(pid: int, recursive: bool = True) -> list[psutil.Process]:
+    """The trial workers running under process `pid`."""
+    try:
+        children = psutil.Process(pid).children(recursive=recursive)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        try:
+            if "autotune.worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # exited (or a zombie) between listing and reading
+            continue
+    return found
 
 
 def clean_env(**overrides: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_hardware
 
 from autotune.diagnosis import CAUSES, GROWTH_LIMIT_BYTES, diagnose, targets
 from autotune.hardware import Gpu, Hardware
@@ -21,10 +22,8 @@ BAD = {"status": "ok", "mean_s": 3.0, "max_s": 9.0, "cv": 0.9, "cache_hit_rate":
 
 
 def machine(physical: int = 2, gpus: tuple[Gpu, ...] = (), offload: bool = False) -> Hardware:
-    return Hardware(host="test", system="Linux", machine="x86_64", cpu="test cpu",
-                    physical_cores=physical, logical_cores=physical * 2,
-                    total_memory_bytes=16 * GIB, available_memory_bytes=8 * GIB, gpus=gpus,
-                    gpu_offload=offload, llama_cpp_version="0.3.36")
+    return make_hardware(physical_cores=physical, logical_cores=physical * 2, gpus=gpus,
+                         gpu_offload=offload)
 
 
 FAKE_GPU = Gpu(index=0, name="Fake GPU", total_bytes=8 * GIB, free_bytes=4 * GIB)

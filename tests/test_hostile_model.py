@@ -21,14 +21,17 @@ from pathlib import Path
 import gguf
 import optuna
 import pytest
+from conftest import QUICK_STUDY
 from dotenv import dotenv_values
 
 from autotune import export
 from autotune.settings import CORE_FIELDS, Settings
 from autotune.storage import open_storage
 
+pytestmark = pytest.mark.slow  # real tuning studies: `pytest -m "not slow"` skips them
+
 Run = Callable[..., subprocess.CompletedProcess[str]]
-QUICK = ("--trials", "2", "--tokens", "4", "--rounds", "1", "--finalists", "1", "--seed", "0")
+QUICK = ("--trials", "2", *QUICK_STUDY)
 # Everything that could end a line, start a statement or restyle a terminal, plus markup.
 PAYLOAD = ("\n$(touch PWNED)`touch PWNED`;touch PWNED;'\"\rJARVIS_INJECTED=1\n"
            "JARVIS_N_THREADS=999\u2028\u2029\x85\x0b\x0c\x1b[31m\x1b]0;title\x07[red]"

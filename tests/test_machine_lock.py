@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from conftest import AUTOTUNE, clean_env
+from conftest import AUTOTUNE, QUICK_STUDY, clean_env, workers_of
 
 from autotune.errors import AutotuneError
 from autotune.machine_lock import LOCK_FILE_ENV, Holder, MachineBusy, MachineLock
@@ -140,8 +140,7 @@ def test_bench_waits_for_the_machine_with_a_visible_message(
         assert bench.stderr is not None
         line = bench.stderr.readline()
         assert "waiting for the machine" in line and f"pid {holder.pid}" in line
-        assert not [p for p in psutil.Process(bench.pid).children(recursive=True)
-                    if "autotune.worker" in " ".join(p.cmdline())], "measured while waiting"
+        assert not workers_of(bench.pid), "measured while waiting"
         holder.send_signal(signal.SIGKILL)
         out, err = bench.communicate(timeout=300)
     finally:
@@ -160,12 +159,12 @@ def running_trials(studies: Path) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 
+@pytest.mark.slow
 def test_a_second_tuner_waits_and_never_fails_a_live_tuners_trial(
         model_path: Path, tiny_workload_file: Path, tmp_path: Path, lock_file: Path) -> None:
     studies = tmp_path / "studies"
     args = [AUTOTUNE, str(model_path), "--studies-dir", str(studies), "--workload",
-            str(tiny_workload_file), "--tokens", "4", "--rounds", "1", "--finalists", "1",
-            "--seed", "0", "--trial-timeout", "600"]
+            str(tiny_workload_file), *QUICK_STUDY, "--trial-timeout", "600"]
     env = {LOCK_FILE_ENV: str(lock_file)}
     first = subprocess.Popen(  # its first worker loads the model, then hangs
         [*args, "--trials", "5", "--out", str(tmp_path / "first.env")], cwd=tmp_path,
@@ -191,8 +190,7 @@ def test_a_second_tuner_waits_and_never_fails_a_live_tuners_trial(
         assert f"pid {first.pid}" in waiting
         still = {t.number: t for t in running_trials(studies)}
         assert mine.number in still and still[mine.number].user_attrs["pid"] == first.pid
-        workers = [p for p in psutil.Process(first.pid).children(recursive=True)
-                   if "autotune.worker" in " ".join(p.cmdline())]
+        workers = workers_of(first.pid)
         first.send_signal(signal.SIGKILL)
         first.wait()
         _gone, alive = psutil.wait_procs(workers, timeout=10)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import make_hardware
 
 from autotune.errors import AutotuneError
 from autotune.guide import GUIDE_DEFAULTS
-from autotune.hardware import Gpu, Hardware, detect
+from autotune.hardware import Gpu, detect
 from autotune.model import ModelInfo, inspect_model
 from autotune.space import build_space, context_choices, parse_fixes
 
@@ -20,12 +20,7 @@ def model(model_path: Path) -> ModelInfo:
     return inspect_model(model_path)
 
 
-def machine(**changes: object) -> Hardware:
-    base = Hardware(host="box", system="Linux", machine="x86_64", cpu="cpu", physical_cores=2,
-                    logical_cores=4, total_memory_bytes=16 * 2**30,
-                    available_memory_bytes=12 * 2**30, gpus=(), gpu_offload=False,
-                    llama_cpp_version="0.3.36")
-    return dataclasses.replace(base, **changes)
+machine = make_hardware
 
 
 def sample(space, params: dict | None = None, pinned: dict | None = None):

@@ -19,13 +19,15 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from conftest import AUTOTUNE, CLI_TIMEOUT_S, clean_env
+from conftest import AUTOTUNE, CLI_TIMEOUT_S, QUICK_STUDY, clean_env
 from test_storage import backups, one_error_line, tear_last_record
 
 from autotune.journal import FAULT_VARIABLE
 from autotune.storage import open_storage
 
-QUICK = ("--tokens", "4", "--rounds", "1", "--finalists", "1", "--seed", "0")
+pytestmark = pytest.mark.slow  # real tuning studies: `pytest -m "not slow"` skips them
+
+QUICK = QUICK_STUDY
 STUDY = "faults"
 
 

@@ -12,12 +12,13 @@ import nbclient
 import nbformat
 import optuna
 import pytest
+from conftest import QUICK_STUDY
 
 import autotune
 from autotune.studies import importances
 
 REPO = Path(__file__).resolve().parent.parent
-QUICK = ("--tokens", "4", "--rounds", "1", "--finalists", "1", "--seed", "0")
+QUICK = QUICK_STUDY
 ONE_CONVERSATION = {"id": "only", "system": "You are brief.", "turns": [
     {"user": "Name a city.", "assistant": "Paris."}, {"user": "Another one?"}]}
 
@@ -37,6 +38,7 @@ def two_studies(model_path: Path, tiny_workload_file: Path,
     return folder
 
 
+@pytest.mark.slow
 def test_load_studies_gives_one_row_per_trial_with_metadata(two_studies: Path) -> None:
     trials = autotune.load_studies(two_studies / "studies")
     assert sorted(trials["study"].unique()) == ["one-study", "tiny-study"]
@@ -50,6 +52,7 @@ def test_load_studies_gives_one_row_per_trial_with_metadata(two_studies: Path) -
     assert (ok["score_s"] == ok["score_total_s"]).all()
 
 
+@pytest.mark.slow
 def test_load_studies_prints_from_a_plain_python_command(two_studies: Path) -> None:
     code = f"import autotune; print(autotune.load_studies({str(two_studies / 'studies')!r}))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -57,16 +60,19 @@ def test_load_studies_prints_from_a_plain_python_command(two_studies: Path) -> N
     assert "tiny-study" in done.stdout and "one-study" in done.stdout
 
 
+@pytest.mark.slow
 def test_study_summaries_give_winner_settings_and_improvement(two_studies: Path) -> None:
     summaries = autotune.study_summaries(two_studies / "studies").set_index("study")
     assert list(summaries.index) == ["one-study", "tiny-study"]
     for study in summaries.index:
         row = summaries.loc[study]
         assert row["trials"] == 3 and row["ok"] + row["pruned"] + row["failed"] == 3
-        assert row["speedup"] > 0 and row["winner_mean_s"] > 0
+        # one confirmation round: the improvement is that round's ratio of means
+        assert row["speedup"] == pytest.approx(row["defaults_mean_s"] / row["winner_mean_s"])
         assert row["JARVIS_N_THREADS"].isdigit()
 
 
+@pytest.mark.slow
 def test_load_studies_accepts_the_journal_path_and_rejects_an_empty_folder(
         two_studies: Path, tmp_path: Path) -> None:
     assert len(autotune.load_studies(two_studies / "studies" / "autotune.journal")) == 6
@@ -74,6 +80,7 @@ def test_load_studies_accepts_the_journal_path_and_rejects_an_empty_folder(
         autotune.load_studies(tmp_path)
 
 
+@pytest.mark.slow
 def test_compare_lists_both_studies_with_best_settings_and_improvement(
         two_studies: Path, run_cli) -> None:
     done = run_cli("compare", "--studies-dir", str(two_studies / "studies"), cwd=two_studies)
@@ -83,9 +90,11 @@ def test_compare_lists_both_studies_with_best_settings_and_improvement(
     as_json = run_cli("compare", "tiny-study", "--studies-dir", str(two_studies / "studies"),
                       "--json", cwd=two_studies)
     (row,) = json.loads(as_json.stdout)
-    assert row["study"] == "tiny-study" and row["speedup"] > 0
+    assert row["study"] == "tiny-study"
+    assert row["speedup"] == pytest.approx(row["defaults_mean_s"] / row["winner_mean_s"])
 
 
+@pytest.mark.slow
 def test_compare_plot_writes_a_real_png_and_html(two_studies: Path, run_cli) -> None:
     png, html = two_studies / "out.png", two_studies / "out.html"
     for path in (png, html):
@@ -96,6 +105,7 @@ def test_compare_plot_writes_a_real_png_and_html(two_studies: Path, run_cli) -> 
     assert "plotly" in html.read_text() and "tiny-study" in html.read_text()
 
 
+@pytest.mark.slow
 def test_compare_rejects_an_unknown_study_and_a_bad_plot_name(two_studies: Path,
                                                                run_cli) -> None:
     unknown = run_cli("compare", "nope", "--studies-dir", str(two_studies / "studies"),
@@ -106,6 +116,7 @@ def test_compare_rejects_an_unknown_study_and_a_bad_plot_name(two_studies: Path,
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_show_lists_trials_and_writes_its_plots(two_studies: Path, tmp_path: Path,
                                                 run_cli) -> None:
     done = run_cli("show", "tiny-study", "--studies-dir", str(two_studies / "studies"),
@@ -138,6 +149,7 @@ def test_importances_rank_the_setting_that_drives_the_score() -> None:
     assert max(scores, key=scores.get) == "n_threads"
 
 
+@pytest.mark.slow
 def test_export_reproduces_the_tuner_file_apart_from_the_date(two_studies: Path,
                                                               run_cli) -> None:
     done = run_cli("export", "tiny-study", "--studies-dir", str(two_studies / "studies"),
@@ -150,6 +162,7 @@ def test_export_reproduces_the_tuner_file_apart_from_the_date(two_studies: Path,
     assert all(a.startswith("# date: ") and b.startswith("# date: ") for a, b in differing)
 
 
+@pytest.mark.slow
 def test_export_of_one_trial_writes_a_file_and_refuses_to_overwrite(
         two_studies: Path, tmp_path: Path, run_cli) -> None:
     out = tmp_path / "trial0.env"
@@ -165,6 +178,7 @@ def test_export_of_one_trial_writes_a_file_and_refuses_to_overwrite(
     assert missing.returncode == 2 and "trial 99" in missing.stderr
 
 
+@pytest.mark.slow
 def test_notebook_executes_headless_against_the_studies(two_studies: Path) -> None:
     folder = two_studies / "studies"
     shutil.copy(REPO / "studies" / "compare.ipynb", folder / "compare.ipynb")
@@ -178,6 +192,7 @@ def test_notebook_executes_headless_against_the_studies(two_studies: Path) -> No
     assert any("image/png" in o.get("data", {}) for o in outputs)
 
 
+@pytest.mark.slow
 def test_any_optuna_storage_url_works(model_path: Path, tiny_workload_file: Path,
                                       tmp_path: Path, run_cli) -> None:
     url = f"sqlite:///{tmp_path / 'studies.db'}"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import workers_of
 
 from autotune.faults import ENV, Fault, parse
 from autotune.settings import Settings
@@ -63,8 +64,7 @@ def tiny_spec(model: Path | str, workload: Workload, **changes: object) -> Trial
 
 def worker_pid() -> int:
     """The one trial worker this test process has running."""
-    workers = [p.pid for p in psutil.Process().children()
-               if "autotune.worker" in " ".join(p.cmdline())]
+    workers = [p.pid for p in workers_of(os.getpid(), recursive=False)]
     assert len(workers) == 1, workers
     return workers[0]
 
