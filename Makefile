@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_MODEL = $$($(BIN)/python -c 'from autotune.model import demo_model_path; print(demo_model_path())')
+DEMO_MODEL = $$($(BIN)/python -c 'from autotune.measure.model import demo_model_path; print(demo_model_path())')
 DEMO_DIR ?= studies
 
 .PHONY: install demo test lint fix bench clean

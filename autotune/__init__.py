@@ -11,7 +11,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # After __version__: the study module records it.
 from autotune.errors import AutotuneError
-from autotune.settings import Settings
+from autotune.measure.settings import Settings
 
 __all__ = ["AutotuneError", "Settings", "__version__", "load_studies", "study_summaries"]
 
@@ -19,7 +19,7 @@ __all__ = ["AutotuneError", "Settings", "__version__", "load_studies", "study_su
 def __getattr__(name: str) -> object:
     """The studies API loads pandas and Optuna on first use: a trial worker needs neither."""
     if name in ("load_studies", "study_summaries"):
-        from autotune import studies
+        from autotune.studies import tables
 
-        return getattr(studies, name)
+        return getattr(tables, name)
     raise AttributeError(f"module 'autotune' has no attribute {name!r}")

@@ -19,15 +19,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from autotune import bench as bench_lib
 from autotune.errors import AutotuneError
-from autotune.machine_lock import Holder, MachineLock
+from autotune.measure import bench as bench_lib
+from autotune.measure.machine_lock import Holder, MachineLock
+from autotune.measure.settings import Settings, load_env_file
+from autotune.measure.workload import load_workload
 from autotune.report import BUSY_MACHINE_PERCENT, print_bench, print_tune
 from autotune.safe_text import is_visible, terminal, visible
-from autotune.scoring import Weights
-from autotune.settings import Settings, load_env_file
-from autotune.space import parse_fixes
-from autotune.workload import load_workload
+from autotune.search.scoring import Weights
+from autotune.search.space import parse_fixes
 
 err_console = Console(stderr=True)
 STUDIES_ENV = "AUTOTUNE_STUDIES"
@@ -297,8 +297,8 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
     Exit status: 0 written, 1 no trial or finalist finished (or --no-wait found the
     machine busy), 2 bad input.
     """
-    from autotune.tune import TuneOptions
-    from autotune.tune import tune as tune_lib
+    from autotune.search.tune import TuneOptions
+    from autotune.search.tune import tune as tune_lib
 
     check_study_name(study_name)
     options = TuneOptions(
@@ -324,7 +324,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
 
 
 def open_studies(studies_dir: str | None, storage: str | None):
-    from autotune.storage import open_storage
+    from autotune.studies.storage import open_storage
 
     return open_storage(studies_folder(studies_dir, storage), storage, create=False)
 
@@ -348,15 +348,15 @@ def compare(studies: tuple[str, ...], studies_dir: str | None, storage: str | No
       autotune compare --storage sqlite:///studies.db --json
     """
     from autotune.report import compare_table
-    from autotune.storage import study_names
-    from autotune.studies import selected, summary_row
+    from autotune.studies.storage import study_names
+    from autotune.studies.tables import selected, summary_row
 
     where = open_studies(studies_dir, storage)
     loaded = selected(where, studies or None)
     if not loaded:
         raise AutotuneError(f"no studies in the storage (known: {study_names(where) or 'none'})")
     if plot:
-        from autotune.plots import compare_figure, kind_of
+        from autotune.studies.plots import compare_figure, kind_of
 
         kind_of(plot)
         compare_figure(loaded, plot)
@@ -388,8 +388,8 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
       autotune show MODEL@HOST --json
     """
     from autotune.report import importance_table, seconds, trials_table
-    from autotune.storage import load_study
-    from autotune.studies import importance_report, trial_row
+    from autotune.studies.storage import load_study
+    from autotune.studies.tables import importance_report, trial_row
 
     loaded = load_study(study, open_studies(studies_dir, storage))
     rows = [trial_row(t) for t in loaded.get_trials(deepcopy=False)]
@@ -397,7 +397,7 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
     scores = importance.scores
     written = []
     if plot_dir:
-        from autotune.plots import study_plots
+        from autotune.studies.plots import study_plots
 
         written = study_plots(loaded, plot_dir, plot_format)
     if as_json:
@@ -441,14 +441,13 @@ def export_command(study: str, studies_dir: str | None, storage: str | None,
       autotune export MODEL@HOST --out jarvis.env
       autotune export MODEL@HOST --trial 7 --format dotenv
     """
-    from autotune import export
-    from autotune.storage import load_study
-    from autotune.tune import export_text
+    from autotune.studies import export
+    from autotune.studies.storage import load_study
 
     loaded = load_study(study, open_studies(studies_dir, storage))
     if out:
         export.check_writable(out, force)
-    text = export_text(loaded, trial_number, fmt)
+    text = export.export_text(loaded, trial_number, fmt)
     if out:
         export.write(out, text, force)
         click.echo(f"Wrote {visible(out)}", err=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from autotune.diagnosis import targets
 from autotune.guide import DEFAULTS_LABEL
+from autotune.measure.diagnosis import targets
 from autotune.safe_text import terminal
 
 

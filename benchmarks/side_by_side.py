@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from autotune.guide import DEFAULTS_LABEL, GUIDE_DEFAULTS
-from autotune.settings import CORE_FIELDS, Settings
+from autotune.measure.settings import CORE_FIELDS, Settings
 
 AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
 

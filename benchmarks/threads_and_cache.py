@@ -13,10 +13,10 @@ import argparse
 import random
 import statistics
 
-from autotune.bench import bench
 from autotune.guide import GUIDE_DEFAULTS
-from autotune.hardware import detect
-from autotune.settings import Settings
+from autotune.measure.bench import bench
+from autotune.measure.hardware import detect
+from autotune.measure.settings import Settings
 
 
 def configurations(physical: int) -> dict[str, Settings]:

@@ -15,9 +15,9 @@ import numpy as np
 import psutil
 import pytest
 
-from autotune.hardware import Hardware
-from autotune.model import demo_model_path
-from autotune.workload import Workload, load_workload
+from autotune.measure.hardware import Hardware
+from autotune.measure.model import demo_model_path
+from autotune.measure.workload import Workload, load_workload
 
 AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
 # The smallest study that still searches, confirms and exports: for tests of the tuner.
@@ -109,7 +109,7 @@ def workers_of(pid: int, recursive: bool = True) -> list[psutil.Process]:
     found = []
     for child in children:
         try:
-            if "autotune.worker" in " ".join(child.cmdline()):
+            if "autotune.measure.worker" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.Error:  # exited (or a zombie) between listing and reading
             continue

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from autotune.backend import Backend, PromptCache, Served, common_prefix
-from autotune.settings import Settings
-from autotune.workload import Workload, build
+from autotune.measure.backend import Backend, PromptCache, Served, common_prefix
+from autotune.measure.settings import Settings
+from autotune.measure.workload import Workload, build
 
 TOKENS = 4
 LONG_TURNS = 6

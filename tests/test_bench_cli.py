@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autotune.diagnosis import targets
+from autotune.measure.diagnosis import targets
 
 RunCli = Callable[..., subprocess.CompletedProcess]
 THREADS = {"JARVIS_N_THREADS": "2"}

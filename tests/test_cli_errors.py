@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from autotune.cli import STUDIES_ENV, cli
 from autotune.errors import AutotuneError, MeasurementFailed
-from autotune.machine_lock import MachineBusy
-from autotune.plots import compare_figure, latency_groups
-from autotune.space import BASELINE_LABEL
+from autotune.measure.machine_lock import MachineBusy
+from autotune.search.space import BASELINE_LABEL
+from autotune.studies.plots import compare_figure, latency_groups
 
 COMMANDS = ("tune", "bench", "compare", "show", "export")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import make_hardware
 
-from autotune.diagnosis import CAUSES, GROWTH_LIMIT_BYTES, diagnose, targets
-from autotune.hardware import Gpu, Hardware
-from autotune.settings import Settings
+from autotune.measure.diagnosis import CAUSES, GROWTH_LIMIT_BYTES, diagnose, targets
+from autotune.measure.hardware import Gpu, Hardware
+from autotune.measure.settings import Settings
 
 GIB = 2**30
 TARGET_KEYS = ["mean_latency", "no_spikes", "consistency", "cache_hit_rate", "load_once",

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
-from autotune import export
 from autotune.errors import AutotuneError
-from autotune.settings import CORE_FIELDS, Settings
+from autotune.measure.settings import CORE_FIELDS, Settings
+from autotune.studies import export
 
 HEADER = export.ExportHeader(model="Tiny (tiny.gguf)", study="tiny@box", date="2026-11-24 10:00",
                              score_s=0.4321, improvement="2.00x lower mean latency",

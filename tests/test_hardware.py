@@ -6,7 +6,7 @@ import json
 
 import psutil
 
-from autotune.hardware import detect, gpu_memory_free, gpu_memory_used
+from autotune.measure.hardware import detect, gpu_memory_free, gpu_memory_used
 
 
 def test_detect_this_machine() -> None:

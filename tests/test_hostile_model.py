@@ -24,9 +24,9 @@ import pytest
 from conftest import QUICK_STUDY
 from dotenv import dotenv_values
 
-from autotune import export
-from autotune.settings import CORE_FIELDS, Settings
-from autotune.storage import open_storage
+from autotune.measure.settings import CORE_FIELDS, Settings
+from autotune.studies import export
+from autotune.studies.storage import open_storage
 
 pytestmark = pytest.mark.slow  # real tuning studies: `pytest -m "not slow"` skips them
 

@@ -18,11 +18,11 @@ import pytest
 from conftest import AUTOTUNE, QUICK_STUDY, clean_env, workers_of
 
 from autotune.errors import AutotuneError
-from autotune.machine_lock import LOCK_FILE_ENV, Holder, MachineBusy, MachineLock
-from autotune.storage import is_alive, open_storage
+from autotune.measure.machine_lock import LOCK_FILE_ENV, Holder, MachineBusy, MachineLock
+from autotune.studies.storage import is_alive, open_storage
 
 HOLD = ("import sys\n"
-        "from autotune.machine_lock import MachineLock\n"
+        "from autotune.measure.machine_lock import MachineLock\n"
         "with MachineLock(path=sys.argv[1]).held('tune'):\n"
         "    print('held', flush=True)\n"
         "    sys.stdin.read()\n")

@@ -12,7 +12,7 @@ import pytest
 from conftest import finish_gguf, write_gguf
 
 from autotune.errors import AutotuneError
-from autotune.model import ModelInfo, inspect_model
+from autotune.measure.model import ModelInfo, inspect_model
 
 
 def make_missing(folder: Path, model: Path) -> Path:
@@ -207,7 +207,7 @@ def test_per_layer_head_counts_are_read_as_their_largest(tmp_path: Path) -> None
 
 
 def test_the_vocabulary_is_stepped_over_not_decoded(info: ModelInfo, model_path: Path) -> None:
-    from autotune.gguf_header import read_header
+    from autotune.measure.gguf_header import read_header
 
     header = read_header(model_path)
     assert "tokenizer.ggml.tokens" not in header.fields  # 49,152 entries

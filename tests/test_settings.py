@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import AutotuneError
-from autotune.settings import (
+from autotune.measure.settings import (
     BY_NAME,
     CORE_FIELDS,
     EXTENDED_FIELDS,
@@ -302,7 +302,7 @@ def test_env_file_unreadable(tmp_path: Path) -> None:
 def test_docstring_example() -> None:
     import doctest
 
-    from autotune import settings
+    from autotune.measure import settings
 
     result = doctest.testmod(settings)
     assert result.attempted > 0

@@ -10,9 +10,9 @@ from conftest import make_hardware
 
 from autotune.errors import AutotuneError
 from autotune.guide import GUIDE_DEFAULTS
-from autotune.hardware import Gpu, detect
-from autotune.model import ModelInfo, inspect_model
-from autotune.space import build_space, context_choices, parse_fixes
+from autotune.measure.hardware import Gpu, detect
+from autotune.measure.model import ModelInfo, inspect_model
+from autotune.search.space import build_space, context_choices, parse_fixes
 
 
 @pytest.fixture(scope="module")

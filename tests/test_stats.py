@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.stats import growth_per_pass, percentile, rate, summarize
-from autotune.trial import TrialResult
+from autotune.measure.stats import growth_per_pass, percentile, rate, summarize
+from autotune.measure.trial import TrialResult
 
 
 def record(latency: float, pass_no: int = 0, hit: bool | None = None, reload: bool = False

@@ -22,9 +22,9 @@ import pytest
 from conftest import clean_env
 
 import autotune
-from autotune import journal
 from autotune.errors import AutotuneError
-from autotune.storage import location, open_storage, redact
+from autotune.studies import journal
+from autotune.studies.storage import location, open_storage, redact
 
 SECRET = "s3cr3t-pa55"
 
@@ -275,7 +275,7 @@ def test_a_lock_of_a_reused_pid_is_stale_and_one_that_names_no_holder_is_kept(
 
 WRITER = """
 import sys, optuna
-from autotune.storage import open_storage
+from autotune.studies.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.load_study(study_name="kept", storage=open_storage(sys.argv[1]))
 for i in range(int(sys.argv[3])):
@@ -313,7 +313,7 @@ def test_a_failed_append_leaves_no_partial_record(tmp_path: Path) -> None:
     code = ("import resource, signal, sys, optuna\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
-            "from autotune.storage import open_storage\n"
+            "from autotune.studies.storage import open_storage\n"
             f"s = optuna.load_study(study_name='kept', storage=open_storage({str(tmp_path)!r}))\n"
             "s.set_user_attr('small', 1)\n"
             "try:\n    s.set_user_attr('big', 'x' * 5000)\n"

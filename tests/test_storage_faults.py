@@ -22,8 +22,8 @@ import pytest
 from conftest import AUTOTUNE, CLI_TIMEOUT_S, QUICK_STUDY, clean_env
 from test_storage import backups, one_error_line, tear_last_record
 
-from autotune.journal import FAULT_VARIABLE
-from autotune.storage import open_storage
+from autotune.studies.journal import FAULT_VARIABLE
+from autotune.studies.storage import open_storage
 
 pytestmark = pytest.mark.slow  # real tuning studies: `pytest -m "not slow"` skips them
 

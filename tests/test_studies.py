@@ -15,7 +15,7 @@ import pytest
 from conftest import QUICK_STUDY
 
 import autotune
-from autotune.studies import importances
+from autotune.studies.tables import importances
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = QUICK_STUDY

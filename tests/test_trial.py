@@ -1,7 +1,7 @@
 """Trials in real worker processes: records, load failures, crashes, hangs, pruning.
 
 Every failure is made certain by the worker's fault switch (AUTOTUNE_WORKER_FAULT, see
-autotune.faults), never by racing the worker or by how fast this machine is.
+autotune.measure.faults), never by racing the worker or by how fast this machine is.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import psutil
 import pytest
 from conftest import workers_of
 
-from autotune.faults import ENV, Fault, parse
-from autotune.settings import Settings
-from autotune.trial import (
+from autotune.measure.faults import ENV, Fault, parse
+from autotune.measure.settings import Settings
+from autotune.measure.trial import (
     CRASHED,
     FAILED,
     LOAD_FAILED,
@@ -41,7 +41,7 @@ from autotune.trial import (
     reap,
     run_trial,
 )
-from autotune.workload import Workload, build
+from autotune.measure.workload import Workload, build
 
 # run_trial leaves the worker's stdout and stderr pipes to the garbage collector, which
 # warns about each; test_run_trial_closes_its_pipes reports that, the others look past it.
@@ -88,7 +88,7 @@ def group_gone(result: TrialResult) -> bool:
 
 @pytest.fixture
 def fault(monkeypatch: pytest.MonkeyPatch):
-    """Have the next workers fail as `KIND@POINT` says (see autotune.faults)."""
+    """Have the next workers fail as `KIND@POINT` says (see autotune.measure.faults)."""
     return lambda value: monkeypatch.setenv(ENV, value)
 
 

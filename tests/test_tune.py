@@ -15,9 +15,9 @@ import psutil
 import pytest
 from conftest import AUTOTUNE, QUICK_STUDY, clean_env, workers_of
 
-from autotune.settings import CORE_FIELDS
-from autotune.storage import open_storage
-from autotune.study import FAILED_SCORE_S
+from autotune.measure.settings import CORE_FIELDS
+from autotune.search.study import FAILED_SCORE_S
+from autotune.studies.storage import open_storage
 
 pytestmark = pytest.mark.slow  # real tuning studies: `pytest -m "not slow"` skips them
 

@@ -11,9 +11,9 @@ from typing import IO
 
 import pytest
 
-from autotune.settings import Settings
-from autotune.trial import OK, TrialSpec, run_trial, worker_command
-from autotune.workload import Workload
+from autotune.measure.settings import Settings
+from autotune.measure.trial import OK, TrialSpec, run_trial, worker_command
+from autotune.measure.workload import Workload
 
 # What a folder beside a downloaded model could hold: modules named like the ones the
 # worker and the CLI import. Each leaves a marker and refuses to load if imported.

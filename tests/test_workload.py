@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import AutotuneError
-from autotune.workload import (
+from autotune.measure.workload import (
     BUILTIN_CONVERSATIONS,
     SYSTEM_PROMPT,
     build,

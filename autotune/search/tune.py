@@ -14,21 +14,21 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from autotune import export
-from autotune.confirm import BASELINE, Candidate, confirm, describe
-from autotune.errors import AutotuneError, MeasurementFailed
+from autotune.errors import MeasurementFailed
 from autotune.guide import GUIDE_DEFAULTS
-from autotune.hardware import detect
-from autotune.machine_lock import MachineLock
-from autotune.model import inspect_model
+from autotune.measure.hardware import detect
+from autotune.measure.machine_lock import MachineLock
+from autotune.measure.model import inspect_model
+from autotune.measure.settings import Settings
+from autotune.measure.trial import DEFAULT_TOKENS
+from autotune.measure.workload import Workload, builtin_workload
 from autotune.safe_text import visible
-from autotune.scoring import Weights
-from autotune.settings import Settings
-from autotune.space import build_space
-from autotune.storage import location, open_storage
-from autotune.study import Event, Measurement, open_study, ranked_feasible, search
-from autotune.trial import DEFAULT_TOKENS
-from autotune.workload import Workload, builtin_workload
+from autotune.search.confirm import BASELINE, Candidate, confirm
+from autotune.search.scoring import Weights
+from autotune.search.space import build_space
+from autotune.search.study import Event, Measurement, open_study, ranked_feasible, search
+from autotune.studies import export
+from autotune.studies.storage import location, open_storage
 
 
 @dataclass
@@ -127,7 +127,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         "settings": winner["settings"], "score_s": winner["median_score_s"],
         "mean_s": winner["median_mean_s"], "improvement": outcome["improvement"],
         "confirmed": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
-    text = export_text(study, fmt=options.fmt)
+    text = export.export_text(study, fmt=options.fmt)
     written = export.write(options.out, text, options.force) if options.out else None
     best = Settings.from_dict(winner["settings"])
     baseline_run = representative(outcome["runs"], BASELINE)
@@ -150,53 +150,3 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         "out": str(written) if written else None,
         "export": text,
     }
-
-
-def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str = "shell",
-                date: str | None = None) -> str:
-    """The export script for a study's confirmed winner, or for any of its trials.
-
-    Every text here was read back from a storage, which anyone may have written; `render`
-    makes it safe, and a record of the wrong shape is one error naming the study.
-    """
-    try:
-        return export_from_records(study, trial_number, fmt, date)
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise AutotuneError(f"study {visible(repr(study.study_name))}: its records cannot be "
-                            f"exported ({visible(type(err).__name__)}: {visible(err, 80)}); "
-                            "tune it again or export another trial with --trial N") from None
-
-
-def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
-                        date: str | None) -> str:
-    attrs = study.user_attrs
-    name = visible(repr(study.study_name))
-    fields = tuple(attrs.get("tuned_fields") or ())
-    notes = attrs.get("space", {}).get("notes", ())
-    notes = (notes,) if isinstance(notes, str) else tuple(notes)
-    if trial_number is None:
-        winner = attrs.get("winner")
-        if not winner:
-            raise AutotuneError(f"study {name} has no confirmed winner yet; "
-                                "pass --trial N or finish a tuning run")
-        settings = Settings.from_dict(winner["settings"])
-        score_s, improvement = winner["score_s"], describe(winner["improvement"])
-        source = f"{study.study_name}, confirmed winner ({winner['label']})"
-    else:
-        trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
-        if not trials or "settings" not in trials[0].user_attrs:
-            raise AutotuneError(f"study {name} has no measured trial {trial_number}")
-        trial = trials[0]
-        settings = Settings.from_dict(trial.user_attrs["settings"])
-        score_s = trial.user_attrs.get("score", {}).get("total_s")
-        improvement = ""
-        source = f"{study.study_name}, trial {trial_number} ({trial.user_attrs.get('status')})"
-    model = attrs.get("model", {})
-    hardware = attrs.get("hardware", {})
-    header = export.ExportHeader(
-        model=f"{model.get('name', '?')} ({os.path.basename(str(model.get('path', '?')))})",
-        study=source, date=date or time.strftime("%Y-%m-%d %H:%M %Z"), score_s=score_s,
-        improvement=improvement, notes=notes)
-    gpus = [g["index"] for g in hardware.get("gpus", [])] if hardware.get("gpu_offload") else []
-    machine = export.machine_variables(settings, gpus, hardware.get("system", ""))
-    return export.render(settings, fields, header, machine, fmt)

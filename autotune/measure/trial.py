@@ -28,9 +28,9 @@ from pathlib import Path
 
 import psutil
 
-from autotune.hardware import gpu_memory_free, gpu_memory_used
-from autotune.settings import Settings
-from autotune.workload import Workload
+from autotune.measure.hardware import gpu_memory_free, gpu_memory_used
+from autotune.measure.settings import Settings
+from autotune.measure.workload import Workload
 
 OK = "ok"
 CRASHED = "crashed"
@@ -61,9 +61,9 @@ REAP_S = 10.0
 # The worker runs with the directory holding the very `autotune` package the parent
 # imported first on sys.path, never the current directory (`python -m` would put the
 # cwd there, and a json.py or autotune/ beside a downloaded model would be imported).
-PACKAGE_ROOT = str(Path(__file__).absolute().parent.parent)
+PACKAGE_ROOT = str(Path(__file__).absolute().parents[2])
 BOOTSTRAP = ("import sys; sys.path[:] = [sys.argv.pop(1), *(p for p in sys.path if p)]; "
-             "from autotune.worker import main; main()")
+             "from autotune.measure.worker import main; main()")
 # The fields the parent reads from each event: a worker that sends an event without them
 # is broken, and says so, rather than raising in the parent.
 REQUIRED = {"loaded": ("load_s",), "warmup": ("latency_s",),

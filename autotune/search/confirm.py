@@ -14,11 +14,11 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from autotune.scoring import Weights, score
-from autotune.settings import Settings
-from autotune.space import BASELINE_LABEL
-from autotune.stats import summarize
-from autotune.trial import TrialResult
+from autotune.measure.settings import Settings
+from autotune.measure.stats import summarize
+from autotune.measure.trial import TrialResult
+from autotune.search.scoring import Weights, score
+from autotune.search.space import BASELINE_LABEL
 
 BASELINE = BASELINE_LABEL
 
@@ -89,12 +89,3 @@ def improvement(runs: list[dict], winner: str) -> dict[str, object] | None:
         return None
     return {"speedup": statistics.median(ratios), "speedup_min": min(ratios),
             "speedup_max": max(ratios), "rounds": len(ratios), "ratios": ratios}
-
-
-def describe(improvement: dict | None) -> str:
-    """One line for the export header and the report."""
-    if not improvement:
-        return "not measured (the guide's defaults did not finish)"
-    return (f"{improvement['speedup']:.2f}x lower mean latency (range "
-            f"{improvement['speedup_min']:.2f}x-{improvement['speedup_max']:.2f}x over "
-            f"{improvement['rounds']} interleaved rounds)")

@@ -17,9 +17,9 @@ import optuna
 
 from autotune.errors import AutotuneError
 from autotune.guide import DEFAULTS_LABEL, GUIDE_DEFAULTS
-from autotune.hardware import Hardware
-from autotune.model import ModelInfo
-from autotune.settings import (
+from autotune.measure.hardware import Hardware
+from autotune.measure.model import ModelInfo
+from autotune.measure.settings import (
     BY_FIELD,
     BY_NAME,
     CORE_FIELDS,

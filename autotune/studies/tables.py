@@ -18,9 +18,9 @@ import optuna
 import pandas as pd
 
 from autotune.guide import DEFAULTS_LABEL
-from autotune.settings import BY_FIELD, format_value
-from autotune.storage import load_study, open_storage, study_names
-from autotune.study import best_feasible, feasible
+from autotune.measure.settings import BY_FIELD, format_value
+from autotune.search.study import best_feasible, feasible
+from autotune.studies.storage import load_study, open_storage, study_names
 
 STAT_COLUMNS = ("mean_s", "p50_s", "p95_s", "p99_s", "max_s", "std_s", "cv", "spikes",
                 "ttft_mean_s", "tokens_per_s", "cache_hit_rate", "cache_mean_s", "reloads",

@@ -9,11 +9,11 @@ from pathlib import Path
 import optuna
 
 from autotune.errors import AutotuneError
+from autotune.measure.settings import BY_FIELD
 from autotune.safe_text import visible
-from autotune.settings import BY_FIELD
-from autotune.space import BASELINE_LABEL
-from autotune.studies import feasible_study
-from autotune.study import best_feasible
+from autotune.search.space import BASELINE_LABEL
+from autotune.search.study import best_feasible
+from autotune.studies.tables import feasible_study
 
 KINDS = ("png", "html")
 STUDY_PLOTS = ("optimization_history", "slice", "parallel_coordinate")

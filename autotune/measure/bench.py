@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from autotune import hardware as hw
-from autotune.diagnosis import diagnose, targets
-from autotune.machine_lock import MachineLock
-from autotune.model import inspect_model
-from autotune.settings import Settings
-from autotune.stats import summarize
-from autotune.trial import DEFAULT_TOKENS, TrialSpec, run_trial
-from autotune.workload import Workload, builtin_workload
+from autotune.measure import hardware as hw
+from autotune.measure.diagnosis import diagnose, targets
+from autotune.measure.machine_lock import MachineLock
+from autotune.measure.model import inspect_model
+from autotune.measure.settings import Settings
+from autotune.measure.stats import summarize
+from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
+from autotune.measure.workload import Workload, builtin_workload
 
 DEFAULT_CLIENTS = 3
 

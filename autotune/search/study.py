@@ -26,15 +26,15 @@ import optuna
 
 from autotune import __version__
 from autotune.errors import AutotuneError
-from autotune.hardware import Hardware
-from autotune.machine_lock import MachineLock
-from autotune.model import ModelInfo
-from autotune.scoring import Weights, score
-from autotune.space import PINNED_ATTR, SearchSpace
-from autotune.stats import summarize
-from autotune.storage import fail_orphaned_trials, process_identity, storage_failure
-from autotune.trial import DEFAULT_TOKENS, OK, PRUNED, TrialResult, TrialSpec, run_trial
-from autotune.workload import Workload
+from autotune.measure.hardware import Hardware
+from autotune.measure.machine_lock import MachineLock
+from autotune.measure.model import ModelInfo
+from autotune.measure.stats import summarize
+from autotune.measure.trial import DEFAULT_TOKENS, OK, PRUNED, TrialResult, TrialSpec, run_trial
+from autotune.measure.workload import Workload
+from autotune.search.scoring import Weights, score
+from autotune.search.space import PINNED_ATTR, SearchSpace
+from autotune.studies.storage import fail_orphaned_trials, process_identity, storage_failure
 
 FAILED_SCORE_S = 600.0
 STARTUP_TRIALS = 5
@@ -82,7 +82,7 @@ class Measurement:
 
 
 def versions() -> dict[str, str]:
-    from autotune.hardware import llama_cpp_version
+    from autotune.measure.hardware import llama_cpp_version
 
     return {"autotune": __version__, "llama_cpp_python": llama_cpp_version(),
             "optuna": optuna.__version__, "schema": str(SCHEMA_VERSION)}

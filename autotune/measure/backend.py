@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autotune.settings import Settings
-from autotune.workload import Request
+from autotune.measure.settings import Settings
+from autotune.measure.workload import Request
 
 GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1

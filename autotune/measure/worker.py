@@ -1,4 +1,4 @@
-"""Subprocess entry point of a latency trial, started by `autotune.trial.worker_command`.
+"""Subprocess entry point of a latency trial, started by `autotune.measure.trial.worker_command`.
 
 The parent writes one JSON line (the trial spec) to stdin and keeps stdin open; the
 worker builds the backend, warms it up, replays the workload and streams one JSON line
@@ -9,7 +9,7 @@ Events: `loaded` (load_s), `warmup` (latency_s), `request` (one per request), `p
 (rss_bytes after each pass), `probe_request` (progress of the thread probe),
 `thread_probe`, `load_failed` (error), `done`.
 
-Tests make it fail on purpose through `AUTOTUNE_WORKER_FAULT` (see `autotune.faults`).
+Tests make it fail on purpose through `AUTOTUNE_WORKER_FAULT` (see `autotune.measure.faults`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import IO
 
 import psutil
 
-from autotune.backend import Backend
-from autotune.faults import Faults
-from autotune.settings import Settings
-from autotune.workload import Request, requests_from_dicts
+from autotune.measure.backend import Backend
+from autotune.measure.faults import Faults
+from autotune.measure.settings import Settings
+from autotune.measure.workload import Request, requests_from_dicts
 
 WARMUP_PROMPT = (("user", "Say hello."),)
 PROBE_REPEATS = 2

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autotune.errors import AutotuneError
-from autotune.gguf_header import Header, HeaderError, TensorInfo, read_header
+from autotune.measure.gguf_header import Header, HeaderError, TensorInfo, read_header
 
 GGUF_MAGIC = b"GGUF"
 FINGERPRINT_CHUNK = 4 * 1024 * 1024

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 
 from autotune.guide import SPIKE_LIMIT_S
-from autotune.trial import TrialResult
+from autotune.measure.trial import TrialResult
 
 
 def percentile(values: Sequence[float], q: float) -> float:

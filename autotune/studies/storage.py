@@ -53,7 +53,7 @@ def journal_storage(path: Path, create: bool = True) -> optuna.storages.BaseStor
     With `create`, the folder is made and writing is tried for real (the lock file is
     taken and released) so that a tuner finds out before it measures anything.
     """
-    from autotune.journal import SafeJournalBackend, check_on_open
+    from autotune.studies.journal import SafeJournalBackend, check_on_open
 
     if create:
         make_studies_folder(path.parent)

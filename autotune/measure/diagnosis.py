@@ -11,8 +11,8 @@ Causes: `thread_contention`, `context_overflow`, `cache_misses`, `gpu_memory_pre
 from __future__ import annotations
 
 from autotune.guide import CV_LIMIT, HIT_RATE_MIN, MEAN_LIMIT_S, SPIKE_LIMIT_S
-from autotune.hardware import Hardware
-from autotune.settings import Settings
+from autotune.measure.hardware import Hardware
+from autotune.measure.settings import Settings
 
 FIRST_REQUEST_FACTOR = 3.0
 GROWTH_LIMIT_BYTES = 16 * 1024 * 1024

@@ -19,13 +19,18 @@ import os
 import re
 import stat
 import tempfile
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autotune.errors import AutotuneError
+from autotune.measure.settings import Settings, load_env_file
 from autotune.safe_text import visible
-from autotune.settings import Settings, load_env_file
+
+if TYPE_CHECKING:
+    import optuna
 
 FORMATS = ("shell", "dotenv")
 NOT_FOR_LLAMA = ("PYTORCH_CUDA_ALLOC_CONF and TF_FORCE_GPU_ALLOW_GROWTH are not set: they "
@@ -216,6 +221,65 @@ def fsync_folder(folder: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str = "shell",
+                date: str | None = None) -> str:
+    """The export script for a study's confirmed winner, or for any of its trials.
+
+    Every text here was read back from a storage, which anyone may have written; `render`
+    makes it safe, and a record of the wrong shape is one error naming the study.
+    """
+    try:
+        return export_from_records(study, trial_number, fmt, date)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise AutotuneError(f"study {visible(repr(study.study_name))}: its records cannot be "
+                            f"exported ({visible(type(err).__name__)}: {visible(err, 80)}); "
+                            "tune it again or export another trial with --trial N") from None
+
+
+def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
+                        date: str | None) -> str:
+    attrs = study.user_attrs
+    name = visible(repr(study.study_name))
+    fields = tuple(attrs.get("tuned_fields") or ())
+    notes = attrs.get("space", {}).get("notes", ())
+    notes = (notes,) if isinstance(notes, str) else tuple(notes)
+    if trial_number is None:
+        winner = attrs.get("winner")
+        if not winner:
+            raise AutotuneError(f"study {name} has no confirmed winner yet; "
+                                "pass --trial N or finish a tuning run")
+        settings = Settings.from_dict(winner["settings"])
+        score_s, improvement = winner["score_s"], describe(winner["improvement"])
+        source = f"{study.study_name}, confirmed winner ({winner['label']})"
+    else:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
+        if not trials or "settings" not in trials[0].user_attrs:
+            raise AutotuneError(f"study {name} has no measured trial {trial_number}")
+        trial = trials[0]
+        settings = Settings.from_dict(trial.user_attrs["settings"])
+        score_s = trial.user_attrs.get("score", {}).get("total_s")
+        improvement = ""
+        source = f"{study.study_name}, trial {trial_number} ({trial.user_attrs.get('status')})"
+    model = attrs.get("model", {})
+    hardware = attrs.get("hardware", {})
+    header = ExportHeader(
+        model=f"{model.get('name', '?')} ({os.path.basename(str(model.get('path', '?')))})",
+        study=source, date=date or time.strftime("%Y-%m-%d %H:%M %Z"), score_s=score_s,
+        improvement=improvement, notes=notes)
+    gpus = [g["index"] for g in hardware.get("gpus", [])] if hardware.get("gpu_offload") else []
+    machine = machine_variables(settings, gpus, hardware.get("system", ""))
+    return render(settings, fields, header, machine, fmt)
+
+
+def describe(improvement: dict | None) -> str:
+    """One line for the export header and the report."""
+    if not improvement:
+        return "not measured (the guide's defaults did not finish)"
+    return (f"{improvement['speedup']:.2f}x lower mean latency (range "
+            f"{improvement['speedup_min']:.2f}x-{improvement['speedup_max']:.2f}x over "
+            f"{improvement['rounds']} interleaved rounds)")
 
 
 def read(path: str | os.PathLike[str]) -> Settings:

@@ -1,0 +1,1 @@
+"""Searching: the space, the score, the Optuna study, confirmation of finalists, `tune`."""
