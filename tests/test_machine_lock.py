@@ -19,7 +19,8 @@ from conftest import AUTOTUNE, QUICK_STUDY, clean_env, workers_of
 
 from autotune.errors import AutotuneError
 from autotune.measure.machine_lock import LOCK_FILE_ENV, Holder, MachineBusy, MachineLock
-from autotune.studies.storage import is_alive, open_storage
+from autotune.studies.liveness import is_alive
+from autotune.studies.storage import open_storage
 
 HOLD = ("import sys\n"
         "from autotune.measure.machine_lock import MachineLock\n"
@@ -116,6 +117,20 @@ def test_cannot_tell_means_alive() -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     assert not is_alive(dead.pid, time.time())
+
+
+def test_an_exited_process_not_yet_reaped_is_dead() -> None:
+    # A killed tuner's flock is gone as it exits, before its parent reaps it: a tuner that
+    # took the machine at that moment must see the zombie as dead, or keep its orphan.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    process = psutil.Process(child.pid)
+    started = process.create_time()
+    deadline = time.monotonic() + 30
+    while process.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.status() == psutil.STATUS_ZOMBIE
+    assert not is_alive(child.pid, started)
+    child.wait()
 
 
 def test_bench_with_no_wait_refuses_in_one_line(holder, lock_file: Path, model_path: Path,

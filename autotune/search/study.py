@@ -34,7 +34,8 @@ from autotune.measure.trial import DEFAULT_TOKENS, OK, PRUNED, TrialResult, Tria
 from autotune.measure.workload import Workload
 from autotune.search.scoring import Weights, score
 from autotune.search.space import PINNED_ATTR, SearchSpace
-from autotune.studies.storage import fail_orphaned_trials, process_identity, storage_failure
+from autotune.studies.liveness import process_identity
+from autotune.studies.storage import fail_orphaned_trials, storage_failure
 
 FAILED_SCORE_S = 600.0
 STARTUP_TRIALS = 5

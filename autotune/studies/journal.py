@@ -54,6 +54,7 @@ import psutil
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from autotune.errors import AutotuneError
+from autotune.studies.liveness import is_alive
 
 FAULT_VARIABLE = "AUTOTUNE_STORAGE_FAULT"
 RECORD_START = b'{"op_code":'
@@ -203,12 +204,10 @@ def holder_gone(text: str) -> bool:
         recorded = json.loads(text)
         if recorded.get("host") != socket.gethostname():
             return False
-        return abs(psutil.Process(int(recorded["pid"])).create_time()
-                   - float(recorded["started"])) > 1e-3  # the pid was reused
-    except psutil.NoSuchProcess:
-        return True
-    except (ValueError, TypeError, KeyError, AttributeError, psutil.Error):
-        return False  # an empty lock, a plain Optuna holder, no permission: cannot tell
+        pid, started = int(recorded["pid"]), float(recorded["started"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False  # an empty lock, a plain Optuna holder: cannot tell
+    return not is_alive(pid, started)
 
 
 class HolderLock(JournalFileOpenLock):

@@ -16,9 +16,9 @@ import re
 from pathlib import Path
 
 import optuna
-import psutil
 
 from autotune.errors import AutotuneError
+from autotune.studies.liveness import is_alive
 
 DEFAULT_STUDIES_DIR = "studies"
 JOURNAL_FILE = "autotune.journal"
@@ -186,32 +186,6 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
         known = ", ".join(names) if names else "none"
         raise AutotuneError(f"no study named {name!r} (studies here: {known})")
     return optuna.load_study(study_name=name, storage=storage)
-
-
-def process_identity() -> dict[str, object]:
-    """Enough to tell later whether the process running a trial is still alive."""
-    me = psutil.Process()
-    return {"pid": me.pid, "pid_started": me.create_time()}
-
-
-def is_alive(pid: object, started: object) -> bool:
-    """Whether the process that recorded (pid, start time) still runs; unsure means alive.
-
-    A trial whose owner cannot be told apart from a live one is never failed: failing a
-    live tuner's trial would throw away a measurement in progress.
-    """
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return True  # the owner is not written yet (or unreadable): cannot tell
-    try:
-        process_started = psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
-        return False
-    except (psutil.AccessDenied, OSError):
-        return True
-    try:
-        return abs(process_started - float(started)) < 1e-3  # else the pid was reused
-    except (TypeError, ValueError):
-        return True
 
 
 def fail_orphaned_trials(study: optuna.Study, host: str) -> list[int]:
