@@ -164,10 +164,10 @@ def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, c
                                  timeout_s=timeout, on_request=advance,
                                  lock=MachineLock(wait=not no_wait, on_wait=say_waiting))
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
+        click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         print_bench(out_console(), report)
-    if report["status"] != "ok":
+    if not report.ok:
         raise click.exceptions.Exit(1)
 
 

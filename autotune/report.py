@@ -12,6 +12,7 @@ from rich.table import Table
 
 from autotune.guide import DEFAULTS_LABEL
 from autotune.measure.diagnosis import targets
+from autotune.measure.records import STAT_NAMES, BenchReport, Finding, Status, TrialStats
 from autotune.safe_text import terminal
 
 
@@ -35,7 +36,7 @@ def number(value: object, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-# (label, summary key, formatter): the rows every metric table shows, in order.
+# (label, TrialStats field, formatter): the rows every metric table shows, in order.
 METRICS = (
     ("mean latency", "mean_s", seconds),
     ("median (p50)", "p50_s", seconds),
@@ -61,23 +62,24 @@ METRICS = (
     ("other processes' CPU", "other_cpu_percent_mean", number),
 )
 BUSY_MACHINE_PERCENT = 50.0
+assert {key for _, key, _ in METRICS} <= set(STAT_NAMES), "a metric row names no statistic"
 
 
-def metrics_table(columns: dict[str, dict], title: str = "") -> Table:
-    """Metric rows against one column per summary (e.g. "defaults" and "winner")."""
+def metrics_table(columns: dict[str, TrialStats], title: str = "") -> Table:
+    """Metric rows against one column per trial's statistics (e.g. defaults and winner)."""
     table = Table(title=title or None)
     table.add_column("metric")
     for name in columns:
         table.add_column(terminal(name), justify="right")
     for label, key, fmt in METRICS:
-        values = [summary.get(key) for summary in columns.values()]
+        values = [getattr(stats, key) for stats in columns.values()]
         if all(v is None for v in values):
             continue
         table.add_row(label, *("-" if v is None else fmt(v) for v in values))
     return table
 
 
-def targets_table(columns: dict[str, dict]) -> Table:
+def targets_table(columns: dict[str, TrialStats]) -> Table:
     table = Table(title="The guide's targets")
     table.add_column("target")
     for name in columns:
@@ -85,7 +87,7 @@ def targets_table(columns: dict[str, dict]) -> Table:
     checks = {name: targets(summary) for name, summary in columns.items()}
     first = next(iter(checks.values()))
     for key, check in first.items():
-        table.add_row(check["target"], *(verdict(checks[n][key]["pass"]) for n in columns))
+        table.add_row(check.target, *(verdict(checks[n][key].passed) for n in columns))
     return table
 
 
@@ -93,37 +95,34 @@ def verdict(passed: bool | None) -> str:
     return {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]n/a[/]"}[passed]
 
 
-def print_findings(console: Console, findings: list[dict[str, str]]) -> None:
+def print_findings(console: Console, findings: tuple[Finding, ...]) -> None:
     if not findings:
         console.print("Diagnosis: none of the guide's four spike causes shows in these "
                       "measurements.")
         return
     console.print("Diagnosis:")
     for finding in findings:
-        console.print(f"  [bold]{terminal(finding['cause'])}[/]: "
-                      f"{terminal(finding['evidence'])}.")
-        console.print(f"    fix: {terminal(finding['fix'])}")
+        console.print(f"  [bold]{terminal(finding.cause)}[/]: {terminal(finding.evidence)}.")
+        console.print(f"    fix: {terminal(finding.fix)}")
 
 
-def print_bench(console: Console, report: dict) -> None:
-    mode = f"{report['clients']} concurrent clients" if report["clients"] > 1 else "sequential"
-    console.print(f"[bold]{terminal(report['model']['name'])}[/] "
-                  f"({terminal(report['model']['quantization'])}), "
-                  f"workload {terminal(report['workload']['name'])}: "
-                  f"{report['workload']['requests']} "
-                  f"requests x {report['iterations']} pass(es), {mode}, "
-                  f"{report['tokens_per_request']} tokens each")
-    if report["status"] != "ok":
-        console.print(f"[red]trial {terminal(report['status'])}[/]: "
-                      f"{terminal(report['reason'])}")
-    console.print(metrics_table({"measured": report}))
-    pass_means = report.get("pass_mean_s") or []
-    if len(pass_means) > 1:
-        drift = ", ".join(f"pass {i + 1}: {m:.3f} s" for i, m in enumerate(pass_means))
-        console.print(f"Per pass: {drift} (drift {report['pass_drift']:+.1%})")
-    console.print(targets_table({"measured": report}))
-    print_findings(console, report["findings"])
-    others = report.get("other_cpu_percent_mean")
+def print_bench(console: Console, report: BenchReport) -> None:
+    mode = f"{report.clients} concurrent clients" if report.clients > 1 else "sequential"
+    console.print(f"[bold]{terminal(report.model.name)}[/] "
+                  f"({terminal(report.model.quantization)}), "
+                  f"workload {terminal(report.workload.name)}: {report.workload.requests} "
+                  f"requests x {report.iterations} pass(es), {mode}, "
+                  f"{report.tokens_per_request} tokens each")
+    if report.status != Status.OK:
+        console.print(f"[red]trial {terminal(report.status)}[/]: {terminal(report.reason)}")
+    stats = report.stats
+    console.print(metrics_table({"measured": stats}))
+    if len(stats.pass_mean_s) > 1:
+        drift = ", ".join(f"pass {i + 1}: {m:.3f} s" for i, m in enumerate(stats.pass_mean_s))
+        console.print(f"Per pass: {drift} (drift {stats.pass_drift:+.1%})")
+    console.print(targets_table({"measured": stats}))
+    print_findings(console, report.findings)
+    others = stats.other_cpu_percent_mean
     if others is not None and others > BUSY_MACHINE_PERCENT:
         console.print(f"[yellow]Warning:[/] other processes used {others:.0f}% of a core "
                       "during the measurement; rerun on a quiet machine before trusting it.")

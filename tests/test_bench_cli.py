@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from collections.abc import Callable
@@ -11,11 +12,13 @@ import psutil
 import pytest
 
 from autotune.measure.diagnosis import targets
+from autotune.measure.records import OUTPUT_VERSION, TrialStats
 
 RunCli = Callable[..., subprocess.CompletedProcess]
 THREADS = {"JARVIS_N_THREADS": "2"}
-SUMMARY_KEYS = {"mean_s", "p50_s", "p95_s", "p99_s", "max_s", "cv", "spikes",
-                "cache_hit_rate", "load_s", "reloads", "targets", "diagnosis", "requests"}
+REPORT_KEYS = {"version", "kind", "status", "reason", "stats", "targets", "findings",
+               "diagnosis", "settings", "model", "hardware", "workload", "iterations",
+               "clients", "tokens_per_request", "thread_probe", "stderr_tail", "requests"}
 PHYSICAL_CORES = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
@@ -58,8 +61,9 @@ def concurrent(run_cli: RunCli, bench_cwd: Path, model_path: Path, tiny_workload
 
 
 def test_json_report_keys(basic: dict) -> None:
-    assert SUMMARY_KEYS.issubset(basic)
-    assert basic["status"] == "ok"
+    assert set(basic) == REPORT_KEYS
+    assert (basic["version"], basic["kind"], basic["status"]) == (OUTPUT_VERSION, "bench", "ok")
+    assert set(basic["stats"]) == set(TrialStats().to_dict())
     assert basic["iterations"] == 2
     assert basic["clients"] == 1
     assert basic["tokens_per_request"] == 4
@@ -77,21 +81,22 @@ def test_json_report_has_two_passes_of_requests(basic: dict) -> None:
 
 def test_json_statistics_agree_with_the_requests(basic: dict) -> None:
     latencies = sorted(r["latency_s"] for r in basic["requests"])
-    assert basic["max_s"] == latencies[-1]
-    assert latencies[0] <= basic["p50_s"] <= basic["p95_s"] <= basic["p99_s"] <= basic["max_s"]
-    assert basic["mean_s"] == pytest.approx(sum(latencies) / len(latencies))
-    assert basic["spikes"] == sum(x > 5.0 for x in latencies)
-    assert basic["load_s"] > 0
-    assert basic["reloads"] == 0
-    assert basic["cache_hit_rate"] == 1.0
-    assert len(basic["pass_mean_s"]) == 2
-    assert basic["rss_growth_bytes_per_pass"] is not None
+    assert basic["stats"]["max_s"] == latencies[-1]
+    assert latencies[0] <= basic["stats"]["p50_s"] <= basic["stats"]["p95_s"] <= basic["stats"]["p99_s"] <= basic["stats"]["max_s"]
+    assert basic["stats"]["mean_s"] == pytest.approx(sum(latencies) / len(latencies))
+    assert basic["stats"]["spikes"] == sum(x > 5.0 for x in latencies)
+    assert basic["stats"]["load_s"] > 0
+    assert basic["stats"]["reloads"] == 0
+    assert basic["stats"]["cache_hit_rate"] == 1.0
+    assert len(basic["stats"]["pass_mean_s"]) == 2
+    assert basic["stats"]["rss_growth_bytes_per_pass"] is not None
 
 
 def test_json_targets_and_diagnosis(basic: dict) -> None:
-    assert set(basic["targets"]) == set(targets({}))
-    assert basic["targets"] == targets(basic)  # the report's verdicts, from its own numbers
-    assert basic["targets"]["cache_hit_rate"]["pass"] is True
+    assert set(basic["targets"]) == set(targets(TrialStats()))
+    own = targets(TrialStats.from_dict(basic["stats"]))  # the verdicts, from its own numbers
+    assert basic["targets"] == {k: dataclasses.asdict(v) for k, v in own.items()}
+    assert basic["targets"]["cache_hit_rate"]["passed"] is True
     assert isinstance(basic["diagnosis"], list)
     assert "context_overflow" not in basic["diagnosis"]
     assert "thread_contention" not in basic["diagnosis"]
@@ -115,8 +120,8 @@ def test_concurrent_is_slower_per_request(basic: dict, concurrent: dict) -> None
     assert concurrent["clients"] == 3
     assert len(concurrent["requests"]) == 8
     assert {r["client"] for r in concurrent["requests"]} > {0}
-    assert concurrent["queue_mean_s"] > basic["queue_mean_s"]
-    assert concurrent["mean_s"] > basic["mean_s"]
+    assert concurrent["stats"]["queue_mean_s"] > basic["stats"]["queue_mean_s"]
+    assert concurrent["stats"]["mean_s"] > basic["stats"]["mean_s"]
 
 
 @pytest.mark.skipif(PHYSICAL_CORES >= 8, reason="8 threads only contend on < 8 physical cores")
@@ -143,7 +148,7 @@ def test_small_context_diagnoses_context_overflow(run_cli: RunCli, bench_cwd: Pa
     assert report["status"] == "ok"
     assert report["workload"]["name"] == "builtin"
     assert len(report["requests"]) == 16
-    assert report["reloads"] > 0
+    assert report["stats"]["reloads"] > 0
     assert "context_overflow" in report["diagnosis"]
     assert any(r["reload"] for r in report["requests"])
     finding = next(f for f in report["findings"] if f["cause"] == "context_overflow")
@@ -162,8 +167,8 @@ def test_table_output(run_cli: RunCli, bench_cwd: Path, model_path: Path,
     out = done.stdout
     assert "mean latency" in out
     assert "The guide's targets" in out
-    for check in targets({}).values():
-        assert check["target"] in out
+    for check in targets(TrialStats()).values():
+        assert check.target in out
     assert "\nDiagnosis" in out
     assert "4 requests x 1 pass(es), sequential, 4 tokens each" in out
     assert list(bench_cwd.iterdir()) == []

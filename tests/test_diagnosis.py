@@ -5,20 +5,35 @@ from __future__ import annotations
 import pytest
 from conftest import make_hardware
 
-from autotune.measure.diagnosis import CAUSES, GROWTH_LIMIT_BYTES, diagnose, targets
+from autotune.measure import diagnosis
+from autotune.measure.diagnosis import CAUSES, GROWTH_LIMIT_BYTES
 from autotune.measure.hardware import Gpu, Hardware
+from autotune.measure.records import Finding, Status, Target, ThreadProbe, TrialStats
 from autotune.measure.settings import Settings
 
 GIB = 2**30
 TARGET_KEYS = ["mean_latency", "no_spikes", "consistency", "cache_hit_rate", "load_once",
                "memory_stable"]
 
-GOOD = {"status": "ok", "mean_s": 0.8, "max_s": 1.5, "cv": 0.2, "cache_hit_rate": 1.0,
+GOOD = {"mean_s": 0.8, "max_s": 1.5, "cv": 0.2, "cache_hit_rate": 1.0,
         "first_s": 1.0, "rest_median_s": 0.8, "rss_growth_bytes_per_pass": 0.0,
         "reloads": 0, "gpu_free_min_bytes": None}
-BAD = {"status": "ok", "mean_s": 3.0, "max_s": 9.0, "cv": 0.9, "cache_hit_rate": 0.5,
+BAD = {"mean_s": 3.0, "max_s": 9.0, "cv": 0.9, "cache_hit_rate": 0.5,
        "first_s": 10.0, "rest_median_s": 1.0, "rss_growth_bytes_per_pass": 64 * 2**20,
        "reloads": 3, "gpu_free_min_bytes": None}
+
+
+def targets(summary: dict) -> dict[str, Target]:
+    return diagnosis.targets(TrialStats(**summary))
+
+
+def diagnose(summary: dict, probe: dict | None, settings: Settings, hardware: Hardware,
+             status: Status = Status.OK) -> list[Finding]:
+    """The diagnosis of hand-made numbers: a probe gives the two timings it compares."""
+    thread_probe = None if probe is None else ThreadProbe(
+        configured_threads=settings.n_threads, configured_s=probe["configured_s"],
+        physical_threads=hardware.physical_cores, physical_s=probe["physical_s"])
+    return diagnosis.diagnose(TrialStats(**summary), status, thread_probe, settings, hardware)
 
 
 def machine(physical: int = 2, gpus: tuple[Gpu, ...] = (), offload: bool = False) -> Hardware:
@@ -31,40 +46,39 @@ GPU_BOX = machine(gpus=(FAKE_GPU,), offload=True)
 
 
 def causes(summary: dict, probe: dict | None = None, settings: Settings | None = None,
-           hardware: Hardware | None = None) -> list[str]:
+           hardware: Hardware | None = None, status: Status = Status.OK) -> list[str]:
     found = diagnose(summary, probe, settings or Settings(n_threads=2),
-                     hardware or machine())
+                     hardware or machine(), status)
     for finding in found:
-        assert set(finding) == {"cause", "evidence", "fix"}
-        assert finding["cause"] in CAUSES
-        assert finding["evidence"] and finding["fix"]
-    return [f["cause"] for f in found]
+        assert finding.cause in CAUSES
+        assert finding.evidence and finding.fix
+    return [f.cause for f in found]
 
 
 def test_targets_all_pass() -> None:
     checks = targets(GOOD)
     assert list(checks) == TARGET_KEYS
-    assert {k: c["pass"] for k, c in checks.items()} == dict.fromkeys(TARGET_KEYS, True)
-    assert checks["mean_latency"]["value"] == 0.8
-    assert all(c["target"] for c in checks.values())
+    assert {k: c.passed for k, c in checks.items()} == dict.fromkeys(TARGET_KEYS, True)
+    assert checks["mean_latency"].value == 0.8
+    assert all(c.target for c in checks.values())
 
 
 def test_targets_all_fail() -> None:
     checks = targets(BAD)
-    assert {k: c["pass"] for k, c in checks.items()} == dict.fromkeys(TARGET_KEYS, False)
+    assert {k: c.passed for k, c in checks.items()} == dict.fromkeys(TARGET_KEYS, False)
 
 
 def test_targets_not_applicable_without_measurements() -> None:
-    checks = targets({"status": "crashed"})
-    assert {k: c["pass"] for k, c in checks.items()} == dict.fromkeys(TARGET_KEYS, None)
-    assert all(c["value"] is None for c in checks.values())
+    checks = targets({})
+    assert {k: c.passed for k, c in checks.items()} == dict.fromkeys(TARGET_KEYS, None)
+    assert all(c.value is None for c in checks.values())
 
 
 def test_targets_partly_measured() -> None:
     # one pass: no memory growth figure; cache off: no hit rate; one request: no "rest"
     summary = {**GOOD, "cache_hit_rate": None, "rss_growth_bytes_per_pass": None,
                "rest_median_s": None}
-    passed = {k: c["pass"] for k, c in targets(summary).items()}
+    passed = {k: c.passed for k, c in targets(summary).items()}
     assert passed == {"mean_latency": True, "no_spikes": True, "consistency": True,
                       "cache_hit_rate": None, "load_once": None, "memory_stable": None}
 
@@ -86,7 +100,7 @@ def test_targets_partly_measured() -> None:
     ({"rss_growth_bytes_per_pass": -5 * 2**20}, "memory_stable", True),
 ])
 def test_target_edges(changes: dict, key: str, passed: bool) -> None:
-    assert targets({**GOOD, **changes})[key]["pass"] is passed
+    assert targets({**GOOD, **changes})[key].passed is passed
 
 
 def test_nothing_to_diagnose() -> None:
@@ -94,13 +108,12 @@ def test_nothing_to_diagnose() -> None:
 
 
 def test_thread_contention() -> None:
-    probe = {"configured_threads": 8, "configured_s": 0.9, "physical_threads": 2,
-             "physical_s": 0.3}
+    probe = {"configured_s": 0.9, "physical_s": 0.3}
     found = diagnose(GOOD, probe, Settings(n_threads=8), machine(physical=2))
-    assert [f["cause"] for f in found] == ["thread_contention"]
-    assert found[0]["fix"] == "export JARVIS_N_THREADS=2"
-    assert "3.0x" in found[0]["evidence"]
-    assert "8 threads on 2 physical cores" in found[0]["evidence"]
+    assert [f.cause for f in found] == ["thread_contention"]
+    assert found[0].fix == "export JARVIS_N_THREADS=2"
+    assert "3.0x" in found[0].evidence
+    assert "8 threads on 2 physical cores" in found[0].evidence
 
 
 @pytest.mark.parametrize(("threads", "physical", "probe"), [
@@ -122,15 +135,14 @@ def test_thread_contention_at_the_factor() -> None:
 def test_context_overflow() -> None:
     found = diagnose({**GOOD, "reloads": 4}, None, Settings(n_threads=2, context_window=512),
                      machine())
-    assert [f["cause"] for f in found] == ["context_overflow"]
-    assert "4 request(s)" in found[0]["evidence"]
-    assert "512-token" in found[0]["evidence"]
-    assert found[0]["fix"].startswith("export JARVIS_MODEL_CONTEXT_WINDOW=1024")
+    assert [f.cause for f in found] == ["context_overflow"]
+    assert "4 request(s)" in found[0].evidence
+    assert "512-token" in found[0].evidence
+    assert found[0].fix.startswith("export JARVIS_MODEL_CONTEXT_WINDOW=1024")
 
 
-@pytest.mark.parametrize("reloads", [0, None])
-def test_no_context_overflow(reloads: int | None) -> None:
-    assert causes({**GOOD, "reloads": reloads}) == []
+def test_no_context_overflow() -> None:
+    assert causes({**GOOD, "reloads": 0}) == []
 
 
 @pytest.mark.parametrize(("cache_on", "fix"), [
@@ -140,9 +152,9 @@ def test_no_context_overflow(reloads: int | None) -> None:
 def test_cache_misses(cache_on: bool, fix: str) -> None:
     settings = Settings(n_threads=2, enable_context_cache=cache_on)
     found = diagnose({**GOOD, "cache_hit_rate": 0.25}, None, settings, machine())
-    assert [f["cause"] for f in found] == ["cache_misses"]
-    assert found[0]["fix"] == fix
-    assert "25%" in found[0]["evidence"]
+    assert [f.cause for f in found] == ["cache_misses"]
+    assert found[0].fix == fix
+    assert "25%" in found[0].evidence
 
 
 @pytest.mark.parametrize(("hit", "expected"), [
@@ -154,17 +166,17 @@ def test_cache_miss_threshold(hit: float | None, expected: list[str]) -> None:
 def test_gpu_memory_pressure_from_low_free_memory() -> None:
     summary = {**GOOD, "gpu_free_min_bytes": 100 * 2**20}  # 100 MiB of 8 GiB, under 5%
     found = diagnose(summary, None, Settings(n_threads=2, n_gpu_layers=-1), GPU_BOX)
-    assert [f["cause"] for f in found] == ["gpu_memory_pressure"]
-    assert "100 MiB of 8192 MiB" in found[0]["evidence"]
-    assert "JARVIS_N_GPU_LAYERS" in found[0]["fix"]
+    assert [f.cause for f in found] == ["gpu_memory_pressure"]
+    assert "100 MiB of 8192 MiB" in found[0].evidence
+    assert "JARVIS_N_GPU_LAYERS" in found[0].fix
 
 
 def test_gpu_memory_pressure_from_out_of_memory() -> None:
-    summary = {"status": "out_of_memory", "reloads": 0, "cache_hit_rate": None,
-               "gpu_free_min_bytes": None}
-    found = diagnose(summary, None, Settings(n_threads=2, n_gpu_layers=20), GPU_BOX)
-    assert [f["cause"] for f in found] == ["gpu_memory_pressure"]
-    assert found[0]["evidence"] == "GPU memory ran out"
+    summary = {"reloads": 0, "cache_hit_rate": None, "gpu_free_min_bytes": None}
+    found = diagnose(summary, None, Settings(n_threads=2, n_gpu_layers=20), GPU_BOX,
+                     Status.OUT_OF_MEMORY)
+    assert [f.cause for f in found] == ["gpu_memory_pressure"]
+    assert found[0].evidence == "GPU memory ran out"
 
 
 def test_gpu_pressure_sums_all_gpus() -> None:
@@ -189,8 +201,8 @@ def test_no_gpu_memory_pressure(settings: Settings, hardware: Hardware,
 
 
 def test_cpu_only_out_of_memory_is_not_gpu_pressure() -> None:
-    summary = {**GOOD, "status": "out_of_memory"}
-    assert causes(summary, settings=Settings(n_threads=2), hardware=machine()) == []
+    assert causes(GOOD, settings=Settings(n_threads=2), hardware=machine(),
+                  status=Status.OUT_OF_MEMORY) == []
 
 
 def test_all_four_causes_in_order() -> None:

@@ -23,18 +23,11 @@ import pytest
 from conftest import workers_of
 
 from autotune.measure.faults import ENV, Fault, parse
+from autotune.measure.records import Status, TrialResult
 from autotune.measure.settings import Settings
 from autotune.measure.trial import (
-    CRASHED,
-    FAILED,
-    LOAD_FAILED,
-    OK,
-    OUT_OF_MEMORY,
-    PRUNED,
     SLOW_DISK_BYTES_PER_S,
     STARTUP_S,
-    TIMED_OUT,
-    TrialResult,
     TrialSpec,
     classify,
     follow,
@@ -43,17 +36,15 @@ from autotune.measure.trial import (
 )
 from autotune.measure.workload import Workload, build
 
+OK, PRUNED, FAILED, CRASHED = Status.OK, Status.PRUNED, Status.FAILED, Status.CRASHED
+LOAD_FAILED, OUT_OF_MEMORY, TIMED_OUT = Status.LOAD_FAILED, Status.OUT_OF_MEMORY, Status.TIMED_OUT
+
 # run_trial leaves the worker's stdout and stderr pipes to the garbage collector, which
 # warns about each; test_run_trial_closes_its_pipes reports that, the others look past it.
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:unclosed file <_io.TextIOWrapper name=\d+:ResourceWarning")
 
 TOKENS = 4
-RECORD_KEYS = {"id", "index", "conversation", "turn", "pass_no", "client", "latency_s",
-               "queue_s", "ttft_s", "prompt_tokens", "reused_tokens", "generated",
-               "cache_hit", "reuse_source", "reload", "dropped_turns", "cache_s", "rss_bytes"}
-
-
 def tiny_spec(model: Path | str, workload: Workload, **changes: object) -> TrialSpec:
     fields: dict[str, object] = {"tokens_per_request": TOKENS, "timeout_s": 120.0,
                                  "stall_s": 60.0}
@@ -114,30 +105,33 @@ def test_ok_trial_status(ok_result: TrialResult) -> None:
 
 def test_ok_trial_one_record_per_request(ok_result: TrialResult,
                                          tiny_workload: Workload) -> None:
-    assert [r["id"] for r in ok_result.requests] == [r.id for r in tiny_workload.requests]
+    assert [r.id for r in ok_result.requests] == [r.id for r in tiny_workload.requests]
+    sent = {r.id: r for r in tiny_workload.requests}
     for record in ok_result.requests:
-        assert RECORD_KEYS.issubset(record)
-        assert record["latency_s"] > 0
-        assert 0 < record["ttft_s"] <= record["latency_s"]
-        assert record["prompt_tokens"] > 0
-        assert record["generated"] == TOKENS
-        assert record["reload"] is False
-        assert record["pass_no"] == 0
-        assert record["rss_bytes"] > 0
+        # the worker filled in what the record's defaults would otherwise hide
+        asked = sent[record.id]
+        assert (record.conversation, record.turn) == (asked.conversation, asked.turn)
+        assert record.latency_s > 0
+        assert 0 < record.ttft_s <= record.latency_s
+        assert record.prompt_tokens > 0
+        assert record.generated == TOKENS
+        assert record.reload is False
+        assert record.pass_no == 0
+        assert record.rss_bytes > 0
 
 
 def test_ok_trial_cache_verdicts(ok_result: TrialResult) -> None:
     first_turns, follow_ups = ok_result.requests[:2], ok_result.requests[2:]
-    assert [r["cache_hit"] for r in first_turns] == [None, None]
-    assert [r["cache_hit"] for r in follow_ups] == [True, True]
-    assert [r["reuse_source"] for r in follow_ups] == ["cache", "cache"]
+    assert [r.cache_hit for r in first_turns] == [None, None]
+    assert [r.cache_hit for r in follow_ups] == [True, True]
+    assert [r.reuse_source for r in follow_ups] == ["cache", "cache"]
 
 
 def test_ok_trial_load_and_resources(ok_result: TrialResult) -> None:
     assert ok_result.load_s is not None and ok_result.load_s > 0
     assert ok_result.warmup_s is not None and ok_result.warmup_s > 0
     assert len(ok_result.pass_rss_bytes) == 1
-    assert ok_result.peak_rss_bytes >= max(r["rss_bytes"] for r in ok_result.requests)
+    assert ok_result.peak_rss_bytes >= max(r.rss_bytes for r in ok_result.requests)
     assert ok_result.wall_s > ok_result.load_s
     assert ok_result.ended_at is not None
     assert ok_result.thread_probe is None
@@ -146,16 +140,19 @@ def test_ok_trial_load_and_resources(ok_result: TrialResult) -> None:
 
 def test_ok_trial_is_plain_data(ok_result: TrialResult) -> None:
     data = json.loads(json.dumps(ok_result.to_dict()))
-    assert data["status"] == OK
-    assert len(data["requests"]) == 4
+    assert (data["version"], data["status"], len(data["requests"])) == (1, "ok", 4)
+    assert TrialResult.from_dict(data) == ok_result  # every sample kept, read back typed
 
 
-def test_spec_to_wire_is_json(tiny_workload: Workload) -> None:
-    wire = json.loads(json.dumps(tiny_spec("m.gguf", tiny_workload, passes=2).to_wire()))
-    assert wire["passes"] == 2
-    assert wire["tokens_per_request"] == TOKENS
-    assert len(wire["requests"]) == 4
-    assert wire["settings"]["n_threads"] == 2
+def test_spec_goes_to_the_worker_as_one_json_line(tiny_workload: Workload) -> None:
+    spec = tiny_spec("m.gguf", tiny_workload, passes=2)
+    wire = spec.to_wire()
+    assert "\n" not in wire
+    assert json.loads(wire)["settings"]["n_threads"] == 2
+    back = TrialSpec.from_wire(wire)
+    assert (back.model_path, back.settings, back.workload) == (spec.model_path, spec.settings,
+                                                               spec.workload)
+    assert (back.passes, back.tokens_per_request, back.clients) == (2, TOKENS, 1)
 
 
 @pytest.mark.filterwarnings("error::ResourceWarning")

@@ -12,7 +12,8 @@ from typing import IO
 import pytest
 
 from autotune.measure.settings import Settings
-from autotune.measure.trial import OK, TrialSpec, run_trial, worker_command
+from autotune.measure.records import Status
+from autotune.measure.trial import TrialSpec, run_trial, worker_command
 from autotune.measure.workload import Workload
 
 # What a folder beside a downloaded model could hold: modules named like the ones the
@@ -28,7 +29,7 @@ def start_worker(spec: TrialSpec, stderr: IO[bytes]) -> subprocess.Popen[str]:
                                stdout=subprocess.PIPE, stderr=stderr, text=True,
                                encoding="utf-8")
     assert process.stdin is not None
-    process.stdin.write(json.dumps(spec.to_wire()) + "\n")
+    process.stdin.write(spec.to_wire() + "\n")
     process.stdin.flush()
     return process
 
@@ -105,7 +106,7 @@ def test_worker_runs_only_the_project_code(planted_cwd: Path, model_path: Path,
     monkeypatch.chdir(planted_cwd)  # the worker starts in the parent's working directory
     result = run_trial(TrialSpec(str(model_path), Settings(n_threads=2, context_window=1024),
                                  tiny_workload, tokens_per_request=4))
-    assert result.status == OK, result.reason
+    assert result.status == Status.OK, result.reason
     assert list(planted_cwd.rglob("*.imported")) == []
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import AutotuneError
+from autotune.measure.records import WorkloadSummary
 from autotune.measure.workload import (
     BUILTIN_CONVERSATIONS,
     SYSTEM_PROMPT,
@@ -38,7 +39,7 @@ def test_builtin_interleaves_round_robin() -> None:
     assert [r.index for r in workload.requests] == list(range(len(workload.requests)))
     assert workload.conversations == 4
     assert len(workload.requests) == 16
-    assert workload.describe() == {"name": "builtin", "requests": 16, "conversations": 4}
+    assert workload.describe() == WorkloadSummary("builtin", requests=16, conversations=4)
 
 
 def test_builtin_histories_grow() -> None:

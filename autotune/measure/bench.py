@@ -1,9 +1,11 @@
 """`autotune bench`: the backend's latency test, as one library call.
 
 Example:
-    >>> report = bench(demo_model_path(), Settings(n_threads=2), iterations=2)  # doctest: +SKIP
-    >>> report["mean_s"] < 2.0, report["diagnosis"]
-    (True, [])
+    >>> report = bench(demo_model_path(), Settings(n_threads=2), iterations=2)
+    >>> report.status, report.stats.requests_done == 2 * len(builtin_workload().requests)
+    (<Status.OK: 'ok'>, True)
+    >>> report.targets["no_spikes"].passed
+    True
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from autotune.measure import hardware as hw
 from autotune.measure.diagnosis import diagnose, targets
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import inspect_model
+from autotune.measure.records import BenchReport, RequestRecord
 from autotune.measure.settings import Settings
 from autotune.measure.stats import summarize
 from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
@@ -26,9 +29,9 @@ DEFAULT_CLIENTS = 3
 def bench(model_path: str | os.PathLike[str], settings: Settings,
           workload: Workload | None = None, iterations: int = 1, clients: int = 1,
           tokens_per_request: int = DEFAULT_TOKENS, timeout_s: float = 1800.0,
-          on_request: Callable[[dict], bool] | None = None,
+          on_request: Callable[[RequestRecord], bool] | None = None,
           machine: hw.Hardware | None = None, lock: MachineLock | None = None
-          ) -> dict[str, object]:
+          ) -> BenchReport:
     """Measure one configuration and return the report: statistics, targets, diagnosis.
 
     `iterations` passes over the workload (memory growth per pass is the leak check);
@@ -45,20 +48,12 @@ def bench(model_path: str | os.PathLike[str], settings: Settings,
     with (lock or MachineLock()).held("bench"):
         result = run_trial(spec, on_request=on_request)
     summary = summarize(result)
-    causes = diagnose(summary, result.thread_probe, settings, machine)
-    return {
-        **summary,
-        "targets": targets(summary),
-        "diagnosis": [c["cause"] for c in causes],
-        "findings": causes,
-        "settings": settings.to_env(),
-        "model": model.to_dict(),
-        "hardware": machine.to_dict(),
-        "workload": workload.describe(),
-        "iterations": iterations,
-        "clients": clients,
-        "tokens_per_request": tokens_per_request,
-        "thread_probe": result.thread_probe,
-        "stderr_tail": result.stderr_tail if not result.ok else "",
-        "requests": result.requests,
-    }
+    return BenchReport(
+        status=result.status, reason=result.reason, stats=summary, targets=targets(summary),
+        findings=tuple(diagnose(summary, result.status, result.thread_probe, settings,
+                                machine)),
+        settings=settings.to_env(), model=model, hardware=machine,
+        workload=workload.describe(), iterations=iterations, clients=clients,
+        tokens_per_request=tokens_per_request, thread_probe=result.thread_probe,
+        stderr_tail=result.stderr_tail if not result.ok else "",
+        requests=tuple(result.requests))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from autotune.guide import CV_LIMIT, HIT_RATE_MIN, MEAN_LIMIT_S, SPIKE_LIMIT_S
 from autotune.measure.hardware import Hardware
+from autotune.measure.records import Finding, Status, Target, ThreadProbe, TrialStats
 from autotune.measure.settings import Settings
 
 FIRST_REQUEST_FACTOR = 3.0
@@ -21,16 +22,13 @@ GPU_FREE_MIN_FRACTION = 0.05
 CAUSES = ("thread_contention", "context_overflow", "cache_misses", "gpu_memory_pressure")
 
 
-def target(description: str, value: object, passed: bool | None) -> dict[str, object]:
-    return {"target": description, "value": value, "pass": passed}
-
-
-def targets(summary: dict) -> dict[str, dict[str, object]]:
+def targets(summary: TrialStats) -> dict[str, Target]:
     """Each of the guide's targets: its wording, the measured value, and pass (None: n/a)."""
-    mean, top, cv = summary.get("mean_s"), summary.get("max_s"), summary.get("cv")
-    hit = summary.get("cache_hit_rate")
-    first, rest = summary.get("first_s"), summary.get("rest_median_s")
-    growth = summary.get("rss_growth_bytes_per_pass")
+    mean, top, cv = summary.mean_s, summary.max_s, summary.cv
+    hit = summary.cache_hit_rate
+    first, rest = summary.first_s, summary.rest_median_s
+    growth = summary.rss_growth_bytes_per_pass
+    target = Target
     return {
         "mean_latency": target(f"average latency 0.5-{MEAN_LIMIT_S:.1f} s (lower is better)", mean,
                                None if mean is None else mean <= MEAN_LIMIT_S),
@@ -49,44 +47,44 @@ def targets(summary: dict) -> dict[str, dict[str, object]]:
     }
 
 
-def diagnose(summary: dict, result_probe: dict | None, settings: Settings,
-             hardware: Hardware) -> list[dict[str, str]]:
+def diagnose(summary: TrialStats, status: Status, probe: ThreadProbe | None,
+             settings: Settings, hardware: Hardware) -> list[Finding]:
     """The spike causes the measurements show, each with its evidence and the fix."""
     found = []
     physical = hardware.physical_cores
-    if settings.n_threads > physical and result_probe:
-        slow = result_probe["configured_s"] / max(result_probe["physical_s"], 1e-9)
+    if settings.n_threads > physical and probe:
+        slow = probe.configured_s / max(probe.physical_s, 1e-9)
         if slow >= CONTENTION_FACTOR:
-            found.append({
-                "cause": "thread_contention",
-                "evidence": f"{settings.n_threads} threads on {physical} physical cores: the "
-                            f"same request took {slow:.1f}x as long as with {physical} threads",
-                "fix": f"export JARVIS_N_THREADS={physical}"})
-    reloads = summary.get("reloads") or 0
+            found.append(Finding(
+                cause="thread_contention",
+                evidence=f"{settings.n_threads} threads on {physical} physical cores: the "
+                         f"same request took {slow:.1f}x as long as with {physical} threads",
+                fix=f"export JARVIS_N_THREADS={physical}"))
+    reloads = summary.reloads
     if reloads:
-        found.append({
-            "cause": "context_overflow",
-            "evidence": f"{reloads} request(s) overflowed the {settings.context_window}-token "
-                        "context and dropped history to re-evaluate",
-            "fix": f"export JARVIS_MODEL_CONTEXT_WINDOW={settings.context_window * 2} (or more)"})
-    hit = summary.get("cache_hit_rate")
+        found.append(Finding(
+            cause="context_overflow",
+            evidence=f"{reloads} request(s) overflowed the {settings.context_window}-token "
+                     "context and dropped history to re-evaluate",
+            fix=f"export JARVIS_MODEL_CONTEXT_WINDOW={settings.context_window * 2} (or more)"))
+    hit = summary.cache_hit_rate
     if hit is not None and hit <= HIT_RATE_MIN:
         fix = ("export JARVIS_ENABLE_CONTEXT_CACHE=true" if not settings.enable_context_cache
                else f"raise JARVIS_MAX_CACHE_SIZE above {settings.max_cache_size}")
-        found.append({
-            "cause": "cache_misses",
-            "evidence": f"only {hit:.0%} of follow-up requests reused their conversation's "
-                        "earlier context",
-            "fix": fix})
-    free_min = summary.get("gpu_free_min_bytes")
+        found.append(Finding(
+            cause="cache_misses",
+            evidence=f"only {hit:.0%} of follow-up requests reused their conversation's "
+                     "earlier context",
+            fix=fix))
+    free_min = summary.gpu_free_min_bytes
     total = sum(g.total_bytes for g in hardware.gpus)
     uses_gpu = settings.n_gpu_layers != 0 and hardware.can_offload
-    if uses_gpu and (summary.get("status") == "out_of_memory"
+    if uses_gpu and (status == Status.OUT_OF_MEMORY
                      or (free_min is not None and total
                          and free_min < GPU_FREE_MIN_FRACTION * total)):
-        found.append({
-            "cause": "gpu_memory_pressure",
-            "evidence": "GPU memory ran out" if free_min is None
+        found.append(Finding(
+            cause="gpu_memory_pressure",
+            evidence="GPU memory ran out" if free_min is None
             else f"free GPU memory fell to {free_min / 2**20:.0f} MiB of {total / 2**20:.0f} MiB",
-            "fix": "lower JARVIS_N_GPU_LAYERS or JARVIS_MODEL_CONTEXT_WINDOW"})
+            fix="lower JARVIS_N_GPU_LAYERS or JARVIS_MODEL_CONTEXT_WINDOW"))
     return found

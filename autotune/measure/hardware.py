@@ -43,6 +43,14 @@ class Hardware:
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: object) -> Hardware:
+        """A kept record back (see autotune.measure.records.from_mapping)."""
+        from autotune.measure.records import from_mapping
+
+        return from_mapping(cls, data, {"gpus": lambda gpus: tuple(
+            from_mapping(Gpu, gpu) for gpu in gpus)})
+
 
 def detect() -> Hardware:
     """Describe this machine; a missing NVIDIA driver simply means no GPUs."""

@@ -57,9 +57,18 @@ class ModelInfo:
         return 2 * 2 * self.n_layers * self.head_count_kv * head_dim
 
     def to_dict(self) -> dict[str, object]:
+        """What a study or report keeps: everything but the chat template."""
         data = dataclasses.asdict(self)
         data.pop("chat_template")
         return data
+
+    @classmethod
+    def from_dict(cls, data: object) -> ModelInfo:
+        """A kept record back (see autotune.measure.records.from_mapping)."""
+        from autotune.measure.records import from_mapping
+
+        return from_mapping(cls, {"chat_template": None, **data}  # type: ignore[dict-item]
+                            if isinstance(data, dict) else data)
 
 
 def demo_model_path() -> Path:

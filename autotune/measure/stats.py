@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 
 from autotune.guide import SPIKE_LIMIT_S
-from autotune.measure.trial import TrialResult
+from autotune.measure.records import TrialResult, TrialStats
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -25,51 +25,49 @@ def rate(flags: Sequence[bool | None]) -> float | None:
     return sum(counted) / len(counted) if counted else None
 
 
-def summarize(result: TrialResult) -> dict[str, object]:
-    """One flat dict of statistics; latency keys are None when no request finished."""
+def summarize(result: TrialResult) -> TrialStats:
+    """The trial's statistics; latency fields are None when no request finished."""
     requests = result.requests
-    latencies = [r["latency_s"] for r in requests]
-    summary: dict[str, object] = {
-        "status": result.status, "reason": result.reason, "requests_done": len(requests),
-        "load_s": result.load_s, "warmup_s": result.warmup_s,
-        "peak_rss_bytes": result.peak_rss_bytes,
-        "gpu_memory_peak_bytes": result.gpu_memory_peak_bytes,
-        "gpu_free_min_bytes": result.gpu_free_min_bytes,
-        "cpu_percent_mean": result.cpu_percent_mean,
-        "other_cpu_percent_mean": result.other_cpu_percent_mean,
-        "reloads": sum(bool(r["reload"]) for r in requests),
-        "cache_hit_rate": rate([r["cache_hit"] for r in requests]),
-        "rss_growth_bytes_per_pass": growth_per_pass(result.pass_rss_bytes),
-    }
+    latencies = result.latencies
+    common = dict(
+        requests_done=len(requests), load_s=result.load_s, warmup_s=result.warmup_s,
+        peak_rss_bytes=result.peak_rss_bytes,
+        gpu_memory_peak_bytes=result.gpu_memory_peak_bytes,
+        gpu_free_min_bytes=result.gpu_free_min_bytes,
+        cpu_percent_mean=result.cpu_percent_mean,
+        other_cpu_percent_mean=result.other_cpu_percent_mean,
+        reloads=result.reloads, cache_hit_rate=rate([r.cache_hit for r in requests]),
+        rss_growth_bytes_per_pass=growth_per_pass(result.pass_rss_bytes))
     if not latencies:
-        return summary
+        return TrialStats(**common)
     mean = statistics.fmean(latencies)
-    service = sum(r["latency_s"] - r["queue_s"] for r in requests)
-    first = [r for r in requests if r.get("pass_no", 0) == 0][:1]
-    rest = [r["latency_s"] for r in requests if r not in first]
-    passes = sorted({r.get("pass_no", 0) for r in requests})
-    pass_means = [statistics.fmean(r["latency_s"] for r in requests if r.get("pass_no", 0) == p)
-                  for p in passes]
-    summary.update({
-        "mean_s": mean,
-        "p50_s": percentile(latencies, 50),
-        "p95_s": percentile(latencies, 95),
-        "p99_s": percentile(latencies, 99),
-        "max_s": max(latencies),
-        "std_s": statistics.pstdev(latencies),
-        "cv": statistics.pstdev(latencies) / mean if mean > 0 else 0.0,
-        "spikes": sum(x > SPIKE_LIMIT_S for x in latencies),
-        "ttft_mean_s": statistics.fmean(r["ttft_s"] for r in requests),
-        "ttft_p95_s": percentile([r["ttft_s"] for r in requests], 95),
-        "queue_mean_s": statistics.fmean(r["queue_s"] for r in requests),
-        "cache_mean_s": statistics.fmean(r.get("cache_s", 0.0) for r in requests),
-        "tokens_per_s": sum(r["generated"] for r in requests) / service if service > 0 else None,
-        "first_s": first[0]["latency_s"] if first else None,
-        "rest_median_s": statistics.median(rest) if rest else None,
-        "pass_mean_s": pass_means,
-        "pass_drift": pass_means[-1] / pass_means[0] - 1 if len(pass_means) > 1 else None,
-    })
-    return summary
+    service = sum(r.latency_s - r.queue_s for r in requests)
+    first = [r for r in requests if r.pass_no == 0][:1]
+    rest = [r.latency_s for r in requests if not (first and r is first[0])]
+    passes = sorted({r.pass_no for r in requests})
+    pass_means = tuple(statistics.fmean(r.latency_s for r in requests if r.pass_no == p)
+                       for p in passes)
+    ttfts = [r.ttft_s for r in requests]
+    return TrialStats(
+        **common,
+        mean_s=mean,
+        p50_s=percentile(latencies, 50),
+        p95_s=percentile(latencies, 95),
+        p99_s=percentile(latencies, 99),
+        max_s=max(latencies),
+        std_s=statistics.pstdev(latencies),
+        cv=statistics.pstdev(latencies) / mean if mean > 0 else 0.0,
+        spikes=sum(x > SPIKE_LIMIT_S for x in latencies),
+        ttft_mean_s=statistics.fmean(ttfts),
+        ttft_p95_s=percentile(ttfts, 95),
+        queue_mean_s=statistics.fmean(r.queue_s for r in requests),
+        cache_mean_s=statistics.fmean(r.cache_s for r in requests),
+        tokens_per_s=sum(r.generated for r in requests) / service if service > 0 else None,
+        first_s=first[0].latency_s if first else None,
+        rest_median_s=statistics.median(rest) if rest else None,
+        pass_mean_s=pass_means,
+        pass_drift=pass_means[-1] / pass_means[0] - 1 if len(pass_means) > 1 else None,
+    )
 
 
 def growth_per_pass(rss: Sequence[int]) -> float | None:

@@ -4,15 +4,14 @@ The parent never imports llama.cpp for a trial: a crash, an abort or an out-of-m
 kill inside llama.cpp takes down the worker only, and the result says which it was.
 
 Example:
-    >>> result = run_trial(TrialSpec(model_path, Settings(n_threads=2), workload))  # doctest: +SKIP
-    >>> result.status, len(result.requests)
-    ('ok', 16)
+    >>> result = run_trial(TrialSpec(demo_model_path(), Settings(n_threads=2), workload))
+    >>> result.status, len(result.requests) == len(workload.requests)
+    (<Status.OK: 'ok'>, True)
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import queue
@@ -23,22 +22,29 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from autotune.measure.hardware import gpu_memory_free, gpu_memory_used
+from autotune.measure.records import (
+    BadEvent,
+    Done,
+    Loaded,
+    LoadFailed,
+    PassEnd,
+    RequestRecord,
+    Status,
+    ThreadProbe,
+    TrialResult,
+    Warmup,
+    decode_event,
+)
 from autotune.measure.settings import Settings
-from autotune.measure.workload import Workload
+from autotune.measure.workload import Workload, requests_from_dicts
 
-OK = "ok"
-CRASHED = "crashed"
-OUT_OF_MEMORY = "out_of_memory"
-TIMED_OUT = "timed_out"
-LOAD_FAILED = "load_failed"
-FAILED = "failed"
-PRUNED = "pruned"
+__all__ = ["TrialResult", "TrialSpec", "run_trial"]
 STDERR_LINES = 40
 SAMPLE_EVERY_S = 0.2
 LOW_MEMORY_FRACTION = 0.05
@@ -64,11 +70,6 @@ REAP_S = 10.0
 PACKAGE_ROOT = str(Path(__file__).absolute().parents[2])
 BOOTSTRAP = ("import sys; sys.path[:] = [sys.argv.pop(1), *(p for p in sys.path if p)]; "
              "from autotune.measure.worker import main; main()")
-# The fields the parent reads from each event: a worker that sends an event without them
-# is broken, and says so, rather than raising in the parent.
-REQUIRED = {"loaded": ("load_s",), "warmup": ("latency_s",),
-            "request": ("id", "index", "latency_s", "rss_bytes"), "pass_end": ("rss_bytes",),
-            "load_failed": ("error",)}
 
 
 @dataclass(frozen=True)
@@ -103,46 +104,27 @@ class TrialSpec:
         return min(self.timeout_s,
                    max(STARTUP_S, self.stall_limit_s()) + size / SLOW_DISK_BYTES_PER_S)
 
-    def to_wire(self) -> dict[str, object]:
-        return {"model_path": self.model_path, "settings": self.settings.to_dict(),
-                "requests": [r.to_dict() for r in self.workload.requests],
-                "tokens_per_request": self.tokens_per_request, "passes": self.passes,
-                "clients": self.clients, "probe_threads": self.probe_threads}
+    def to_wire(self) -> str:
+        """The one JSON line the worker reads: what it runs, not the parent's limits."""
+        return json.dumps({
+            "model_path": self.model_path, "settings": self.settings.to_dict(),
+            "requests": [r.to_dict() for r in self.workload.requests],
+            "workload": self.workload.name, "tokens_per_request": self.tokens_per_request,
+            "passes": self.passes, "clients": self.clients,
+            "probe_threads": self.probe_threads})
+
+    @classmethod
+    def from_wire(cls, line: str) -> TrialSpec:
+        data = json.loads(line)
+        return cls(data["model_path"], Settings.from_dict(data["settings"]),
+                   Workload(data["workload"], tuple(requests_from_dicts(data["requests"]))),
+                   tokens_per_request=int(data["tokens_per_request"]),
+                   passes=int(data["passes"]), clients=int(data["clients"]),
+                   probe_threads=data["probe_threads"])
 
 
-@dataclass
-class TrialResult:
-    """The plain record of one trial: every sample kept, JSON-serialisable."""
-
-    status: str
-    reason: str = ""
-    settings: dict[str, object] = field(default_factory=dict)
-    load_s: float | None = None
-    warmup_s: float | None = None
-    requests: list[dict] = field(default_factory=list)
-    pass_rss_bytes: list[int] = field(default_factory=list)
-    peak_rss_bytes: int = 0
-    cpu_percent_mean: float | None = None
-    other_cpu_percent_mean: float | None = None
-    gpu_memory_peak_bytes: int | None = None
-    gpu_free_min_bytes: int | None = None
-    thread_probe: dict | None = None
-    returncode: int | None = None
-    stderr_tail: str = ""
-    wall_s: float = 0.0
-    pid: int | None = None
-    ended_at: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == OK
-
-    def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-
-OnRequest = Callable[[dict], bool]
-Ended = tuple[str, str] | None  # (status, reason) when the parent decided how a trial ended
+OnRequest = Callable[[RequestRecord], bool]
+Ended = tuple[Status, str] | None  # (status, reason) when the parent decided how a trial ended
 
 
 class ResourceSampler(threading.Thread):
@@ -210,10 +192,10 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     """Run one trial in a fresh worker process and return its plain result record.
 
     `on_request` sees each request record as it arrives; returning True stops the trial
-    at once (its worker is killed) and the result's status is "pruned".
+    at once (its worker is killed) and the result's status is PRUNED.
     """
     started = time.perf_counter()
-    result = TrialResult(status=FAILED, settings=spec.settings.to_dict())
+    result = TrialResult(status=Status.FAILED, settings=spec.settings.to_dict())
     process = subprocess.Popen(
         worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
@@ -225,7 +207,7 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
                threading.Thread(target=keep_tail, args=(process.stderr, stderr_tail),
                                 daemon=True)]
     writer = threading.Thread(target=send_spec, daemon=True,
-                              args=(process.stdin, json.dumps(spec.to_wire()) + "\n"))
+                              args=(process.stdin, spec.to_wire() + "\n"))
     sampler = ResourceSampler(process.pid)
     for thread in (*threads, writer, sampler):
         thread.start()
@@ -246,7 +228,7 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     process.stderr.close()
     result.stderr_tail = "".join(stderr_tail)[-4000:]
     result.returncode = returncode
-    result.peak_rss_bytes = max([sampler.peak_rss, *[r["rss_bytes"] for r in result.requests]])
+    result.peak_rss_bytes = max([sampler.peak_rss, *[r.rss_bytes for r in result.requests]])
     result.cpu_percent_mean = sum(sampler.cpu) / len(sampler.cpu) if sampler.cpu else None
     result.other_cpu_percent_mean = (sum(sampler.others) / len(sampler.others)
                                      if sampler.others else None)
@@ -274,11 +256,11 @@ def follow(lines: queue.Queue, result: TrialResult, spec: TrialSpec, started: fl
     while True:
         now = time.perf_counter()
         if now > deadline:
-            return (TIMED_OUT, f"trial ran past its {spec.timeout_s:g} s limit"), done
+            return (Status.TIMED_OUT, f"trial ran past its {spec.timeout_s:g} s limit"), done
         if loaded and now - last_line > stall_s:
-            return (TIMED_OUT, f"worker hung: no progress for {stall_s:g} s"), done
+            return (Status.TIMED_OUT, f"worker hung: no progress for {stall_s:g} s"), done
         if not loaded and now - last_line > load_s:
-            return (TIMED_OUT, f"worker hung: model not loaded after {load_s:.4g} s"), done
+            return (Status.TIMED_OUT, f"worker hung: model not loaded after {load_s:.4g} s"), done
         try:
             line = lines.get(timeout=0.05)
         except queue.Empty:
@@ -286,38 +268,29 @@ def follow(lines: queue.Queue, result: TrialResult, spec: TrialSpec, started: fl
         if line is None:
             return None, done
         last_line = time.perf_counter()
-        event = parse_event(line)
+        try:
+            event = decode_event(line)
+        except BadEvent as err:
+            return (Status.FAILED, str(err)), done
         if event is None:  # not an event (garbage is progress all the same): read on
             continue
-        kind = event.pop("event")
-        missing = [key for key in REQUIRED.get(kind, ()) if key not in event]
-        if missing:
-            return (FAILED, f"worker sent a {kind} event without {', '.join(missing)}"), done
-        if kind == "loaded":
+        if isinstance(event, Loaded):
             loaded = True
-            result.load_s = event["load_s"]
-        elif kind == "warmup":
-            result.warmup_s = event["latency_s"]
-        elif kind == "request":
+            result.load_s = event.load_s
+        elif isinstance(event, Warmup):
+            result.warmup_s = event.latency_s
+        elif isinstance(event, RequestRecord):
             result.requests.append(event)
             if on_request is not None and on_request(event):
-                return (PRUNED, f"stopped after {len(result.requests)} requests"), done
-        elif kind == "pass_end":
-            result.pass_rss_bytes.append(event["rss_bytes"])
-        elif kind == "thread_probe":
+                return (Status.PRUNED, f"stopped after {len(result.requests)} requests"), done
+        elif isinstance(event, PassEnd):
+            result.pass_rss_bytes.append(event.rss_bytes)
+        elif isinstance(event, ThreadProbe):
             result.thread_probe = event
-        elif kind == "load_failed":
-            return (LOAD_FAILED, event["error"]), done
-        elif kind == "done":
+        elif isinstance(event, LoadFailed):
+            return (Status.LOAD_FAILED, event.error), done
+        elif isinstance(event, Done):
             done = True
-
-
-def parse_event(line: str) -> dict | None:
-    try:
-        event = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) and "event" in event else None
 
 
 def worker_command() -> list[str]:
@@ -347,17 +320,17 @@ def end_worker(process: subprocess.Popen, ended: Ended) -> tuple[int | None, End
 
     Returns its exit status (None when it would not go) and the verdict so far.
     """
-    if ended is not None and ended[0] != LOAD_FAILED:
+    if ended is not None and ended[0] != Status.LOAD_FAILED:
         returncode = kill_group(process)
     else:
         returncode = reap(process, EXIT_GRACE_S)
         if returncode is None:
             returncode = kill_group(process)
-            ended = ended or (FAILED, "worker closed its event stream but was still running "
+            ended = ended or (Status.FAILED, "worker closed its event stream but was still running "
                                       f"{EXIT_GRACE_S:g} s later")
     if returncode is None:
         stuck = f"worker pid {process.pid} still running {REAP_S:g} s after SIGKILL"
-        ended = (ended[0], f"{ended[1]}; {stuck}") if ended else (FAILED, stuck)
+        ended = (ended[0], f"{ended[1]}; {stuck}") if ended else (Status.FAILED, stuck)
     return returncode, ended
 
 
@@ -367,19 +340,19 @@ def close_quietly(stream) -> None:
 
 
 def classify(returncode: int, done: bool, stderr: str, memory_ran_out: bool = False
-             ) -> tuple[str, str]:
+             ) -> tuple[Status, str]:
     """Name how a worker ended that the parent did not stop itself."""
     lowered = stderr.lower()
     last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
     if returncode == 0 and done:
-        return OK, ""
+        return Status.OK, ""
     if any(word in lowered for word in OOM_WORDS):
-        return OUT_OF_MEMORY, last or "out of memory"
+        return Status.OUT_OF_MEMORY, last or "out of memory"
     if returncode < 0:
         name = signal.Signals(-returncode).name
         if returncode == -signal.SIGKILL and memory_ran_out:
-            return OUT_OF_MEMORY, f"killed by {name} while system memory ran out"
-        return CRASHED, f"killed by {name}" + (f": {last}" if last else "")
+            return Status.OUT_OF_MEMORY, f"killed by {name} while system memory ran out"
+        return Status.CRASHED, f"killed by {name}" + (f": {last}" if last else "")
     if returncode == 0:
-        return FAILED, "worker exited before finishing its workload"
-    return FAILED, f"worker exited with status {returncode}" + (f": {last}" if last else "")
+        return Status.FAILED, "worker exited before finishing its workload"
+    return Status.FAILED, f"worker exited with status {returncode}" + (f": {last}" if last else "")

@@ -5,16 +5,15 @@ worker builds the backend, warms it up, replays the workload and streams one JSO
 per event to stdout. When stdin closes (the parent died or gave up), the worker exits at
 once, so no worker outlives its study.
 
-Events: `loaded` (load_s), `warmup` (latency_s), `request` (one per request), `pass_end`
-(rss_bytes after each pass), `probe_request` (progress of the thread probe),
-`thread_probe`, `load_failed` (error), `done`.
+The events, in order, are the records of `autotune.measure.records` (EventKind): `loaded`,
+`warmup`, one `request` per request, `pass_end` after each pass, `probe_request` and
+`thread_probe` (the thread probe), then `done`; or `load_failed` instead.
 
 Tests make it fail on purpose through `AUTOTUNE_WORKER_FAULT` (see `autotune.measure.faults`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import sys
@@ -26,8 +25,20 @@ import psutil
 
 from autotune.measure.backend import Backend
 from autotune.measure.faults import Faults
-from autotune.measure.settings import Settings
-from autotune.measure.workload import Request, requests_from_dicts
+from autotune.measure.records import (
+    Done,
+    Event,
+    Loaded,
+    LoadFailed,
+    PassEnd,
+    ProbeRequest,
+    RequestRecord,
+    ThreadProbe,
+    Warmup,
+    encode_event,
+)
+from autotune.measure.trial import TrialSpec
+from autotune.measure.workload import Request
 
 WARMUP_PROMPT = (("user", "Say hello."),)
 PROBE_REPEATS = 2
@@ -43,12 +54,12 @@ class Emitter:
         self.lock = threading.Lock()
         self.process = psutil.Process()
 
-    def __call__(self, event: str, **fields: object) -> None:
-        fields = {"event": event, "t": round(time.perf_counter() - self.started, 4), **fields}
+    def __call__(self, event: Event) -> None:
+        line = encode_event(event, t=round(time.perf_counter() - self.started, 4))
         with self.lock:
-            self.stream.write(json.dumps(fields) + "\n")
+            self.stream.write(line + "\n")
             self.stream.flush()
-            self.faults.after(event, self.stream)
+            self.faults.after(event.kind.value, self.stream)
 
     def rss(self) -> int:
         return int(self.process.memory_info().rss)
@@ -68,10 +79,10 @@ def exit_when_parent_leaves(stdin: IO[str]) -> None:
     os._exit(finished[0] if finished else ABANDONED)
 
 
-def finish(emit: Emitter, code: int, event: str, **fields: object) -> int:
+def finish(emit: Emitter, code: int, event: Event) -> int:
     """Emit the last event; from then on a closed stdin is no longer an abandonment."""
     finished.append(code)
-    emit(event, **fields)
+    emit(event)
     return code
 
 
@@ -79,15 +90,16 @@ def serve(backend: Backend, emit: Emitter, request: Request, n_tokens: int, pass
           client: int, sent: float) -> None:
     served = backend.complete(request, n_tokens)
     latency = time.perf_counter() - sent
-    emit("request", id=request.id, index=request.index, conversation=request.conversation,
-         turn=request.turn, pass_no=pass_no, client=client, latency_s=round(latency, 6),
-         queue_s=round(max(0.0, latency - served.service_s), 6),
-         ttft_s=round(served.ttft_s + latency - served.service_s, 6),
-         prompt_tokens=served.prompt_tokens, reused_tokens=served.reused_tokens,
-         generated=served.generated, cache_hit=served.cache_hit,
-         reuse_source=served.reuse_source, reload=served.reload,
-         dropped_turns=served.dropped_turns, cache_s=round(served.cache_s, 6),
-         rss_bytes=emit.rss())
+    emit(RequestRecord(
+        id=request.id, index=request.index, conversation=request.conversation,
+        turn=request.turn, pass_no=pass_no, client=client, latency_s=round(latency, 6),
+        queue_s=round(max(0.0, latency - served.service_s), 6),
+        ttft_s=round(served.ttft_s + latency - served.service_s, 6),
+        prompt_tokens=served.prompt_tokens, reused_tokens=served.reused_tokens,
+        generated=served.generated, cache_hit=served.cache_hit,
+        reuse_source=served.reuse_source, reload=served.reload,
+        dropped_turns=served.dropped_turns, cache_s=round(served.cache_s, 6),
+        rss_bytes=emit.rss()))
 
 
 def run_pass(backend: Backend, emit: Emitter, requests: list[Request], n_tokens: int,
@@ -134,34 +146,34 @@ def thread_probe(backend: Backend, emit: Emitter, request: Request, n_tokens: in
             backend.complete(request, n_tokens)
             timings[threads].append(time.perf_counter() - started)
             # progress, so that a slow probe is not taken for a hung worker
-            emit("probe_request", threads=threads, latency_s=round(timings[threads][-1], 6))
+            emit(ProbeRequest(threads=threads, latency_s=round(timings[threads][-1], 6)))
     backend.set_threads(backend.settings.n_threads)
-    emit("thread_probe", configured_threads=backend.settings.n_threads,
-         configured_s=min(timings[backend.settings.n_threads]),
-         physical_threads=physical, physical_s=min(timings[physical]))
+    emit(ThreadProbe(configured_threads=backend.settings.n_threads,
+                     configured_s=min(timings[backend.settings.n_threads]),
+                     physical_threads=physical, physical_s=min(timings[physical])))
 
 
-def run(spec: dict, emit: Emitter) -> int:
-    settings = Settings.from_dict(spec["settings"])
-    requests = requests_from_dicts(spec["requests"])
-    n_tokens = int(spec["tokens_per_request"])
+def run(spec: TrialSpec, emit: Emitter) -> int:
+    settings = spec.settings
+    requests = list(spec.workload.requests)
+    n_tokens = spec.tokens_per_request
     try:
-        backend = Backend(spec["model_path"], settings)
+        backend = Backend(spec.model_path, settings)
     except Exception as err:  # any load failure is reported, not raised
-        return finish(emit, 3, "load_failed", error=f"{type(err).__name__}: {err}")
-    emit("loaded", load_s=round(backend.load_s, 6), n_ctx=backend.n_ctx, rss_bytes=emit.rss())
+        return finish(emit, 3, LoadFailed(error=f"{type(err).__name__}: {err}"))
+    emit(Loaded(load_s=round(backend.load_s, 6), n_ctx=backend.n_ctx, rss_bytes=emit.rss()))
     warm = Request(-1, "warmup", "warmup", 1, WARMUP_PROMPT)
     started = time.perf_counter()
     backend.complete(warm, min(4, n_tokens))
-    emit("warmup", latency_s=round(time.perf_counter() - started, 6))
+    emit(Warmup(latency_s=round(time.perf_counter() - started, 6)))
     backend.forget()
-    for pass_no in range(int(spec.get("passes", 1))):
-        run_pass(backend, emit, requests, n_tokens, pass_no, int(spec.get("clients", 1)))
-        emit("pass_end", pass_no=pass_no, rss_bytes=emit.rss())
-    physical = spec.get("probe_threads")
+    for pass_no in range(spec.passes):
+        run_pass(backend, emit, requests, n_tokens, pass_no, spec.clients)
+        emit(PassEnd(pass_no=pass_no, rss_bytes=emit.rss()))
+    physical = spec.probe_threads
     if physical and physical != settings.n_threads:
         thread_probe(backend, emit, warm, n_tokens, int(physical))
-    return finish(emit, 0, "done")
+    return finish(emit, 0, Done())
 
 
 def main() -> None:
@@ -178,7 +190,7 @@ def main() -> None:
         sys.stderr.flush()
         os._exit(2)
     faults.after("start", protocol)
-    spec = json.loads(sys.stdin.readline())
+    spec = TrialSpec.from_wire(sys.stdin.readline())
     threading.Thread(target=exit_when_parent_leaves, args=(sys.stdin,), daemon=True).start()
     code = run(spec, Emitter(protocol, started, faults))
     protocol.flush()

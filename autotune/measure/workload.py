@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autotune.errors import AutotuneError
+from autotune.measure.records import WorkloadSummary
 
 BUILTIN_NAME = "builtin"
 SYSTEM_PROMPT = (
@@ -136,9 +137,8 @@ class Workload:
     def conversations(self) -> int:
         return len({r.conversation for r in self.requests})
 
-    def describe(self) -> dict[str, object]:
-        return {"name": self.name, "requests": len(self.requests),
-                "conversations": self.conversations}
+    def describe(self) -> WorkloadSummary:
+        return WorkloadSummary(self.name, len(self.requests), self.conversations)
 
 
 def builtin_workload() -> Workload:
