@@ -26,6 +26,7 @@ from autotune.measure.settings import Settings, load_env_file
 from autotune.measure.workload import load_workload
 from autotune.report import BUSY_MACHINE_PERCENT, print_bench, print_tune
 from autotune.safe_text import is_visible, terminal, visible
+from autotune.search.events import ConfirmEnded, ProgressEvent, Started, TrialEnded, Waiting
 from autotune.search.scoring import Weights
 from autotune.search.space import parse_fixes
 
@@ -188,45 +189,45 @@ def studies_folder(studies_dir: str | None, storage: str | None) -> str | None:
     return os.environ.get(STUDIES_ENV) or None
 
 
-def print_event(progress: Progress, task: int, kind: str, data: dict) -> None:
+def print_event(progress: Progress, task: int, event: ProgressEvent) -> None:
     """One line per finished trial or confirmation run, and the bar moved on.
 
     Names, notes and reasons can quote the model file: each goes through `terminal`, so
     brackets print as they are and control characters as visible escapes.
     """
     log = progress.console.print
-    if kind == "waiting":
-        log(f"waiting for the machine: {data['holder']} is measuring (one measurement at "
+    if isinstance(event, Waiting):
+        log(f"waiting for the machine: {event.holder} is measuring (one measurement at "
             "a time; --no-wait exits instead)", markup=False)
-    elif kind == "start":
-        verb = "resuming" if data["resumed"] else "starting"
-        log(f"{verb} study {terminal(data['study'])} in {terminal(data['storage'])}")
-        for note in data["notes"]:
+    elif isinstance(event, Started):
+        verb = "resuming" if event.resumed else "starting"
+        log(f"{verb} study {terminal(event.study)} in {terminal(event.storage)}")
+        for note in event.notes:
             log(f"  note: {terminal(note)}")
-    elif kind == "trial":
-        if data["value"] is not None:
-            value = f"score {data['value']:.3f} s"
-        elif data["infeasible"]:
-            value = f"infeasible, {terminal(data['infeasible'])}"
+    elif isinstance(event, TrialEnded):
+        if event.value is not None:
+            value = f"score {event.value:.3f} s"
+        elif event.infeasible:
+            value = f"infeasible, {terminal(event.infeasible)}"
         else:
-            value = terminal(f"{data['status'] or data['state'].lower()}: {data['reason']}")
-        label = f" ({terminal(data['label'])})" if data["label"] else ""
-        best = f"{data['best']:.3f} s" if data["best"] is not None else "-"
-        params = terminal(", ".join(f"{k}={v}" for k, v in data["params"].items()))
-        others = data.get("other_cpu_percent")
+            value = terminal(f"{event.status or event.state.lower()}: {event.reason}")
+        label = f" ({terminal(event.label)})" if event.label else ""
+        best = f"{event.best:.3f} s" if event.best is not None else "-"
+        params = terminal(", ".join(f"{k}={v}" for k, v in event.params.items()))
+        others = event.other_cpu_percent
         busy = (f" [yellow]machine busy: others used {others:.0f}% of a core[/]"
                 if others is not None and others > BUSY_MACHINE_PERCENT else "")
-        log(f"trial {data['number']}{label}: {value} ({params}){busy}")
-        progress.update(task, completed=data["done"],
-                        description=f"trial {data['done']}/{data['total']}, best {best}")
-    elif kind == "confirm":
-        if data["done"] == 1:
-            progress.update(task, completed=0, total=data["total"])
-        value = f"{data['value']:.3f} s" if data["value"] is not None else data["status"]
-        log(f"confirm {data['done']}/{data['total']}: {terminal(data['label'])}: "
+        log(f"trial {event.number}{label}: {value} ({params}){busy}")
+        progress.update(task, completed=event.done,
+                        description=f"trial {event.done}/{event.total}, best {best}")
+    elif isinstance(event, ConfirmEnded):
+        if event.done == 1:
+            progress.update(task, completed=0, total=event.total)
+        value = f"{event.value:.3f} s" if event.value is not None else event.status
+        log(f"confirm {event.done}/{event.total}: {terminal(event.label)}: "
             f"{terminal(value)}")
-        progress.update(task, completed=data["done"],
-                        description=f"confirming {data['done']}/{data['total']}")
+        progress.update(task, completed=event.done,
+                        description=f"confirming {event.done}/{event.total}")
 
 
 def check_study_name(name: str | None) -> None:
@@ -315,12 +316,12 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
                         transient=True, disable=not err_console.is_terminal)
     with progress:
         task = progress.add_task(f"trial 0/{trials}", total=trials)
-        summary = tune_lib(model, options,
-                           on_event=lambda kind, data: print_event(progress, task, kind, data))
+        report = tune_lib(model, options,
+                          on_event=lambda event: print_event(progress, task, event))
     if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
+        click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        print_tune(out_console(), summary)
+        print_tune(out_console(), report)
 
 
 def open_studies(studies_dir: str | None, storage: str | None):
@@ -348,6 +349,7 @@ def compare(studies: tuple[str, ...], studies_dir: str | None, storage: str | No
       autotune compare --storage sqlite:///studies.db --json
     """
     from autotune.report import compare_table
+    from autotune.studies.records import output
     from autotune.studies.storage import study_names
     from autotune.studies.tables import selected, summary_row
 
@@ -362,7 +364,7 @@ def compare(studies: tuple[str, ...], studies_dir: str | None, storage: str | No
         compare_figure(loaded, plot)
     rows = [summary_row(s) for s in loaded]
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        click.echo(json.dumps(output("compare", studies=rows), indent=2, default=str))
     else:
         out_console().print(compare_table(rows))
         if plot:
@@ -388,11 +390,13 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
       autotune show MODEL@HOST --json
     """
     from autotune.report import importance_table, seconds, trials_table
+    from autotune.studies.records import StudyRecord, output
     from autotune.studies.storage import load_study
     from autotune.studies.tables import importance_report, trial_row
 
     loaded = load_study(study, open_studies(studies_dir, storage))
-    rows = [trial_row(t) for t in loaded.get_trials(deepcopy=False)]
+    record = StudyRecord.read(loaded)
+    rows = [trial_row(t, study) for t in loaded.get_trials(deepcopy=False)]
     importance = importance_report(loaded)
     scores = importance.scores
     written = []
@@ -401,24 +405,24 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
 
         written = study_plots(loaded, plot_dir, plot_format)
     if as_json:
-        click.echo(json.dumps({"study": study, "trials": rows, "importances": scores,
-                               "importance_evaluator": importance.evaluator,
-                               "importance_caveats": list(importance.caveats),
-                               "winner": loaded.user_attrs.get("winner"),
-                               "plots": [str(p) for p in written]}, indent=2, default=str))
+        click.echo(json.dumps(output("show", study=study, schema=record.schema, trials=rows,
+                                     importances=scores,
+                                     importance_evaluator=importance.evaluator,
+                                     importance_caveats=importance.caveats,
+                                     winner=record.winner, plots=[str(p) for p in written]),
+                              indent=2, default=str))
         return
     console = out_console()
-    console.print(trials_table(rows, list(loaded.user_attrs.get("tuned_fields", []))))
+    console.print(trials_table(rows, list(record.tuned_fields)))
     if scores:
         console.print(importance_table(scores, importance.evaluator))
         for caveat in importance.caveats:
             console.print(f"  caveat ({importance.evaluator}): {caveat}", markup=False)
     else:
         console.print("Parameter importance: needs at least 3 finished trials that differ.")
-    winner = loaded.user_attrs.get("winner")
-    if winner:
-        console.print(f"Confirmed winner: {terminal(winner['label'])}, score "
-                      f"{terminal(seconds(winner['score_s']))}")
+    if record.winner:
+        console.print(f"Confirmed winner: {terminal(record.winner.label)}, score "
+                      f"{terminal(seconds(record.winner.score_s))}")
     for path in written:
         console.print(f"Wrote {terminal(path)}")
 

@@ -14,6 +14,7 @@ from autotune.guide import DEFAULTS_LABEL
 from autotune.measure.diagnosis import targets
 from autotune.measure.records import STAT_NAMES, BenchReport, Finding, Status, TrialStats
 from autotune.safe_text import terminal
+from autotune.studies.records import TuneReport
 
 
 def seconds(value: object) -> str:
@@ -128,25 +129,25 @@ def print_bench(console: Console, report: BenchReport) -> None:
                       "during the measurement; rerun on a quiet machine before trusting it.")
 
 
-def print_tune(console: Console, summary: dict) -> None:
+def print_tune(console: Console, report: TuneReport) -> None:
     """The defaults against the winner, metric by metric, then the guide's targets."""
-    columns = {DEFAULTS_LABEL: summary["baseline"]["stats"] or {},
-               f"winner ({summary['winner']['label']})": summary["winner"]["stats"] or {}}
-    console.print(metrics_table(columns, title=f"Study {terminal(summary['study_name'])}: "
-                                f"{summary['n_trials']} trials"))
+    columns = {DEFAULTS_LABEL: report.baseline.stats or TrialStats(),
+               f"winner ({report.winner.label})": report.winner.stats or TrialStats()}
+    console.print(metrics_table(columns, title=f"Study {terminal(report.study_name)}: "
+                                f"{report.n_trials} trials"))
     console.print(targets_table(columns))
-    improvement = summary["improvement"]
+    improvement = report.improvement
     if improvement:
-        console.print(f"Mean latency: [bold]{improvement['speedup']:.2f}x[/] lower than the "
-                      f"guide's defaults (range {improvement['speedup_min']:.2f}x-"
-                      f"{improvement['speedup_max']:.2f}x over {improvement['rounds']} "
+        console.print(f"Mean latency: [bold]{improvement.speedup:.2f}x[/] lower than the "
+                      f"guide's defaults (range {improvement.speedup_min:.2f}x-"
+                      f"{improvement.speedup_max:.2f}x over {improvement.rounds} "
                       "interleaved rounds).")
-    best = " ".join(f"{k}={v}" for k, v in summary["best"].items())
+    best = " ".join(f"{k}={v}" for k, v in report.best.items())
     console.print(f"Best: {terminal(best)}")
-    for note in summary["notes"]:
+    for note in report.notes:
         console.print(f"Note: {terminal(note)}")
-    if summary["out"]:
-        out = terminal(summary["out"])
+    if report.out:
+        out = terminal(report.out)
         console.print(f"Wrote {out}: run `. {out}` and restart Jarvis.")
 
 

@@ -21,17 +21,23 @@ import tempfile
 from pathlib import Path
 
 from autotune.guide import DEFAULTS_LABEL, GUIDE_DEFAULTS
+from autotune.measure.records import OUTPUT_VERSION, TrialStats
 from autotune.measure.settings import CORE_FIELDS, Settings
 
 AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
 
 
-def bench(model: str, env_file: str, extra: list[str]) -> dict:
+def bench(model: str, env_file: str, extra: list[str]) -> tuple[TrialStats, list[str]]:
+    """One `autotune bench --json` run, exactly as a user runs it: its statistics, diagnosis."""
     done = subprocess.run([AUTOTUNE, "bench", model, "--env", env_file, "--json", *extra],
                           capture_output=True, text=True, check=False)
     if done.returncode not in (0, 1):
         raise SystemExit(f"bench failed for {env_file}: {done.stderr.strip()}")
-    return json.loads(done.stdout)
+    report = json.loads(done.stdout)
+    if report.get("version") != OUTPUT_VERSION:
+        raise SystemExit(f"bench printed JSON version {report.get('version')!r}; this script "
+                         f"reads version {OUTPUT_VERSION}")
+    return TrialStats.from_dict(report["stats"]), report["diagnosis"]
 
 
 def main() -> None:
@@ -56,11 +62,10 @@ def main() -> None:
             order = list(configs)
             rng.shuffle(order)
             for name in order:
-                report = bench(args.model, configs[name], extra)
-                means[name].append(report["mean_s"])
-                print(f"round {round_no + 1}: {name}: mean {report['mean_s']:.3f} s, "
-                      f"p95 {report['p95_s']:.3f} s, diagnosis {report['diagnosis']}",
-                      flush=True)
+                stats, diagnosis = bench(args.model, configs[name], extra)
+                means[name].append(stats.mean_s)
+                print(f"round {round_no + 1}: {name}: mean {stats.mean_s:.3f} s, "
+                      f"p95 {stats.p95_s:.3f} s, diagnosis {diagnosis}", flush=True)
     base = statistics.median(means[DEFAULTS_LABEL])
     print(f"\n{'configuration':40} {'median mean':>12} {'vs defaults':>12}")
     for name, values in means.items():

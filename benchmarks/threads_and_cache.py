@@ -16,6 +16,7 @@ import statistics
 from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.bench import bench
 from autotune.measure.hardware import detect
+from autotune.measure.records import TrialStats
 from autotune.measure.settings import Settings
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     machine = detect()
     configs = configurations(machine.physical_cores)
-    rows: dict[str, list[dict]] = {name: [] for name in configs}
+    rows: dict[str, list[TrialStats]] = {name: [] for name in configs}
     rng = random.Random(args.seed)
     for round_no in range(args.rounds):
         order = list(configs)
@@ -50,20 +51,21 @@ def main() -> None:
         for name in order:
             report = bench(args.model, configs[name], tokens_per_request=args.tokens,
                            machine=machine)
-            rows[name].append(report)
-            print(f"round {round_no + 1}: {name}: {report['status']}, mean "
-                  f"{report.get('mean_s', float('nan')):.3f} s", flush=True)
-    base = statistics.median(r["mean_s"] for r in next(iter(rows.values())))
+            rows[name].append(report.stats)
+            mean = report.stats.mean_s
+            print(f"round {round_no + 1}: {name}: {report.status}, mean "
+                  f"{float('nan') if mean is None else mean:.3f} s", flush=True)
+    base = statistics.median(r.mean_s for r in next(iter(rows.values())))
     print(f"\n{machine.physical_cores} physical / {machine.logical_cores} logical cores, "
           f"{args.tokens} tokens per request, {args.rounds} interleaved rounds")
     print(f"{'configuration':44} {'mean':>8} {'ratio':>6} {'ttft':>7} {'cache':>7} "
           f"{'reloads':>7} {'peak RSS':>9}")
     for name, reports in rows.items():
-        mean = statistics.median(r["mean_s"] for r in reports)
+        mean = statistics.median(r.mean_s for r in reports)
         print(f"{name:44} {mean:>7.3f}s {mean / base:>5.2f}x "
-              f"{statistics.median(r['ttft_mean_s'] for r in reports):>6.3f}s "
-              f"{statistics.median(r['cache_mean_s'] for r in reports):>6.3f}s "
-              f"{reports[0]['reloads']:>7} {reports[0]['peak_rss_bytes'] / 2**20:>7.0f}Mi")
+              f"{statistics.median(r.ttft_mean_s for r in reports):>6.3f}s "
+              f"{statistics.median(r.cache_mean_s for r in reports):>6.3f}s "
+              f"{reports[0].reloads:>7} {reports[0].peak_rss_bytes / 2**20:>7.0f}Mi")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from autotune.measure.hardware import Hardware
-from autotune.measure.model import demo_model_path
+from autotune.measure.model import ModelInfo, demo_model_path
 from autotune.measure.workload import Workload, load_workload
 
 AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
@@ -98,6 +98,30 @@ def make_hardware(**changes: object) -> Hardware:
                     available_memory_bytes=12 * 2**30, gpus=(), gpu_offload=False,
                     llama_cpp_version="0.3.36")
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def make_model(**changes: object) -> ModelInfo:
+    """A made-up model record for logic that loads nothing: a small llama."""
+    base = ModelInfo(path="/models/m.gguf", name="m", architecture="llama", n_layers=30,
+                     context_length=8192, embedding_length=576, head_count=9,
+                     head_count_kv=3, size_bytes=98 * 2**20, quantization="Q4_1",
+                     fingerprint="f" * 16, n_params=135_000_000, chat_template=None)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def keep_study_record(study, drop: tuple[str, ...] = (), **changes: object) -> None:
+    """Give a hand-made Optuna study the record the tuner writes when it creates one
+    (with `changes`, and without the attributes named in `drop`)."""
+    from autotune.search.scoring import Weights
+    from autotune.studies.records import MeasurementIdentity, StudyRecord, Versions
+
+    record = StudyRecord(model=make_model(), hardware=make_hardware(),
+                         versions=Versions("0.0", "0.3.36", "4.5.0", "2"),
+                         measurement=MeasurementIdentity("tiny", "0" * 16, 4, 4, 1),
+                         weights=Weights(), created="2026-11-25 06:00:00 UTC")
+    for key, value in {**record.attrs(), **changes}.items():
+        if key not in drop:
+            study.set_user_attr(key, value)
 
 
 def workers_of(pid: int, recursive: bool = True) -> list[psutil.Process]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
+from conftest import keep_study_record
 
 from autotune.cli import STUDIES_ENV, cli
 from autotune.errors import AutotuneError, MeasurementFailed
@@ -68,13 +69,15 @@ def finished(number_of_latencies: float, label: str | None = None) -> optuna.tri
 def study_of(*trials: optuna.trial.FrozenTrial, name: str = "s") -> optuna.Study:
     study = optuna.create_study(study_name=name)
     study.add_trials(list(trials))
-    study.set_user_attr("tuned_fields", ["n_threads"])
+    keep_study_record(study, tuned_fields=["n_threads"])
     return study
 
 
 def test_the_compare_box_is_the_confirmed_winner_when_there_is_one() -> None:
     study = study_of(finished(2.0, BASELINE_LABEL), finished(0.5), finished(0.7))
-    study.set_user_attr("winner", {"trial_number": 2, "settings": {"n_threads": 2}})
+    study.set_user_attr("winner", {"label": "trial 2", "trial_number": 2,
+                                   "settings": {"n_threads": 2}, "score_s": 0.7, "mean_s": 0.7,
+                                   "improvement": None})
     (winner, defaults) = latency_groups(study)
     assert winner == ("s\nconfirmed winner (trial 2)", [0.7] * 4)
     assert defaults[0] == "s\nguide defaults"

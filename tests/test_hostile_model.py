@@ -96,7 +96,8 @@ def crafted_study(storage: optuna.storages.BaseStorage, source: str) -> optuna.S
                                   "path": f"/models/{HOSTILE_FILE}",
                                   "quantization": PAYLOAD})
     study.set_user_attr("hardware", {**attrs["hardware"], "host": PAYLOAD,
-                                     "gpus": [{"index": 0, "name": PAYLOAD}]})
+                                     "gpus": [{"index": 0, "name": PAYLOAD, "total_bytes": 0,
+                                               "free_bytes": 0}]})
     study.set_user_attr("space", {**attrs["space"], "notes": [PAYLOAD, HOSTILE_NAME]})
     study.set_user_attr("measurement", {**attrs["measurement"], "workload": PAYLOAD})
     study.set_user_attr("winner", {**attrs["winner"], "label": PAYLOAD})
@@ -277,7 +278,8 @@ def test_gpu_index_that_is_not_a_number_is_refused(tuned: dict, run_cli: Run) ->
                       to_storage=storage, to_study_name=name)
     study = optuna.load_study(study_name=name, storage=storage)
     study.set_user_attr("hardware", {**study.user_attrs["hardware"], "gpu_offload": True,
-                                     "gpus": [{"index": "0\nJARVIS_INJECTED=1", "name": "x"}]})
+                                     "gpus": [{"index": "0\nJARVIS_INJECTED=1", "name": "x",
+                                               "total_bytes": 0, "free_bytes": 0}]})
     done = export_cli(tuned, run_cli, name, "--format", "dotenv")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "GPU index" in done.stderr
@@ -289,4 +291,4 @@ def test_json_summary_keeps_names_as_data(tuned: dict, run_cli: Run) -> None:
                    str(tuned["folder"] / "studies"), cwd=tuned["folder"])
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout
-    assert json.loads(done.stdout)[0]["study"] == HOSTILE_STUDY
+    assert json.loads(done.stdout)["studies"][0]["study"] == HOSTILE_STUDY

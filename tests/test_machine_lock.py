@@ -19,7 +19,9 @@ from conftest import AUTOTUNE, QUICK_STUDY, clean_env, workers_of
 
 from autotune.errors import AutotuneError
 from autotune.measure.machine_lock import LOCK_FILE_ENV, Holder, MachineBusy, MachineLock
+from autotune.measure.records import Status
 from autotune.studies.liveness import is_alive
+from autotune.studies.records import TrialRecord
 from autotune.studies.storage import open_storage
 
 HOLD = ("import sys\n"
@@ -223,7 +225,7 @@ def test_a_second_tuner_waits_and_never_fails_a_live_tuners_trial(
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     orphan = trials[mine.number]
     assert orphan.state == optuna.trial.TrialState.FAIL
-    assert orphan.user_attrs["status"] == "interrupted"
+    assert TrialRecord.read(orphan).status == Status.INTERRUPTED
     finished = [t for t in trials if t.number != mine.number]
     assert [t.user_attrs["status"] for t in finished] == ["ok"]
     assert not running_trials(studies)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.measure.stats import growth_per_pass, percentile, rate, summarize
 from autotune.measure.records import RequestRecord, Status, TrialResult, TrialStats
+from autotune.measure.stats import growth_per_pass, percentile, rate, summarize
 
 
 def record(latency: float, pass_no: int = 0, hit: bool | None = None, reload: bool = False

@@ -89,7 +89,9 @@ def test_compare_lists_both_studies_with_best_settings_and_improvement(
         assert text in done.stdout
     as_json = run_cli("compare", "tiny-study", "--studies-dir", str(two_studies / "studies"),
                       "--json", cwd=two_studies)
-    (row,) = json.loads(as_json.stdout)
+    document = json.loads(as_json.stdout)
+    assert (document["version"], document["kind"]) == (1, "compare")
+    (row,) = document["studies"]
     assert row["study"] == "tiny-study"
     assert row["speedup"] == pytest.approx(row["defaults_mean_s"] / row["winner_mean_s"])
 

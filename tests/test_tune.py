@@ -15,8 +15,10 @@ import psutil
 import pytest
 from conftest import AUTOTUNE, QUICK_STUDY, clean_env, workers_of
 
+from autotune.measure.records import Status
 from autotune.measure.settings import CORE_FIELDS
 from autotune.search.study import FAILED_SCORE_S
+from autotune.studies.records import SCHEMA_VERSION, StudyRecord, TrialRecord
 from autotune.studies.storage import open_storage
 
 pytestmark = pytest.mark.slow  # real tuning studies: `pytest -m "not slow"` skips them
@@ -45,7 +47,7 @@ def first_run(model_path: Path, tiny_workload_file: Path,
 
 def test_summary_names_the_study_its_winner_and_the_improvement(first_run) -> None:
     _, summary, _ = first_run
-    assert summary["n_trials"] == 4
+    assert (summary["version"], summary["kind"], summary["n_trials"]) == (1, "tune", 4)
     assert summary["study_name"].startswith("SmolLM2-135M-Instruct.Q4_1@")
     assert set(summary["best"]) == {f"JARVIS_{n}" for n in (
         "MODEL_CONTEXT_WINDOW", "N_THREADS", "N_GPU_LAYERS", "ENABLE_CONTEXT_CACHE",
@@ -73,16 +75,19 @@ def test_export_file_sources_into_the_five_core_variables(first_run) -> None:
 def test_every_trial_records_its_score_parts_and_measurements(first_run) -> None:
     folder, _, _ = first_run
     trials = study_trials(folder / "studies")
-    labels = [t.user_attrs.get("label") for t in trials[:2]]
+    labels = [TrialRecord.read(t).label for t in trials[:2]]
     assert labels == ["guide defaults", "guide model-size advice"]
     for trial in trials:
-        assert trial.user_attrs["status"] in ("ok", "pruned")
+        kept = TrialRecord.read(trial)
+        assert kept.status in (Status.OK, Status.PRUNED)
+        assert kept.host and kept.pid and kept.stats and kept.settings
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            parts = trial.user_attrs["score"]
-            assert trial.value == pytest.approx(parts["total_s"])
-            assert parts["total_s"] == pytest.approx(
-                parts["mean_s"] + parts["spike_penalty_s"] + parts["consistency_penalty_s"])
-            assert len(trial.user_attrs["latencies"]) == 4
+            parts = kept.score
+            assert parts is not None and trial.value == pytest.approx(parts.total_s)
+            assert parts.total_s == pytest.approx(
+                parts.mean_s + parts.spike_penalty_s + parts.consistency_penalty_s)
+            assert len(kept.latencies) == 4 and kept.stats.requests_done == 4
+            assert len(kept.stats.pass_mean_s) == 1
             assert trial.constraints == {"failed": 0.0, "context_overflow": 0.0}
 
 
@@ -90,14 +95,14 @@ def test_study_records_model_versions_hardware_and_workload(first_run) -> None:
     folder, _, _ = first_run
     storage = open_storage(folder / "studies")
     (summary,) = optuna.get_all_study_summaries(storage)
-    attrs = summary.user_attrs
-    assert attrs["model"]["architecture"] == "llama" and attrs["model"]["fingerprint"]
-    assert attrs["versions"]["llama_cpp_python"] == "0.3.36"
-    assert attrs["versions"]["autotune"]
-    assert attrs["hardware"]["logical_cores"] == psutil.cpu_count(logical=True)
-    assert attrs["measurement"]["workload"] == "tiny"
-    assert attrs["measurement"]["requests"] == 4
-    assert attrs["winner"]["settings"]
+    record = StudyRecord.from_attrs(summary.study_name, summary.user_attrs)
+    assert record.schema == SCHEMA_VERSION
+    assert record.model.architecture == "llama" and record.model.fingerprint
+    assert record.versions.llama_cpp_python == "0.3.36" and record.versions.autotune
+    assert record.hardware.logical_cores == psutil.cpu_count(logical=True)
+    assert (record.measurement.workload, record.measurement.requests) == ("tiny", 4)
+    assert record.winner and record.winner.settings
+    assert record.confirmation and record.confirmation.candidate("guide defaults")
 
 
 def test_existing_out_file_stops_the_run_before_any_work(first_run, model_path: Path,
@@ -152,7 +157,7 @@ def test_failed_trials_inform_the_sampler_and_never_stop_the_study(
     assert len(trials) == 3
     for trial in trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
-        assert trial.user_attrs["status"] == "timed_out"
+        assert TrialRecord.read(trial).status == Status.TIMED_OUT
         assert trial.value == FAILED_SCORE_S
         assert trial.constraints == {"failed": 1.0, "context_overflow": 0.0}
     assert not (tmp_path / "j.env").exists()
@@ -168,9 +173,10 @@ def test_a_context_that_drops_history_is_never_the_winner(model_path: Path, tmp_
     assert done.returncode == 1
     assert "overflowing the context" in done.stderr
     for trial in study_trials(tmp_path / "studies"):
-        assert trial.user_attrs["status"] == "ok" and trial.value < FAILED_SCORE_S
+        kept = TrialRecord.read(trial)
+        assert kept.status == Status.OK and trial.value < FAILED_SCORE_S
         assert trial.constraints["context_overflow"] > 0
-        assert "dropped history" in trial.user_attrs["infeasible"]
+        assert kept.infeasible and "dropped history" in kept.infeasible
     assert not (tmp_path / "j.env").exists()
 
 
@@ -208,7 +214,7 @@ def test_sigkill_mid_study_leaves_no_worker_and_loses_no_trial(
     assert done.returncode == 0, done.stderr
     trials = study_trials(studies)
     assert {t.number: t.user_attrs.get("latencies") for t in trials if t.number in before} == before
-    orphans = [t for t in trials if t.user_attrs.get("status") == "interrupted"]
+    orphans = [t for t in trials if TrialRecord.read(t).status == Status.INTERRUPTED]
     assert len(orphans) == 1 and orphans[0].state == optuna.trial.TrialState.FAIL
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
 
@@ -225,10 +231,10 @@ def test_each_worker_fault_is_recorded_and_the_study_goes_on(
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "no trial finished" in done.stderr
     trials = study_trials(tmp_path / "studies")
-    assert [t.user_attrs["status"] for t in trials] == [status, status]
+    assert [TrialRecord.read(t).status for t in trials] == [status, status]
     for trial in trials:
         assert trial.value == FAILED_SCORE_S
-        assert f"AUTOTUNE_WORKER_FAULT: {fault}" in trial.user_attrs["stderr_tail"]
+        assert f"AUTOTUNE_WORKER_FAULT: {fault}" in TrialRecord.read(trial).stderr_tail
     assert not (tmp_path / "j.env").exists()
     assert started_in(tmp_path) == [], "a worker outlived its study"
 

@@ -11,8 +11,8 @@ from typing import IO
 
 import pytest
 
-from autotune.measure.settings import Settings
 from autotune.measure.records import Status
+from autotune.measure.settings import Settings
 from autotune.measure.trial import TrialSpec, run_trial, worker_command
 from autotune.measure.workload import Workload
 

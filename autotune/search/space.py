@@ -28,6 +28,7 @@ from autotune.measure.settings import (
     format_value,
     parse,
 )
+from autotune.studies.records import SpaceSummary, TrialRecord
 
 MIN_CONTEXT = 512
 MEMORY_SHARE = 0.5
@@ -38,7 +39,6 @@ SMALL_MODEL_PARAMS = 7e9
 LARGE_MODEL_PARAMS = 13e9
 
 BASELINE_LABEL = DEFAULTS_LABEL
-PINNED_ATTR = "pinned"
 
 
 @dataclass
@@ -63,7 +63,7 @@ class SearchSpace:
             warnings.filterwarnings("ignore", message="Fixed parameter")
             # A baseline's values outside the space (8 threads on 2 cores) are pinned on
             # the trial rather than stored as out-of-range parameters.
-            values = {**self.fixed, **trial.user_attrs.get(PINNED_ATTR, {})}
+            values = {**self.fixed, **TrialRecord.read(trial).pinned}
 
             def pick(name: str, sample: Callable[[], object]) -> None:
                 if name not in values:
@@ -86,11 +86,12 @@ class SearchSpace:
                 pick("f16_kv", lambda: trial.suggest_categorical("f16_kv", (True, False)))
         return Settings(**values)
 
-    def describe(self) -> dict[str, object]:
-        return {"n_threads": list(self.n_threads), "context_window": list(self.context_choices),
-                "n_gpu_layers": list(self.gpu_layers) if self.gpu_layers else None,
-                "max_cache_size": list(CACHE_SIZE_RANGE), "extended": self.extended,
-                "fixed": {k: v for k, v in self.fixed.items()}, "notes": list(self.notes)}
+    def describe(self) -> SpaceSummary:
+        return SpaceSummary(
+            n_threads=tuple(self.n_threads), context_window=tuple(self.context_choices),
+            n_gpu_layers=tuple(self.gpu_layers) if self.gpu_layers else None,
+            max_cache_size=tuple(CACHE_SIZE_RANGE), extended=self.extended,
+            fixed=dict(self.fixed), notes=tuple(self.notes))
 
     def baselines(self, model: ModelInfo, machine: Hardware
                   ) -> list[tuple[str, dict[str, object], dict[str, object]]]:

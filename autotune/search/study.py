@@ -29,12 +29,23 @@ from autotune.errors import AutotuneError
 from autotune.measure.hardware import Hardware
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import ModelInfo
+from autotune.measure.records import RequestRecord, Status, TrialResult
 from autotune.measure.stats import summarize
-from autotune.measure.trial import DEFAULT_TOKENS, OK, PRUNED, TrialResult, TrialSpec, run_trial
+from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
 from autotune.measure.workload import Workload
+from autotune.search.events import OnEvent, TrialEnded
 from autotune.search.scoring import Weights, score
-from autotune.search.space import PINNED_ATTR, SearchSpace
+from autotune.search.space import SearchSpace
 from autotune.studies.liveness import process_identity
+from autotune.studies.records import (
+    SCHEMA_VERSION,
+    MeasurementIdentity,
+    StudyRecord,
+    TrialRecord,
+    Versions,
+    as_json,
+    trial_attrs,
+)
 from autotune.studies.storage import fail_orphaned_trials, storage_failure
 
 FAILED_SCORE_S = 600.0
@@ -44,9 +55,7 @@ STARTUP_TRIALS = 5
 # corrected level for an overall 0.1 over 10 looks.
 P_THRESHOLD = 0.02
 PRUNE_AFTER_REQUESTS = 4
-SCHEMA_VERSION = 1
 
-Event = Callable[[str, dict], None]
 
 
 @dataclass
@@ -74,19 +83,20 @@ class Measurement:
                 before()
             return run_trial(self.spec(model, settings), on_request=on_request)
 
-    def identity(self) -> dict[str, object]:
+    def identity(self) -> MeasurementIdentity:
         requests = json.dumps([r.to_dict() for r in self.workload.requests], sort_keys=True)
-        return {"workload": self.workload.name,
-                "workload_hash": hashlib.sha256(requests.encode()).hexdigest()[:16],
-                "requests": len(self.workload.requests),
-                "tokens_per_request": self.tokens_per_request, "clients": self.clients}
+        return MeasurementIdentity(
+            workload=self.workload.name,
+            workload_hash=hashlib.sha256(requests.encode()).hexdigest()[:16],
+            requests=len(self.workload.requests), tokens_per_request=self.tokens_per_request,
+            clients=self.clients)
 
 
-def versions() -> dict[str, str]:
+def versions() -> Versions:
     from autotune.measure.hardware import llama_cpp_version
 
-    return {"autotune": __version__, "llama_cpp_python": llama_cpp_version(),
-            "optuna": optuna.__version__, "schema": str(SCHEMA_VERSION)}
+    return Versions(autotune=__version__, llama_cpp_python=llama_cpp_version(),
+                    optuna=optuna.__version__, schema=str(SCHEMA_VERSION))
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo,
@@ -99,56 +109,51 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo
                                            n_startup_steps=PRUNE_AFTER_REQUESTS)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                 pruner=pruner, direction="minimize", load_if_exists=True)
-    recorded = study.user_attrs
-    if not recorded:
-        study.set_user_attr("model", model.to_dict())
-        study.set_user_attr("hardware", machine.to_dict())
-        study.set_user_attr("versions", versions())
-        study.set_user_attr("measurement", measurement.identity())
-        study.set_user_attr("weights", vars(measurement.weights))
-        study.set_user_attr("created", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    if not study.user_attrs:
+        created = StudyRecord(model=model, hardware=machine, versions=versions(),
+                              measurement=measurement.identity(), weights=measurement.weights,
+                              created=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+        for key, value in created.attrs().items():
+            study.set_user_attr(key, value)
     else:
-        check_same(name, recorded, model, machine, measurement)
-    study.set_user_attr("space", space.describe())
+        check_same(name, StudyRecord.read(study), model, machine, measurement)
+        study.set_user_attr("schema", SCHEMA_VERSION)  # what it writes from now on
+    study.set_user_attr("space", as_json(space.describe()))
     study.set_user_attr("tuned_fields", list(space.tuned_fields))
     fail_orphaned_trials(study, machine.host)
+    labels = {TrialRecord.read(t, name).label for t in study.get_trials(deepcopy=False)}
     for label, params, pinned in space.baselines(model, machine):
-        if not any(t.user_attrs.get("label") == label for t in study.get_trials(deepcopy=False)):
-            study.enqueue_trial(params, user_attrs={"label": label, PINNED_ATTR: pinned})
+        if label not in labels:
+            study.enqueue_trial(params, user_attrs=trial_attrs(label=label, pinned=pinned))
     return study
 
 
-def check_same(name: str, recorded: dict, model: ModelInfo, machine: Hardware,
+def check_same(name: str, recorded: StudyRecord, model: ModelInfo, machine: Hardware,
                measurement: Measurement) -> None:
     """A resumed study must measure the same model, machine and workload."""
-    if recorded.get("model", {}).get("fingerprint") != model.fingerprint:
+    if recorded.model.fingerprint != model.fingerprint:
         raise AutotuneError(f"study {name!r} measured another model file; pass --study-name "
                             "to start a new study")
-    if recorded.get("hardware", {}).get("host") != machine.host:
+    if recorded.hardware.host != machine.host:
         raise AutotuneError(f"study {name!r} was measured on host "
-                            f"{recorded.get('hardware', {}).get('host')!r}; pass --study-name "
+                            f"{recorded.hardware.host!r}; pass --study-name "
                             "to start a new study here")
-    if recorded.get("measurement") != measurement.identity():
+    if recorded.measurement != measurement.identity():
         raise AutotuneError(f"study {name!r} measured another workload or request shape; "
                             "pass --study-name to start a new study")
 
 
 def record(trial: optuna.Trial, result: TrialResult, weights: Weights) -> float | None:
     """Store what a trial measured on it; return its score (None when it did not finish)."""
-    summary = summarize(result)
-    trial.set_user_attr("status", result.status)
-    trial.set_user_attr("reason", result.reason[:500])
-    trial.set_user_attr("stats", {k: v for k, v in summary.items()
-                                  if k not in ("status", "reason", "pass_mean_s")})
-    trial.set_user_attr("latencies", [r["latency_s"] for r in result.requests])
-    trial.set_user_attr("settings", result.settings)
-    if result.status != OK:
-        if result.stderr_tail and result.status != PRUNED:
-            trial.set_user_attr("stderr_tail", result.stderr_tail[-1500:])
-        return None
-    parts = score([r["latency_s"] for r in result.requests], weights)
-    trial.set_user_attr("score", parts.to_dict())
-    return parts.total_s
+    parts = score(result.latencies, weights) if result.ok else None
+    failed_tail = result.stderr_tail[-1500:] if result.status.failed else ""
+    outcome = trial_attrs(status=result.status, reason=result.reason[:500],
+                          stats=summarize(result), latencies=result.latencies,
+                          settings=result.settings, score=parts, stderr_tail=failed_tail)
+    for key, value in outcome.items():
+        if value is not None and value != "":
+            trial.set_user_attr(key, value)
+    return parts.total_s if parts else None
 
 
 def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement,
@@ -156,34 +161,33 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
     def objective(trial: optuna.Trial) -> float:
         # Who runs the trial comes first: until it is written, another tuner cannot tell
         # whether this trial is orphaned, and so must treat it as alive.
-        trial.set_user_attr("host", host)
-        for key, value in process_identity().items():
+        for key, value in trial_attrs(host=host, **process_identity()).items():
             trial.set_user_attr(key, value)
         settings = space.suggest(trial)
 
         total = len(measurement.workload.requests)
         reported = 0
 
-        def on_request(event: dict) -> bool:
+        def on_request(event: RequestRecord) -> bool:
             nonlocal reported
             reported += 1
-            trial.report(event["latency_s"], event["index"])
+            trial.report(event.latency_s, event.index)
             return reported < total and trial.should_prune()  # a finished trial is kept
 
         # A tuner that held the machine may have been killed while we waited for it.
         result = measurement.run(model, settings, on_request,
                                  before=lambda: fail_orphaned_trials(trial.study, host))
         value = record(trial, result, measurement.weights)
-        if result.status == PRUNED:
+        if result.status == Status.PRUNED:
             raise optuna.TrialPruned(result.reason)
         trial.set_constraint("failed", 0.0 if value is not None else 1.0)
         # A window that makes the workload drop history changes what the model sees, as a
         # generation setting would: however fast, it is not a candidate.
-        reloads = sum(bool(r["reload"]) for r in result.requests)
+        reloads = result.reloads
         trial.set_constraint("context_overflow", float(reloads))
         if reloads:
-            trial.set_user_attr("infeasible", f"context overflow: {reloads} request(s) "
-                                              "dropped history")
+            trial.set_user_attr(*trial_attrs(infeasible=f"context overflow: {reloads} "
+                                                        "request(s) dropped history").popitem())
         return FAILED_SCORE_S if value is None else value
 
     return objective
@@ -192,12 +196,12 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     """Finished its workload without failing and without overflowing the context."""
     return (trial.state == optuna.trial.TrialState.COMPLETE
-            and trial.user_attrs.get("status") == OK
+            and TrialRecord.read(trial).status == Status.OK
             and all(v <= 0 for v in trial.constraints.values()))
 
 
 def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measurement: Measurement,
-           host: str, trials: int, timeout_s: float | None, on_event: Event | None = None
+           host: str, trials: int, timeout_s: float | None, on_event: OnEvent | None = None
            ) -> None:
     """Run `trials` more trials (or until `timeout_s`), reporting each as it ends."""
     started = time.monotonic()
@@ -208,18 +212,15 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
         done += 1
         if on_event is not None:
             best = best_feasible(study)
-            on_event("trial", {"done": done, "total": trials, "number": trial.number,
-                               "state": trial.state.name, "status": trial.user_attrs.get("status"),
-                               "reason": trial.user_attrs.get("reason", ""),
-                               "value": trial.value if feasible(trial) else None,
-                               "infeasible": trial.user_attrs.get("infeasible"),
-                               "params": {**trial.params,
-                                          **trial.user_attrs.get(PINNED_ATTR, {})},
-                               "label": trial.user_attrs.get("label"),
-                               "best": best.value if best else None,
-                               "other_cpu_percent": trial.user_attrs.get("stats", {}).get(
-                                   "other_cpu_percent_mean"),
-                               "elapsed_s": time.monotonic() - started})
+            kept = TrialRecord.read(trial, study.study_name)
+            on_event(TrialEnded(
+                done=done, total=trials, number=trial.number, state=trial.state.name,
+                status=kept.status, reason=kept.reason,
+                value=trial.value if feasible(trial) else None, infeasible=kept.infeasible,
+                params={**trial.params, **kept.pinned}, label=kept.label,
+                best=best.value if best else None,
+                other_cpu_percent=kept.stats.other_cpu_percent_mean if kept.stats else None,
+                elapsed_s=time.monotonic() - started))
 
     try:
         study.optimize(objective_for(model, space, measurement, host), n_trials=trials,

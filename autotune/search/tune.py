@@ -1,9 +1,9 @@
 """`autotune MODEL`: search, confirm, export, as one library call.
 
 Example:
-    >>> summary = tune(demo_model_path(), TuneOptions(trials=12))  # doctest: +SKIP
-    >>> summary["best"]["JARVIS_N_THREADS"], round(summary["improvement"]["speedup"], 1)
-    ('2', 2.3)
+    >>> report = tune(demo_model_path(), TuneOptions(trials=3, out=None, studies_dir=folder))
+    >>> report.n_trials, report.winner.score_s <= report.baseline.score_s
+    (3, True)
 """
 
 from __future__ import annotations
@@ -24,10 +24,19 @@ from autotune.measure.trial import DEFAULT_TOKENS
 from autotune.measure.workload import Workload, builtin_workload
 from autotune.safe_text import visible
 from autotune.search.confirm import BASELINE, Candidate, confirm
+from autotune.search.events import OnEvent, Started, Waiting
 from autotune.search.scoring import Weights
 from autotune.search.space import build_space
-from autotune.search.study import Event, Measurement, open_study, ranked_feasible, search
+from autotune.search.study import Measurement, open_study, ranked_feasible, search
 from autotune.studies import export
+from autotune.studies.records import (
+    ConfirmRun,
+    Contender,
+    TrialRecord,
+    TuneReport,
+    Winner,
+    as_json,
+)
 from autotune.studies.storage import location, open_storage
 
 
@@ -69,26 +78,26 @@ def finalists(study: optuna.Study, count: int) -> list[Candidate]:
     chosen: list[Candidate] = []
     seen = set()
     for trial in ranked_feasible(study):
-        key = tuple(sorted(trial.user_attrs["settings"].items()))
-        if trial.user_attrs.get("label") == BASELINE:
+        kept = TrialRecord.read(trial, study.study_name)
+        if kept.label == BASELINE or kept.settings is None:
             continue  # the guide's defaults are re-measured as the baseline anyway
+        key = tuple(sorted(kept.settings.items()))
         if key not in seen and len(chosen) < count:
             seen.add(key)
-            label = f"trial {trial.number}"
-            chosen.append(Candidate(label, Settings.from_dict(trial.user_attrs["settings"]),
+            chosen.append(Candidate(f"trial {trial.number}", Settings.from_dict(kept.settings),
                                     trial.number))
     return [*chosen, Candidate(BASELINE, Settings(**GUIDE_DEFAULTS))]
 
 
-def representative(runs: list[dict], label: str) -> dict | None:
+def representative(runs: tuple[ConfirmRun, ...], label: str) -> ConfirmRun | None:
     """A candidate's run with the median score: the one its report columns show."""
-    ok = sorted((r for r in runs if r["label"] == label and "score" in r),
-                key=lambda r: r["score"]["total_s"])
+    ok = sorted((r for r in runs if r.label == label and r.score is not None),
+                key=lambda r: r.score.total_s)  # type: ignore[union-attr]
     return ok[(len(ok) - 1) // 2] if ok else None
 
 
 def tune(model_path: str | os.PathLike[str], options: TuneOptions,
-         on_event: Event | None = None) -> dict[str, object]:
+         on_event: OnEvent | None = None) -> TuneReport:
     """Search, confirm against the guide's defaults, and write the export script."""
     model = inspect_model(model_path)
     if options.out:
@@ -97,17 +106,15 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     machine = detect()
     space = build_space(model, machine, options.extended, options.fixed)
     lock = MachineLock(wait=options.wait, on_wait=None if on_event is None else
-                       lambda holder: on_event("waiting", {"holder": holder.describe()}))
+                       lambda holder: on_event(Waiting(holder.describe())))
     measurement = Measurement(options.workload or builtin_workload(), options.tokens_per_request,
                               options.clients, options.trial_timeout_s, options.weights, lock)
     storage = open_storage(options.studies_dir, options.storage)
     name = options.study_name or default_study_name(model.path, machine.host)
     study = open_study(name, storage, model, machine, measurement, space, options.seed)
     if on_event is not None:
-        on_event("start", {"study": name, "storage": location(options.studies_dir,
-                                                               options.storage),
-                           "resumed": len(study.trials) > 2, "notes": space.notes,
-                           "space": space.describe()})
+        on_event(Started(study=name, storage=location(options.studies_dir, options.storage),
+                         resumed=len(study.trials) > 2, notes=tuple(space.notes)))
     search(study, model, space, measurement, machine.host, options.trials, options.timeout_s,
            on_event)
     candidates = finalists(study, options.finalists)
@@ -117,36 +124,28 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                             f"`autotune show {name}`")
     outcome = confirm(candidates, lambda s: measurement.run(model, s), options.rounds,
                       options.weights, options.seed, on_event)
-    winner = outcome["winner"]
+    winner = outcome.winner
     if winner is None:
         raise MeasurementFailed(f"study {name!r}: no finalist finished every confirmation "
                                 "round")
-    study.set_user_attr("confirmation", {k: outcome[k] for k in ("runs", "candidates")})
-    study.set_user_attr("winner", {
-        "label": winner["label"], "trial_number": winner["trial_number"],
-        "settings": winner["settings"], "score_s": winner["median_score_s"],
-        "mean_s": winner["median_mean_s"], "improvement": outcome["improvement"],
-        "confirmed": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+    study.set_user_attr("confirmation", as_json(outcome.confirmation))
+    study.set_user_attr("winner", as_json(Winner(
+        label=winner.label, trial_number=winner.trial_number, settings=winner.settings,
+        score_s=winner.median_score_s, mean_s=winner.median_mean_s,  # type: ignore[arg-type]
+        improvement=outcome.improvement, confirmed=time.strftime("%Y-%m-%d %H:%M:%S %Z"))))
     text = export.export_text(study, fmt=options.fmt)
     written = export.write(options.out, text, options.force) if options.out else None
-    best = Settings.from_dict(winner["settings"])
-    baseline_run = representative(outcome["runs"], BASELINE)
-    winner_run = representative(outcome["runs"], winner["label"])
-    return {
-        "study_name": name,
-        "storage": location(options.studies_dir, options.storage),
-        "n_trials": len(study.trials),
-        "best": best.to_env(space.tuned_fields),
-        "winner": {"label": winner["label"], "trial_number": winner["trial_number"],
-                   "score_s": winner["median_score_s"],
-                   "stats": winner_run["stats"] if winner_run else None},
-        "baseline": {"settings": Settings(**GUIDE_DEFAULTS).to_env(space.tuned_fields),
-                     "score_s": next((c["median_score_s"] for c in outcome["candidates"]
-                                      if c["label"] == BASELINE), None),
-                     "stats": baseline_run["stats"] if baseline_run else None},
-        "improvement": outcome["improvement"],
-        "candidates": outcome["candidates"],
-        "notes": space.notes,
-        "out": str(written) if written else None,
-        "export": text,
-    }
+    best = Settings.from_dict(winner.settings).to_env(space.tuned_fields)
+    runs = outcome.confirmation.runs
+    baseline = outcome.confirmation.candidate(BASELINE)
+    baseline_run, winner_run = representative(runs, BASELINE), representative(runs, winner.label)
+    return TuneReport(
+        study_name=name, storage=location(options.studies_dir, options.storage),
+        n_trials=len(study.trials), best=best,
+        winner=Contender(winner.label, best, winner.median_score_s,
+                         winner_run.stats if winner_run else None, winner.trial_number),
+        baseline=Contender(BASELINE, Settings(**GUIDE_DEFAULTS).to_env(space.tuned_fields),
+                           baseline.median_score_s if baseline else None,
+                           baseline_run.stats if baseline_run else None),
+        improvement=outcome.improvement, candidates=outcome.confirmation.candidates,
+        notes=tuple(space.notes), out=str(written) if written else None, export=text)

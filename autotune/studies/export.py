@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from autotune.errors import AutotuneError
 from autotune.measure.settings import Settings, load_env_file
 from autotune.safe_text import visible
+from autotune.studies.records import Improvement, StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
     import optuna
@@ -240,46 +241,41 @@ def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str =
 
 def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
                         date: str | None) -> str:
-    attrs = study.user_attrs
+    record = StudyRecord.read(study)
     name = visible(repr(study.study_name))
-    fields = tuple(attrs.get("tuned_fields") or ())
-    notes = attrs.get("space", {}).get("notes", ())
-    notes = (notes,) if isinstance(notes, str) else tuple(notes)
+    notes = record.space.notes if record.space else ()
     if trial_number is None:
-        winner = attrs.get("winner")
+        winner = record.winner
         if not winner:
             raise AutotuneError(f"study {name} has no confirmed winner yet; "
                                 "pass --trial N or finish a tuning run")
-        settings = Settings.from_dict(winner["settings"])
-        score_s, improvement = winner["score_s"], describe(winner["improvement"])
-        source = f"{study.study_name}, confirmed winner ({winner['label']})"
+        settings = Settings.from_dict(winner.settings)
+        score_s, improvement = winner.score_s, describe(winner.improvement)
+        source = f"{study.study_name}, confirmed winner ({winner.label})"
     else:
         trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
-        if not trials or "settings" not in trials[0].user_attrs:
+        kept = TrialRecord.read(trials[0], study.study_name) if trials else None
+        if kept is None or kept.settings is None:
             raise AutotuneError(f"study {name} has no measured trial {trial_number}")
-        trial = trials[0]
-        settings = Settings.from_dict(trial.user_attrs["settings"])
-        score_s = trial.user_attrs.get("score", {}).get("total_s")
+        settings = Settings.from_dict(kept.settings)
+        score_s = kept.score.total_s if kept.score else None
         improvement = ""
-        source = f"{study.study_name}, trial {trial_number} ({trial.user_attrs.get('status')})"
-    model = attrs.get("model", {})
-    hardware = attrs.get("hardware", {})
+        source = f"{study.study_name}, trial {trial_number} ({kept.status})"
+    model, hardware = record.model, record.hardware
     header = ExportHeader(
-        model=f"{model.get('name', '?')} ({os.path.basename(str(model.get('path', '?')))})",
+        model=f"{model.name} ({os.path.basename(str(model.path))})",
         study=source, date=date or time.strftime("%Y-%m-%d %H:%M %Z"), score_s=score_s,
-        improvement=improvement, notes=notes)
-    gpus = [g["index"] for g in hardware.get("gpus", [])] if hardware.get("gpu_offload") else []
-    machine = machine_variables(settings, gpus, hardware.get("system", ""))
-    return render(settings, fields, header, machine, fmt)
+        improvement=improvement, notes=tuple(notes))
+    gpus = [g.index for g in hardware.gpus] if hardware.gpu_offload else []
+    machine = machine_variables(settings, gpus, hardware.system)
+    return render(settings, record.tuned_fields, header, machine, fmt)
 
 
-def describe(improvement: dict | None) -> str:
+def describe(improvement: Improvement | None) -> str:
     """One line for the export header and the report."""
     if not improvement:
         return "not measured (the guide's defaults did not finish)"
-    return (f"{improvement['speedup']:.2f}x lower mean latency (range "
-            f"{improvement['speedup_min']:.2f}x-{improvement['speedup_max']:.2f}x over "
-            f"{improvement['rounds']} interleaved rounds)")
+    return improvement.describe()
 
 
 def read(path: str | os.PathLike[str]) -> Settings:

@@ -13,6 +13,7 @@ from autotune.measure.settings import BY_FIELD
 from autotune.safe_text import visible
 from autotune.search.space import BASELINE_LABEL
 from autotune.search.study import best_feasible
+from autotune.studies.records import StudyRecord, TrialRecord
 from autotune.studies.tables import feasible_study
 
 KINDS = ("png", "html")
@@ -34,18 +35,19 @@ def latency_groups(study: optuna.Study) -> list[tuple[str, list[float]]]:
     """
     groups = []
     name = visible(study.study_name, NAME_LIMIT)
-    winner = study.user_attrs.get("winner") or {}
+    winner = StudyRecord.read(study).winner
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    chosen = trials.get(winner.get("trial_number"))  # type: ignore[arg-type]
-    if chosen is not None and chosen.user_attrs.get("latencies"):
-        groups.append((f"{name}\nconfirmed winner (trial {chosen.number})",
-                       chosen.user_attrs["latencies"]))
-    elif not winner and (best := best_feasible(study)) is not None:
+    kept = {number: TrialRecord.read(t, study.study_name) for number, t in trials.items()}
+    number = winner.trial_number if winner else None
+    chosen = kept.get(number) if number is not None else None
+    if chosen is not None and chosen.latencies:
+        groups.append((f"{name}\nconfirmed winner (trial {number})", list(chosen.latencies)))
+    elif winner is None and (best := best_feasible(study)) is not None:
         groups.append((f"{name}\nbest search trial {best.number} (unconfirmed)",
-                       best.user_attrs["latencies"]))
-    for trial in trials.values():
-        if trial.user_attrs.get("label") == BASELINE_LABEL and trial.user_attrs.get("latencies"):
-            groups.append((f"{name}\nguide defaults", trial.user_attrs["latencies"]))
+                       list(kept[best.number].latencies)))
+    for record in kept.values():
+        if record.label == BASELINE_LABEL and record.latencies:
+            groups.append((f"{name}\nguide defaults", list(record.latencies)))
             break
     return groups
 
@@ -54,16 +56,15 @@ def best_settings_rows(studies: list[optuna.Study]) -> list[list[str]]:
     """Per study: its name, whose settings these are, and the settings."""
     rows = []
     for study in studies:
-        winner = study.user_attrs.get("winner") or {}
-        settings, source = winner.get("settings"), "confirmed winner"
+        record = StudyRecord.read(study)
+        settings, source = (record.winner.settings if record.winner else None), "confirmed winner"
         if not settings:
             best = best_feasible(study)
-            settings = best.user_attrs.get("settings", {}) if best else {}
+            settings = (TrialRecord.read(best, study.study_name).settings or {}) if best else {}
             source = f"best search trial {best.number}, unconfirmed" if best else "no trial"
-        fields = study.user_attrs.get("tuned_fields", [])
         rows.append([f"{visible(study.study_name, NAME_LIMIT)} ({source})"]
                     + [f"{BY_FIELD[f].name.removeprefix('JARVIS_')}={settings.get(f, '-')}"
-                       for f in fields if f in BY_FIELD])
+                       for f in record.tuned_fields if f in BY_FIELD])
     return rows
 
 

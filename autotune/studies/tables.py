@@ -18,8 +18,10 @@ import optuna
 import pandas as pd
 
 from autotune.guide import DEFAULTS_LABEL
+from autotune.measure.records import Status, TrialStats
 from autotune.measure.settings import BY_FIELD, format_value
 from autotune.search.study import best_feasible, feasible
+from autotune.studies.records import StudyRecord, TrialRecord
 from autotune.studies.storage import load_study, open_storage, study_names
 
 STAT_COLUMNS = ("mean_s", "p50_s", "p95_s", "p99_s", "max_s", "std_s", "cv", "spikes",
@@ -33,50 +35,49 @@ def open_location(location: str | os.PathLike[str] | None) -> optuna.storages.Ba
     return open_storage(storage=None if location is None else str(location), create=False)
 
 
-def metadata(study: optuna.Study) -> dict[str, object]:
+def metadata(study: optuna.Study, record: StudyRecord | None = None) -> dict[str, object]:
     """The study-level columns every trial row carries."""
-    attrs = study.user_attrs
-    model, hardware = attrs.get("model", {}), attrs.get("hardware", {})
-    versions, measurement = attrs.get("versions", {}), attrs.get("measurement", {})
+    record = record or StudyRecord.read(study)
+    model, hardware = record.model, record.hardware
+    versions, measurement = record.versions, record.measurement
     return {
         "study": study.study_name,
-        "model": model.get("name"), "model_file": os.path.basename(model.get("path", "")),
-        "model_fingerprint": model.get("fingerprint"), "architecture": model.get("architecture"),
-        "quantization": model.get("quantization"), "model_bytes": model.get("size_bytes"),
-        "host": hardware.get("host"), "cpu": hardware.get("cpu"),
-        "physical_cores": hardware.get("physical_cores"),
-        "logical_cores": hardware.get("logical_cores"),
-        "memory_bytes": hardware.get("total_memory_bytes"),
-        "gpus": ", ".join(g["name"] for g in hardware.get("gpus", [])),
-        "gpu_offload": hardware.get("gpu_offload"),
-        "llama_cpp_python": versions.get("llama_cpp_python"),
-        "autotune_version": versions.get("autotune"), "optuna_version": versions.get("optuna"),
-        "workload": measurement.get("workload"), "workload_requests": measurement.get("requests"),
-        "tokens_per_request": measurement.get("tokens_per_request"),
-        "clients": measurement.get("clients"),
+        "model": model.name, "model_file": os.path.basename(model.path),
+        "model_fingerprint": model.fingerprint, "architecture": model.architecture,
+        "quantization": model.quantization, "model_bytes": model.size_bytes,
+        "host": hardware.host, "cpu": hardware.cpu,
+        "physical_cores": hardware.physical_cores, "logical_cores": hardware.logical_cores,
+        "memory_bytes": hardware.total_memory_bytes,
+        "gpus": ", ".join(g.name for g in hardware.gpus),
+        "gpu_offload": hardware.gpu_offload,
+        "llama_cpp_python": versions.llama_cpp_python,
+        "autotune_version": versions.autotune, "optuna_version": versions.optuna,
+        "schema": record.schema,
+        "workload": measurement.workload, "workload_requests": measurement.requests,
+        "tokens_per_request": measurement.tokens_per_request,
+        "clients": measurement.clients,
     }
 
 
-def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, object]:
-    attrs = trial.user_attrs
+def trial_row(trial: optuna.trial.FrozenTrial, study_name: str = "") -> dict[str, object]:
+    kept = TrialRecord.read(trial, study_name)
     row: dict[str, object] = {
-        "trial": trial.number, "state": trial.state.name, "status": attrs.get("status"),
-        "reason": attrs.get("reason", ""), "label": attrs.get("label"),
-        "score_s": trial.value if attrs.get("status") == "ok" else None,
-        "infeasible": attrs.get("infeasible"),
+        "trial": trial.number, "state": trial.state.name, "status": kept.status,
+        "reason": kept.reason, "label": kept.label,
+        "score_s": trial.value if kept.status == Status.OK else None,
+        "infeasible": kept.infeasible,
         "started": trial.datetime_start,
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
     }
-    settings = attrs.get("settings") or {}
+    settings = kept.settings or {}
     for name, var in BY_FIELD.items():
         if var.tuned:
             row[name] = settings.get(name, trial.params.get(name))
-    score = attrs.get("score") or {}
     for key in SCORE_COLUMNS:
-        row[f"score_{key}"] = score.get(key)
-    stats = attrs.get("stats") or {}
+        row[f"score_{key}"] = getattr(kept.score, key) if kept.score else None
+    stats = kept.stats or TrialStats()
     for key in STAT_COLUMNS:
-        row[key] = stats.get(key)
+        row[key] = getattr(stats, key)
     return row
 
 
@@ -96,35 +97,40 @@ def load_studies(location: str | os.PathLike[str] | None = None,
     rows = []
     for study in selected(open_location(location), studies):
         meta = metadata(study)
-        rows += [{**meta, **trial_row(t)} for t in study.get_trials(deepcopy=False)]
+        rows += [{**meta, **trial_row(t, study.study_name)}
+                 for t in study.get_trials(deepcopy=False)]
     return pd.DataFrame(rows)
 
 
 def summary_row(study: optuna.Study) -> dict[str, object]:
+    record = StudyRecord.read(study)
     trials = study.get_trials(deepcopy=False)
-    statuses = [t.user_attrs.get("status") for t in trials]
+    statuses = [TrialRecord.read(t, study.study_name).status for t in trials]
     best = best_feasible(study)
-    winner = study.user_attrs.get("winner") or {}
-    improvement = winner.get("improvement") or {}
-    candidates = (study.user_attrs.get("confirmation") or {}).get("candidates", [])
-    baseline = next((c for c in candidates if c["label"] == DEFAULTS_LABEL), {})
+    best_kept = TrialRecord.read(best, study.study_name) if best else None
+    winner = record.winner
+    improvement = winner.improvement if winner else None
+    baseline = record.confirmation.candidate(DEFAULTS_LABEL) if record.confirmation else None
     row: dict[str, object] = {
-        **metadata(study),
-        "trials": len(trials), "ok": statuses.count("ok"), "pruned": statuses.count("pruned"),
-        "failed": sum(s not in ("ok", "pruned", None) for s in statuses),
+        **metadata(study, record),
+        "trials": len(trials), "ok": statuses.count(Status.OK),
+        "pruned": statuses.count(Status.PRUNED),
+        "failed": sum(s is not None and s.failed for s in statuses),
         "best_trial": best.number if best else None,
         "best_score_s": best.value if best else None,
-        "best_mean_s": best.user_attrs["stats"].get("mean_s") if best else None,
-        "winner": winner.get("label"), "winner_score_s": winner.get("score_s"),
-        "winner_mean_s": winner.get("mean_s"),
-        "defaults_mean_s": baseline.get("median_mean_s"),
-        "speedup": improvement.get("speedup"), "speedup_min": improvement.get("speedup_min"),
-        "speedup_max": improvement.get("speedup_max"),
+        "best_mean_s": best_kept.stats.mean_s if best_kept and best_kept.stats else None,
+        "winner": winner.label if winner else None,
+        "winner_score_s": winner.score_s if winner else None,
+        "winner_mean_s": winner.mean_s if winner else None,
+        "defaults_mean_s": baseline.median_mean_s if baseline else None,
+        "speedup": improvement.speedup if improvement else None,
+        "speedup_min": improvement.speedup_min if improvement else None,
+        "speedup_max": improvement.speedup_max if improvement else None,
     }
-    settings = winner.get("settings") or (best.user_attrs["settings"] if best else {})
-    for field in study.user_attrs.get("tuned_fields", []):
-        value = settings.get(field)
-        row[BY_FIELD[field].name] = None if value is None else format_value(value)
+    settings = winner.settings if winner else (best_kept.settings or {} if best_kept else {})
+    for name in (f for f in record.tuned_fields if f in BY_FIELD):
+        value = settings.get(name)
+        row[BY_FIELD[name].name] = None if value is None else format_value(value)
     return row
 
 

@@ -1,0 +1,370 @@
+"""The records a study keeps, one definition each, and the `--json` outputs that show them.
+
+A study keeps its records as Optuna user attributes (so optuna-dashboard shows them too):
+the study's (`StudyRecord`: model, machine, versions, what was measured, the search space,
+the confirmation and its winner) and each trial's (`TrialRecord`: who ran it, how it ended,
+its statistics and latencies). Every reader goes through `StudyRecord.read` and
+`TrialRecord.read`; a record that does not have its shape is one error naming the study.
+
+Schema versions (`SCHEMA_VERSION`), checked whenever a study is read:
+  1. the version kept only as `versions["schema"]` (a string); trial statistics without
+     the per-pass means. Read as they are: every later field takes its default.
+  2. the version is a study attribute of its own (`schema`, an int); trial statistics
+     keep the per-pass means. A study written by a newer autotune is refused.
+
+Example:
+    >>> schema_of({"model": {}, "versions": {"schema": "1"}}), schema_of({"model": {}, "schema": 2})
+    (1, 2)
+    >>> StudyRecord.from_attrs("s", {"model": {}, "schema": 9})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    autotune.studies.records.StudyFormatError: study 's' was written by a newer autotune ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from autotune.errors import AutotuneError
+from autotune.measure.hardware import Hardware
+from autotune.measure.model import ModelInfo
+from autotune.measure.records import (
+    OUTPUT_VERSION,
+    RecordError,
+    Status,
+    TrialStats,
+    from_mapping,
+)
+from autotune.safe_text import visible
+from autotune.search.scoring import Score, Weights
+
+if TYPE_CHECKING:
+    import optuna
+
+SCHEMA_VERSION = 2
+OLDEST_SCHEMA = 1
+
+
+class StudyFormatError(AutotuneError):
+    """A study this autotune cannot read: too new, not autotune's, or a damaged record."""
+
+
+# --- the study's records ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Versions:
+    autotune: str
+    llama_cpp_python: str
+    optuna: str
+    schema: str = "1"
+
+
+@dataclass(frozen=True)
+class MeasurementIdentity:
+    """What every trial of a study measured; a resumed study must measure the same."""
+
+    workload: str
+    workload_hash: str
+    requests: int
+    tokens_per_request: int
+    clients: int
+
+
+@dataclass(frozen=True)
+class SpaceSummary:
+    """The search space as the study ran it: its choices, the settings fixed, its notes."""
+
+    n_threads: tuple[int, ...]
+    context_window: tuple[int, ...]
+    n_gpu_layers: tuple[int, ...] | None
+    max_cache_size: tuple[int, ...]
+    extended: bool = False
+    fixed: dict[str, object] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: object) -> SpaceSummary:
+        return from_mapping(cls, data, {
+            "n_threads": tuple, "context_window": tuple, "n_gpu_layers": tuple,
+            "max_cache_size": tuple, "notes": lambda n: (n,) if isinstance(n, str) else tuple(n)})
+
+
+@dataclass(frozen=True)
+class Improvement:
+    """Per confirmation round, the defaults' mean latency over the winner's."""
+
+    speedup: float
+    speedup_min: float
+    speedup_max: float
+    rounds: int
+    ratios: tuple[float, ...] = ()
+
+    def describe(self) -> str:
+        """One line for the export header and the report."""
+        return (f"{self.speedup:.2f}x lower mean latency (range {self.speedup_min:.2f}x-"
+                f"{self.speedup_max:.2f}x over {self.rounds} interleaved rounds)")
+
+
+@dataclass(frozen=True)
+class ConfirmRun:
+    """One confirmation run of one candidate."""
+
+    round: int
+    label: str
+    status: Status
+    reason: str
+    trial_number: int | None
+    settings: dict[str, object]
+    stats: TrialStats
+    score: Score | None = None
+
+    @classmethod
+    def from_dict(cls, data: object) -> ConfirmRun:
+        return from_mapping(cls, data, {"status": Status, "stats": TrialStats.from_dict,
+                                        "score": lambda d: from_mapping(Score, d)})
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """A finalist (or the guide's defaults) over all confirmation rounds."""
+
+    label: str
+    trial_number: int | None
+    settings: dict[str, object]
+    runs: int
+    ok_runs: int
+    median_score_s: float | None
+    median_mean_s: float | None
+
+    @property
+    def complete(self) -> bool:
+        """Finished every round it ran."""
+        return self.runs > 0 and self.ok_runs == self.runs
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    runs: tuple[ConfirmRun, ...]
+    candidates: tuple[CandidateResult, ...]
+
+    @classmethod
+    def from_dict(cls, data: object) -> Confirmation:
+        return from_mapping(cls, data, {
+            "runs": lambda rows: tuple(ConfirmRun.from_dict(r) for r in rows),
+            "candidates": lambda rows: tuple(from_mapping(CandidateResult, r) for r in rows)})
+
+    def candidate(self, label: str) -> CandidateResult | None:
+        return next((c for c in self.candidates if c.label == label), None)
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The confirmed winner: the finalist with the lowest median score over the rounds."""
+
+    label: str
+    trial_number: int | None
+    settings: dict[str, object]
+    score_s: float
+    mean_s: float
+    improvement: Improvement | None
+    confirmed: str = ""
+
+    @classmethod
+    def from_dict(cls, data: object) -> Winner:
+        return from_mapping(cls, data, {"improvement": from_improvement})
+
+
+def from_improvement(data: object) -> Improvement:
+    return from_mapping(Improvement, data, {"ratios": tuple})
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What a study keeps about itself (its Optuna user attributes), typed."""
+
+    model: ModelInfo
+    hardware: Hardware
+    versions: Versions
+    measurement: MeasurementIdentity
+    weights: Weights
+    created: str = ""
+    schema: int = SCHEMA_VERSION
+    space: SpaceSummary | None = None
+    tuned_fields: tuple[str, ...] = ()
+    confirmation: Confirmation | None = None
+    winner: Winner | None = None
+
+    # The attributes written when a study is created; `space` and `tuned_fields` on every
+    # run, `confirmation` and `winner` once a winner is confirmed.
+    CREATED: ClassVar[tuple[str, ...]] = ("model", "hardware", "versions", "measurement",
+                                          "weights", "created", "schema")
+
+    @classmethod
+    def read(cls, study: optuna.Study) -> StudyRecord:
+        """The study's record, its schema checked; StudyFormatError when it cannot be read."""
+        return cls.from_attrs(study.study_name, study.user_attrs)
+
+    @classmethod
+    def from_attrs(cls, name: str, attrs: Mapping[str, object]) -> StudyRecord:
+        shown = visible(repr(name), 80)
+        schema = schema_of(attrs)
+        if schema is None:
+            raise StudyFormatError(f"study {shown} is not an autotune study (it keeps no record "
+                                   "of its model and machine)")
+        if schema > SCHEMA_VERSION:
+            raise StudyFormatError(f"study {shown} was written by a newer autotune (record "
+                                   f"schema {schema}; this one reads {OLDEST_SCHEMA} to "
+                                   f"{SCHEMA_VERSION}); upgrade autotune to read it")
+        if schema < OLDEST_SCHEMA:
+            raise StudyFormatError(f"study {shown} has record schema {schema}, older than any "
+                                   "this autotune reads")
+        try:
+            return from_mapping(cls, {**attrs, "schema": schema}, {
+                "model": ModelInfo.from_dict, "hardware": Hardware.from_dict,
+                "versions": lambda d: from_mapping(Versions, d),
+                "measurement": lambda d: from_mapping(MeasurementIdentity, d),
+                "weights": lambda d: from_mapping(Weights, d),
+                "space": SpaceSummary.from_dict, "tuned_fields": tuple,
+                "confirmation": Confirmation.from_dict, "winner": Winner.from_dict})
+        except (RecordError, TypeError, ValueError) as err:
+            raise StudyFormatError(f"study {shown}: its record cannot be read "
+                                   f"({visible(err, 120)})") from None
+
+    def attrs(self) -> dict[str, object]:
+        """The user attributes written when the study is created."""
+        data = {"model": self.model.to_dict(), "hardware": self.hardware.to_dict(),
+                "versions": dataclasses.asdict(self.versions),
+                "measurement": dataclasses.asdict(self.measurement),
+                "weights": dataclasses.asdict(self.weights), "created": self.created,
+                "schema": self.schema}
+        return {key: data[key] for key in self.CREATED}
+
+
+def schema_of(attrs: Mapping[str, object]) -> int | None:
+    """The record schema a study was written with; None when it is no autotune study."""
+    schema = attrs.get("schema")
+    if schema is None:
+        versions = attrs.get("versions")
+        schema = versions.get("schema") if isinstance(versions, Mapping) else None
+    if schema is None or "model" not in attrs:
+        return None
+    try:
+        return int(schema)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+# --- a trial's records -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What a trial keeps (its Optuna user attributes), typed.
+
+    `host`, `pid` and `pid_started` are written first, before anything is measured, so
+    another tuner can tell whether the trial's owner is alive. A trial whose tuner was
+    killed has no status of its own: it reads as INTERRUPTED once it is FAIL.
+    """
+
+    host: str | None = None
+    pid: int | None = None
+    pid_started: float | None = None
+    label: str | None = None
+    pinned: dict[str, object] = field(default_factory=dict)
+    status: Status | None = None
+    reason: str = ""
+    stats: TrialStats | None = None
+    latencies: tuple[float, ...] = ()
+    settings: dict[str, object] | None = None
+    stderr_tail: str = ""
+    score: Score | None = None
+    infeasible: str | None = None
+
+    @classmethod
+    def read(cls, trial: optuna.trial.FrozenTrial | optuna.Trial, study_name: str = ""
+             ) -> TrialRecord:
+        """The trial's record; StudyFormatError naming the study and trial when malformed."""
+        from optuna.trial import TrialState
+
+        try:
+            record = from_mapping(cls, trial.user_attrs, {
+                "status": Status, "stats": TrialStats.from_dict, "latencies": tuple,
+                "score": lambda d: from_mapping(Score, d)})
+        except (RecordError, TypeError, ValueError) as err:
+            raise StudyFormatError(f"study {visible(repr(study_name), 80)}, trial "
+                                   f"{trial.number}: its record cannot be read "
+                                   f"({visible(err, 120)})") from None
+        if record.status is None and getattr(trial, "state", None) == TrialState.FAIL:
+            record = dataclasses.replace(record, status=Status.INTERRUPTED)
+        return record
+
+    @property
+    def params(self) -> dict[str, object]:
+        """The settings the trial ran: measured ones, else what was pinned."""
+        return dict(self.settings or self.pinned)
+
+
+def trial_attrs(**fields: object) -> dict[str, object]:
+    """User attributes for the given TrialRecord fields, as JSON-ready values."""
+    known = {f.name for f in dataclasses.fields(TrialRecord)}
+    unknown = set(fields) - known
+    if unknown:
+        raise TypeError(f"not TrialRecord fields: {', '.join(sorted(unknown))}")
+    return {name: as_json(value) for name, value in fields.items()}
+
+
+# --- the --json outputs of the study commands ------------------------------------------
+
+@dataclass(frozen=True)
+class Contender:
+    """One column of the tuner's report: the winner, or the guide's defaults."""
+
+    label: str
+    settings: dict[str, str]  # the JARVIS_* variables
+    score_s: float | None
+    stats: TrialStats | None  # of its confirmation run with the median score
+    trial_number: int | None = None
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    """`autotune MODEL`: the study, its confirmed winner against the defaults, the export."""
+
+    study_name: str
+    storage: str
+    n_trials: int
+    best: dict[str, str]  # the winner's JARVIS_* variables, as exported
+    winner: Contender
+    baseline: Contender
+    improvement: Improvement | None
+    candidates: tuple[CandidateResult, ...]
+    notes: tuple[str, ...]
+    out: str | None
+    export: str
+    kind: ClassVar[str] = "tune"
+
+    def to_dict(self) -> dict[str, object]:
+        return output(self.kind, **{f.name: getattr(self, f.name)
+                                    for f in dataclasses.fields(self)})
+
+
+def output(kind: str, **body: object) -> dict[str, object]:
+    """The JSON document a command prints: `{"version", "kind", ...}`, records made plain."""
+    return {"version": OUTPUT_VERSION, "kind": kind,
+            **{key: as_json(value) for key, value in body.items()}}
+
+
+def as_json(value: object) -> object:
+    """A record as the JSON a storage keeps or a command prints (enums are their text)."""
+    if isinstance(value, ModelInfo):
+        return value.to_dict()  # never the chat template
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: as_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_json(v) for v in value]
+    return value
+
