@@ -193,7 +193,9 @@ def test_sigkill_mid_study_leaves_no_worker_and_loses_no_trial(
         worker: list[psutil.Process] = []
         while time.monotonic() < deadline:
             time.sleep(0.2)
-            if (studies / "autotune.journal").exists():
+            # the journal is made (and tried) before the study is created in it
+            if (studies / "autotune.journal").exists() and optuna.get_all_study_summaries(
+                    open_storage(studies)):
                 finished = [t.number for t in study_trials(studies) if t.state.is_finished()]
             worker = workers_of(tuner.pid)
             if len(finished) >= 2 and worker:

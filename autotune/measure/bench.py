@@ -1,8 +1,8 @@
 """`autotune bench`: the backend's latency test, as one library call.
 
 Example:
-    >>> report = bench(demo_model_path(), Settings(n_threads=2), iterations=2)
-    >>> report.status, report.stats.requests_done == 2 * len(builtin_workload().requests)
+    >>> report = bench(demo_model_path(), Settings(n_threads=2), workload, iterations=2)
+    >>> report.status, report.stats.requests_done == 2 * len(workload.requests)
     (<Status.OK: 'ok'>, True)
     >>> report.targets["no_spikes"].passed
     True

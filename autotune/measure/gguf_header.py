@@ -11,7 +11,7 @@ tensor count, metadata count; metadata as (key, type, value); tensor infos as (n
 dimensions, type, offset); then the aligned tensor data.
 
 Example:
-    >>> header = read_header(demo_model_path())  # doctest: +SKIP
+    >>> header = read_header(demo_model_path())
     >>> header.fields["general.architecture"], len(header.tensors)
     ('llama', 272)
 """

@@ -13,8 +13,10 @@ take turns trial by trial, each trial measured alone.
 
 Example:
     >>> lock = MachineLock(wait=False)
-    >>> with lock.held("bench"):  # doctest: +SKIP
-    ...     result = run_trial(spec)
+    >>> with lock.held("bench"):
+    ...     result = run_trial(TrialSpec(demo_model_path(), Settings(n_threads=2), workload))
+    >>> result.ok
+    True
 """
 
 from __future__ import annotations

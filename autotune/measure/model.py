@@ -1,7 +1,7 @@
 """GGUF inspection with the `gguf` package: what a model is, before any trial starts.
 
 Example:
-    >>> info = inspect_model(demo_model_path())      # doctest: +SKIP
+    >>> info = inspect_model(demo_model_path())
     >>> info.architecture, info.n_layers, info.context_length
     ('llama', 30, 8192)
 """

@@ -1,7 +1,9 @@
 """`autotune MODEL`: search, confirm, export, as one library call.
 
 Example:
-    >>> report = tune(demo_model_path(), TuneOptions(trials=3, out=None, studies_dir=folder))
+    >>> options = TuneOptions(trials=3, finalists=1, rounds=1, workload=workload, out=None,
+    ...                       studies_dir=folder)
+    >>> report = tune(demo_model_path(), options)
     >>> report.n_trials, report.winner.score_s <= report.baseline.score_s
     (3, True)
 """
