@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from autotune import __version__
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
 from autotune.measure.hardware import Hardware
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import ModelInfo
@@ -122,15 +122,15 @@ def check_same(name: str, recorded: dict, model: ModelInfo, machine: Hardware,
                measurement: Measurement) -> None:
     """A resumed study must measure the same model, machine and workload."""
     if recorded.get("model", {}).get("fingerprint") != model.fingerprint:
-        raise AutotuneError(f"study {name!r} measured another model file; pass --study-name "
-                            "to start a new study")
+        raise AutotuneError(f"study {name!r} measured another model file; pass ",
+                            Option("study_name"), " to start a new study")
     if recorded.get("hardware", {}).get("host") != machine.host:
         raise AutotuneError(f"study {name!r} was measured on host "
-                            f"{recorded.get('hardware', {}).get('host')!r}; pass --study-name "
-                            "to start a new study here")
+                            f"{recorded.get('hardware', {}).get('host')!r}; pass ",
+                            Option("study_name"), " to start a new study here")
     if recorded.get("measurement") != measurement.identity():
         raise AutotuneError(f"study {name!r} measured another workload or request shape; "
-                            "pass --study-name to start a new study")
+                            "pass ", Option("study_name"), " to start a new study")
 
 
 def record(trial: optuna.Trial, result: TrialResult, weights: Weights) -> float | None:

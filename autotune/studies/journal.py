@@ -53,7 +53,7 @@ from pathlib import Path
 import psutil
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
 from autotune.studies.liveness import is_alive
 
 FAULT_VARIABLE = "AUTOTUNE_STORAGE_FAULT"
@@ -116,21 +116,22 @@ def repaired(data: bytes, path: Path) -> Repair | None:
             kept.append(record + b"\n")
             done.append(f"split line {number}, a record written after a torn one")
         else:
-            raise JournalDamaged(damaged_message(path, number))
+            raise JournalDamaged(*damaged_message(path, number))
     if not done:
         return None
     tail_only = len(done) == 1 and not done[0].startswith("split")
     return Repair(b"".join(kept), "; ".join(done), tail_only)
 
 
-def damaged_message(path: Path, number: int) -> str:
+def damaged_message(path: Path, number: int) -> tuple[str | Option, ...]:
     if number == 1:
         return (f"{path} is not an Optuna study journal (its first line is not a journal "
-                "record); pass the right file, or move this one away to start afresh")
+                "record); pass the right file, or move this one away to start afresh",)
     return (f"{path}: line {number} is not a journal record (the file was edited or "
             f"overwritten), so no study in it can be read safely; keep the {number - 1} "
             f"records before it with `head -n {number - 1} {path} > repaired.journal` and "
-            "pass --storage repaired.journal, or move the file away to start afresh")
+            "pass ", Option("storage", "repaired.journal"),
+            ", or move the file away to start afresh")
 
 
 def backup_path(path: Path) -> Path:
@@ -190,7 +191,8 @@ def check_on_open(path: Path, backend: SafeJournalBackend) -> None:
             return
         raise AutotuneError(f"{path} needs a repair ({fixed.what}) but cannot be written "
                             f"({err.strerror}); make its folder writable, or copy it "
-                            "somewhere writable and pass --storage COPY") from None
+                            "somewhere writable and pass ", Option("storage", "COPY")
+                            ) from None
 
 
 def holder() -> dict[str, object]:
