@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from autotune.errors import AutotuneError, Option
 from autotune.measure.settings import Settings, load_env_file
 from autotune.safe_text import visible
+from autotune.studies.files import fsync_folder, replace_atomically, written_beside
 
 if TYPE_CHECKING:
     import optuna
@@ -159,21 +160,14 @@ def write(path: str | os.PathLike[str], text: str, force: bool = False) -> Path:
     target is renamed over, so a symlink there is replaced, never followed.
     """
     out = check_writable(path, force)
-    mode = kept_mode(out)
-    temporary = None
+    data, mode = text.encode("utf-8"), kept_mode(out)
     try:
-        descriptor, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.",
-                                                 suffix=".tmp")
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-            file.flush()
-            os.fchmod(file.fileno(), mode)
-            os.fsync(file.fileno())
         if force:
-            os.replace(temporary, out)
+            replace_atomically(out, data, mode)
         else:
-            place_new(temporary, out, text, mode)
-        fsync_folder(out.parent)
+            with written_beside(out, data, mode) as temporary:
+                place_new(temporary, out, data, mode)
+            fsync_folder(out.parent)
     except FileExistsError:
         raise AutotuneError(Option("out", visible(out)), ": a file appeared there while "
                             "autotune worked; it is kept. Pass ", Option("force", True),
@@ -182,14 +176,10 @@ def write(path: str | os.PathLike[str], text: str, force: bool = False) -> Path:
         raise AutotuneError(Option("out", visible(out)), f": cannot write it ({err.strerror}); "
                             "the study is kept: `autotune export STUDY > FILE` writes it "
                             "elsewhere") from None
-    finally:
-        if temporary is not None:
-            with suppress(FileNotFoundError):
-                os.unlink(temporary)  # still there unless it was renamed into place
     return out
 
 
-def place_new(temporary: str, out: Path, text: str, mode: int) -> None:
+def place_new(temporary: str, out: Path, data: bytes, mode: int) -> None:
     """Put the written file at `out` only if nothing is there (FileExistsError otherwise)."""
     try:
         os.link(temporary, out)
@@ -198,8 +188,8 @@ def place_new(temporary: str, out: Path, text: str, mode: int) -> None:
             raise
         # A filesystem without hard links: create exclusively, which also never clobbers.
         descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
 
@@ -213,16 +203,6 @@ def kept_mode(out: Path) -> int:
     umask = os.umask(0o022)  # the only portable way to read it is to set it and set it back
     os.umask(umask)
     return 0o666 & ~umask
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; some filesystems cannot sync a folder, which is fine."""
-    with suppress(OSError):
-        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
 
 
 def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str = "shell",

@@ -45,7 +45,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ import psutil
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from autotune.errors import AutotuneError, Option
+from autotune.studies.files import replace_atomically
 from autotune.studies.liveness import is_alive
 
 FAULT_VARIABLE = "AUTOTUNE_STORAGE_FAULT"
@@ -144,22 +144,6 @@ def backup_path(path: Path) -> Path:
     return candidate
 
 
-def replace_contents(path: Path, data: bytes) -> None:
-    """Write `data` to a new file beside `path`, keep its mode, and rename it into place."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".repair", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), path.stat().st_mode & 0o7777)
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def repair_locked(path: Path) -> None:
     """Repair the journal in place; the caller holds the journal's lock."""
     fixed = repaired(path.read_bytes(), path)
@@ -167,7 +151,7 @@ def repair_locked(path: Path) -> None:
         return
     backup = backup_path(path)
     shutil.copy2(path, backup)
-    replace_contents(path, fixed.data)
+    replace_atomically(path, fixed.data, path.stat().st_mode & 0o7777)
     log.warning("autotune: warning: %s: %s; the file as it was is kept as %s",
                 path, fixed.what, backup)
 
