@@ -111,7 +111,7 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo
         check_same(name, recorded, model, machine, measurement)
     study.set_user_attr("space", space.describe())
     study.set_user_attr("tuned_fields", list(space.tuned_fields))
-    fail_orphaned_trials(study, machine.host)
+    fail_orphaned_trials(study, storage, machine.host)
     for label, params, pinned in space.baselines(model, machine):
         if not any(t.user_attrs.get("label") == label for t in study.get_trials(deepcopy=False)):
             study.enqueue_trial(params, user_attrs={"label": label, PINNED_ATTR: pinned})
@@ -172,7 +172,8 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
 
         # A tuner that held the machine may have been killed while we waited for it.
         result = measurement.run(model, settings, on_request,
-                                 before=lambda: fail_orphaned_trials(trial.study, host))
+                                 before=lambda: fail_orphaned_trials(trial.study, trial.storage,
+                                                                    host))
         value = record(trial, result, measurement.weights)
         if result.status == PRUNED:
             raise optuna.TrialPruned(result.reason)

@@ -191,20 +191,29 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def fail_orphaned_trials(study: optuna.Study, host: str) -> list[int]:
+def fail_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                         host: str) -> list[int]:
     """Mark FAIL the RUNNING trials whose tuner process on this host is gone (it was killed).
 
     Trials of other hosts, and trials whose owner this host cannot identify, are left alone.
+    Each orphan gets the status `interrupted` through the storage's own methods (a user
+    attribute is set only on a live Trial otherwise, and never on a finished one) and is
+    then finished by `tell`; an orphan that another tuner fails first is left as it made it.
+    Returns the numbers of the orphans found, all finished now.
     """
     from optuna.trial import TrialState
 
     failed = []
+    study_id = None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
         if attrs.get("host") == host and not is_alive(attrs.get("pid"), attrs.get("pid_started")):
+            if study_id is None:
+                study_id = storage.get_study_id_from_name(study.study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             try:
-                study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
-                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                storage.set_trial_user_attr(trial_id, "status", "interrupted")
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another tuner failed it first
             failed.append(trial.number)
