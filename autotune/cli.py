@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
 from autotune.measure import bench as bench_lib
 from autotune.measure.machine_lock import Holder, MachineLock
 from autotune.measure.settings import Settings, load_env_file
@@ -32,6 +32,17 @@ from autotune.search.space import parse_fixes
 
 err_console = Console(stderr=True)
 STUDIES_ENV = "AUTOTUNE_STUDIES"
+# The library's settings whose flag is not `--` and the name with `-` for `_`; a setting's
+# bool is the value its flag sets (wait=False is --no-wait).
+FLAGS = {"fmt": "--format", "trial_number": "--trial", "fixes": "--fix", "wait": "--no-wait"}
+
+
+def flag(option: Option) -> str:
+    """A library setting named in an error, as this command line spells it: `--out FILE`."""
+    name = FLAGS.get(option.name, "--" + option.name.replace("_", "-"))
+    if option.value is None or isinstance(option.value, bool):
+        return name
+    return f"{name} {option.value}"
 
 
 class DefaultGroup(click.Group):
@@ -56,7 +67,7 @@ class DefaultGroup(click.Group):
             return super().invoke(ctx)
         except AutotuneError as err:
             # messages quote file and study names, which may hold any character
-            click.echo(f"autotune: error: {visible(err)}", err=True)
+            click.echo(f"autotune: error: {visible(err.render(flag))}", err=True)
             ctx.exit(err.exit_status)
 
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import click
 import optuna
 import pytest
 from click.testing import CliRunner
 from conftest import keep_study_record
 
-from autotune.cli import STUDIES_ENV, cli
-from autotune.errors import AutotuneError, MeasurementFailed
+import autotune
+from autotune.cli import STUDIES_ENV, cli, flag
+from autotune.errors import AutotuneError, MeasurementFailed, Option
 from autotune.measure.machine_lock import MachineBusy
-from autotune.search.space import BASELINE_LABEL
+from autotune.search.space import BASELINE_LABEL, parse_fixes
+from autotune.studies import export
 from autotune.studies.plots import compare_figure, latency_groups
+from autotune.studies.storage import open_storage
 
 COMMANDS = ("tune", "bench", "compare", "show", "export")
 
@@ -35,6 +40,55 @@ def test_exit_statuses_say_what_failed() -> None:
     assert AutotuneError("bad input").exit_status == 2
     assert MeasurementFailed("no trial finished").exit_status == 1
     assert MachineBusy("busy").exit_status == 1
+
+
+def test_the_library_names_its_parameters_and_the_cli_its_flags(
+        runner: CliRunner, tmp_path: Path, small_gguf: Path) -> None:
+    existing = tmp_path / "jarvis.env"
+    existing.write_text("mine\n")
+    with pytest.raises(AutotuneError) as caught:
+        export.check_writable(existing, force=False)
+    assert str(caught.value) == f"out={existing}: file exists; pass force=True to overwrite it"
+    done = runner.invoke(cli, [str(small_gguf), "--out", str(existing)])
+    assert done.exit_code == 2 and done.output == (
+        f"autotune: error: --out {existing}: file exists; pass --force to overwrite it\n")
+
+    with pytest.raises(AutotuneError) as caught:
+        open_storage(tmp_path, "sqlite:///studies.db")
+    assert str(caught.value) == "pass studies_dir or storage, not both"
+    done = runner.invoke(cli, ["compare", "--studies-dir", str(tmp_path),
+                               "--storage", "sqlite:///studies.db"])
+    assert done.output == "autotune: error: pass --studies-dir or --storage, not both\n"
+
+    with pytest.raises(AutotuneError) as caught:
+        parse_fixes(["n_threads=many"])
+    assert str(caught.value) == "JARVIS_N_THREADS='many' in fixes: expected a whole number"
+    done = runner.invoke(cli, [str(small_gguf), "--fix", "n_threads=many"])
+    assert done.output == ("autotune: error: JARVIS_N_THREADS='many' in --fix: expected a "
+                           "whole number\n")
+
+
+def test_a_setting_is_named_by_the_flag_that_sets_it() -> None:
+    assert flag(Option("studies_dir")) == "--studies-dir"
+    assert flag(Option("fmt", "yaml")) == "--format yaml"
+    assert flag(Option("trial_number", "N")) == "--trial N"
+    assert flag(Option("force", True)) == "--force"
+    assert flag(Option("wait", False)) == "--no-wait"
+
+
+def options_named_in_library_errors() -> set[str]:
+    source = Path(autotune.__file__).parent
+    return {name for path in source.rglob("*.py") if path.name != "cli.py"
+            for name in re.findall(r'\bOption\("(\w+)"', path.read_text())}
+
+
+def test_every_setting_a_library_error_names_is_a_flag_of_the_cli() -> None:
+    flags = {opt for command in cli.commands.values() for param in command.params
+             if isinstance(param, click.Option) for opt in param.opts}
+    named = options_named_in_library_errors()
+    assert {"out", "force", "storage", "studies_dir", "wait"} <= named
+    assert {name: flag(Option(name)) for name in named
+            if flag(Option(name)) not in flags} == {}
 
 
 def test_a_user_error_is_one_line_and_status_2(runner: CliRunner, tmp_path: Path) -> None:

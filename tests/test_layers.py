@@ -42,3 +42,17 @@ def test_the_worker_side_loads_nothing_heavy() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert json.loads(done.stdout) == []
+
+
+def test_no_private_attribute_of_another_object_is_read() -> None:
+    """Optuna's `study._storage` or `trial._trial_id` change without notice between
+    releases: autotune uses public APIs only (a subclass keeps its own attributes)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name)
+                             and node.value.id in ("self", "cls", "os"))):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} .{node.attr}")
+    assert found == []

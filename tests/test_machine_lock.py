@@ -54,6 +54,7 @@ def test_a_second_measurement_is_refused_naming_the_holder(holder, lock_file: Pa
         pytest.fail("took a machine that another process holds")
     message = str(caught.value)
     assert f"pid {holder.pid}" in message and "autotune tune" in message
+    assert "leave out wait=False to queue" in message and "--" not in message
     assert "\n" not in message and caught.value.exit_status == 1
 
 
@@ -142,6 +143,7 @@ def test_bench_with_no_wait_refuses_in_one_line(holder, lock_file: Path, model_p
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and f"pid {holder.pid}" in done.stderr
+    assert "leave out --no-wait to queue" in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 

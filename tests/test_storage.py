@@ -352,3 +352,47 @@ def test_a_record_optuna_cannot_replay_is_one_line(tmp_path: Path, run_cli) -> N
     for command in (("show", "kept"), ("compare",)):
         done = run_cli(*command, "--studies-dir", str(tmp_path), cwd=tmp_path)
         one_error_line(done, "cannot be read as a study journal", "restore it from a backup")
+
+
+ORPHAN = """
+import sys
+import optuna
+from autotune.studies.liveness import process_identity
+from autotune.studies.storage import open_storage
+where = sys.argv[1]
+storage = open_storage(storage=where) if "://" in where else open_storage(where)
+study = optuna.create_study(study_name="kept", storage=storage, load_if_exists=True)
+trial = study.ask()
+trial.set_user_attr("host", "here")
+for key, value in process_identity().items():
+    trial.set_user_attr(key, value)
+"""
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_trial_whose_tuner_is_gone_is_failed_as_interrupted_once(
+        tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orphan was created by another process, as a killed tuner's is; a rival that
+    finds it already failed leaves it as it is."""
+    from autotune.studies.storage import fail_orphaned_trials
+
+    where = str(tmp_path) if kind == "journal" else f"sqlite:///{tmp_path / 'studies.db'}"
+    subprocess.run([sys.executable, "-c", ORPHAN, where], check=True, timeout=120,
+                   env=clean_env(PYTHONPATH=str(Path(autotune.__file__).parent.parent)))
+    storage = open_storage(storage=where) if kind == "sqlite" else open_storage(tmp_path)
+    study = optuna.load_study(study_name="kept", storage=storage)
+    mine = study.ask()  # a live owner: this process
+    mine.set_user_attr("host", "here")
+    mine.set_user_attr("pid", os.getpid())
+    mine.set_user_attr("pid_started", psutil.Process().create_time())
+    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+    assert fail_orphaned_trials(study, storage, "elsewhere") == []
+    assert fail_orphaned_trials(study, storage, "here") == [0]
+    orphan, live = study.get_trials()
+    assert orphan.state == optuna.trial.TrialState.FAIL
+    assert orphan.user_attrs["status"] == "interrupted"
+    assert live.state == optuna.trial.TrialState.RUNNING and "status" not in live.user_attrs
+
+    monkeypatch.setattr(study, "get_trials", lambda **_: running)  # a rival's stale view
+    assert fail_orphaned_trials(study, storage, "here") == []

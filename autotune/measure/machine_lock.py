@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
 
 LOCK_FILE_ENV = "AUTOTUNE_LOCK_FILE"
 # Machine-wide on purpose: $TMPDIR may differ between users and sessions, /tmp does not.
@@ -85,7 +85,8 @@ class MachineLock:
                     raise MachineBusy(
                         f"the machine is busy measuring: {holder.describe()}; one measurement "
                         "at a time, since two on the same cores slow each other many times "
-                        "over (wait for it, or run without --no-wait to queue)") from None
+                        "over (wait for it, or leave out ", Option("wait", False),
+                        " to queue)") from None
                 if self.on_wait is not None:
                     self.on_wait(holder)
                 fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel wakes us as the holder ends

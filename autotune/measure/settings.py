@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
@@ -127,7 +127,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def parse(var: Variable, raw: str, source: str = "environment") -> object:
+def parse(var: Variable, raw: str, source: str | Option = "environment") -> object:
     """Parse one variable's text; a bad value raises AutotuneError naming the variable."""
     text = raw.strip()
     try:
@@ -141,23 +141,25 @@ def parse(var: Variable, raw: str, source: str = "environment") -> object:
         value = var.kind(text)
     except ValueError:
         expected = {bool: "true or false", int: "a whole number", float: "a number"}[var.kind]
-        raise AutotuneError(f"{var.name}={raw!r} in {source}: expected {expected}") from None
+        raise AutotuneError(f"{var.name}={raw!r} in ", source, f": expected {expected}"
+                            ) from None
     return check(var, value, source)
 
 
-def check(var: Variable, value: object, source: str = "settings") -> object:
+def check(var: Variable, value: object, source: str | Option = "settings") -> object:
     """Raise AutotuneError naming the variable when `value` has the wrong type or range."""
     numeric = (int, float) if var.kind is float else var.kind
     if isinstance(value, bool) != (var.kind is bool) or not isinstance(value, numeric):
-        raise AutotuneError(f"{var.name}={value!r} in {source}: expected {var.kind.__name__}")
+        raise AutotuneError(f"{var.name}={value!r} in ", source,
+                            f": expected {var.kind.__name__}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise AutotuneError(f"{var.name}={value!r} in {source}: expected a finite number")
+        raise AutotuneError(f"{var.name}={value!r} in ", source, ": expected a finite number")
     if var.minimum is not None and value < var.minimum:  # type: ignore[operator]
-        raise AutotuneError(
-            f"{var.name}={format_value(value)} in {source}: must be at least {var.minimum:g}")
+        raise AutotuneError(f"{var.name}={format_value(value)} in ", source,
+                            f": must be at least {var.minimum:g}")
     if var.maximum is not None and value > var.maximum:  # type: ignore[operator]
-        raise AutotuneError(
-            f"{var.name}={format_value(value)} in {source}: must be at most {var.maximum:g}")
+        raise AutotuneError(f"{var.name}={format_value(value)} in ", source,
+                            f": must be at most {var.maximum:g}")
     return value
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
 from autotune.guide import DEFAULTS_LABEL, GUIDE_DEFAULTS
 from autotune.measure.hardware import Hardware
 from autotune.measure.model import ModelInfo
@@ -141,16 +141,16 @@ def context_choices(model: ModelInfo, machine: Hardware) -> tuple[int, ...]:
 
 
 def parse_fixes(fixes: list[str] | tuple[str, ...]) -> dict[str, object]:
-    """`--fix NAME=VALUE` pins: NAME is a setting (n_threads) or its variable (JARVIS_N_THREADS)."""
+    """`NAME=VALUE` pins: NAME is a setting (n_threads) or its variable (JARVIS_N_THREADS)."""
     pinned: dict[str, object] = {}
     for text in fixes:
         name, sep, raw = text.partition("=")
         name = name.strip()
         var = BY_NAME.get(name.upper()) or BY_FIELD.get(name.lower())
         if not sep or var is None:
-            raise AutotuneError(f"--fix {text!r}: expected NAME=VALUE with NAME a JARVIS_* "
-                                "setting, e.g. --fix n_threads=4")
-        pinned[var.field] = parse(var, raw, "--fix")
+            raise AutotuneError(Option("fixes", repr(text)), ": expected NAME=VALUE with NAME "
+                                "a JARVIS_* setting, e.g. n_threads=4")
+        pinned[var.field] = parse(var, raw, Option("fixes"))
     return pinned
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from autotune import __version__
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
 from autotune.measure.hardware import Hardware
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import ModelInfo
@@ -120,7 +120,7 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo
         study.set_user_attr("schema", SCHEMA_VERSION)  # what it writes from now on
     study.set_user_attr("space", as_json(space.describe()))
     study.set_user_attr("tuned_fields", list(space.tuned_fields))
-    fail_orphaned_trials(study, machine.host)
+    fail_orphaned_trials(study, storage, machine.host)
     labels = {TrialRecord.read(t, name).label for t in study.get_trials(deepcopy=False)}
     for label, params, pinned in space.baselines(model, machine):
         if label not in labels:
@@ -132,15 +132,15 @@ def check_same(name: str, recorded: StudyRecord, model: ModelInfo, machine: Hard
                measurement: Measurement) -> None:
     """A resumed study must measure the same model, machine and workload."""
     if recorded.model.fingerprint != model.fingerprint:
-        raise AutotuneError(f"study {name!r} measured another model file; pass --study-name "
-                            "to start a new study")
+        raise AutotuneError(f"study {name!r} measured another model file; pass ",
+                            Option("study_name"), " to start a new study")
     if recorded.hardware.host != machine.host:
         raise AutotuneError(f"study {name!r} was measured on host "
-                            f"{recorded.hardware.host!r}; pass --study-name "
-                            "to start a new study here")
+                            f"{recorded.hardware.host!r}; pass ",
+                            Option("study_name"), " to start a new study here")
     if recorded.measurement != measurement.identity():
         raise AutotuneError(f"study {name!r} measured another workload or request shape; "
-                            "pass --study-name to start a new study")
+                            "pass ", Option("study_name"), " to start a new study")
 
 
 def record(trial: optuna.Trial, result: TrialResult, weights: Weights) -> float | None:
@@ -176,7 +176,8 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
 
         # A tuner that held the machine may have been killed while we waited for it.
         result = measurement.run(model, settings, on_request,
-                                 before=lambda: fail_orphaned_trials(trial.study, host))
+                                 before=lambda: fail_orphaned_trials(trial.study, trial.storage,
+                                                                    host))
         value = record(trial, result, measurement.weights)
         if result.status == Status.PRUNED:
             raise optuna.TrialPruned(result.reason)

@@ -9,7 +9,7 @@ The header repeats text that a downloaded model file chose (its name, its file n
 and then checks that each line of the result is a comment or one of the expected variables.
 The file is written as sh's and editors' users expect in a shared folder: a new file made
 exclusively beside the target, fsynced, renamed into place, never clobbering a file that
-appeared after the `--force` check.
+appeared after `check_writable` found the path free.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
 from autotune.measure.settings import Settings, load_env_file
 from autotune.safe_text import visible
+from autotune.studies.files import fsync_folder, replace_atomically, written_beside
 from autotune.studies.records import Improvement, StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
@@ -120,7 +121,8 @@ def check_lines(text: str, fmt: str, expected: int) -> None:
 
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise AutotuneError(f"--format {visible(fmt, 40)}: expected one of {', '.join(FORMATS)}")
+        raise AutotuneError(Option("fmt", visible(fmt, 40)),
+                            f": expected one of {', '.join(FORMATS)}")
 
 
 def check_writable(path: str | os.PathLike[str], force: bool) -> Path:
@@ -130,23 +132,24 @@ def check_writable(path: str | os.PathLike[str], force: bool) -> Path:
     permissions, read-only mounts, quotas and root's rights all answer the same way then.
     """
     out = Path(path)
-    shown = visible(out)
+    shown = Option("out", visible(out))
     if out.is_dir():
-        raise AutotuneError(f"--out {shown}: is a directory, expected a file path")
+        raise AutotuneError(shown, ": is a directory, expected a file path")
     if os.path.lexists(out) and not force:
-        raise AutotuneError(f"--out {shown}: file exists; pass --force to overwrite it")
+        raise AutotuneError(shown, ": file exists; pass ", Option("force", True),
+                            " to overwrite it")
     folder = out.parent
     if not folder.exists():
-        raise AutotuneError(f"--out {shown}: folder {visible(folder)} does not exist")
+        raise AutotuneError(shown, f": folder {visible(folder)} does not exist")
     if not folder.is_dir():
-        raise AutotuneError(f"--out {shown}: {visible(folder)} is not a folder")
+        raise AutotuneError(shown, f": {visible(folder)} is not a folder")
     try:
         descriptor, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".tmp")
         os.close(descriptor)
         os.unlink(probe)
     except OSError as err:
-        raise AutotuneError(f"--out {shown}: cannot write in {visible(folder)} "
-                            f"({err.strerror}); choose another --out") from None
+        raise AutotuneError(shown, f": cannot write in {visible(folder)} ({err.strerror}); "
+                            "choose another ", Option("out")) from None
     return out
 
 
@@ -158,37 +161,26 @@ def write(path: str | os.PathLike[str], text: str, force: bool = False) -> Path:
     target is renamed over, so a symlink there is replaced, never followed.
     """
     out = check_writable(path, force)
-    mode = kept_mode(out)
-    temporary = None
+    data, mode = text.encode("utf-8"), kept_mode(out)
     try:
-        descriptor, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.",
-                                                 suffix=".tmp")
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-            file.flush()
-            os.fchmod(file.fileno(), mode)
-            os.fsync(file.fileno())
         if force:
-            os.replace(temporary, out)
+            replace_atomically(out, data, mode)
         else:
-            place_new(temporary, out, text, mode)
-        fsync_folder(out.parent)
+            with written_beside(out, data, mode) as temporary:
+                place_new(temporary, out, data, mode)
+            fsync_folder(out.parent)
     except FileExistsError:
-        raise AutotuneError(f"--out {visible(out)}: a file appeared there while autotune "
-                            "worked; it is kept. Pass --force to overwrite it, or `autotune "
-                            "export STUDY --out FILE` to write elsewhere") from None
+        raise AutotuneError(Option("out", visible(out)), ": a file appeared there while "
+                            "autotune worked; it is kept. Pass ", Option("force", True),
+                            " to overwrite it, or another ", Option("out")) from None
     except OSError as err:
-        raise AutotuneError(f"--out {visible(out)}: cannot write it ({err.strerror}); the "
-                            "study is kept: `autotune export STUDY --out FILE` writes it "
+        raise AutotuneError(Option("out", visible(out)), f": cannot write it ({err.strerror}); "
+                            "the study is kept: `autotune export STUDY > FILE` writes it "
                             "elsewhere") from None
-    finally:
-        if temporary is not None:
-            with suppress(FileNotFoundError):
-                os.unlink(temporary)  # still there unless it was renamed into place
     return out
 
 
-def place_new(temporary: str, out: Path, text: str, mode: int) -> None:
+def place_new(temporary: str, out: Path, data: bytes, mode: int) -> None:
     """Put the written file at `out` only if nothing is there (FileExistsError otherwise)."""
     try:
         os.link(temporary, out)
@@ -197,8 +189,8 @@ def place_new(temporary: str, out: Path, text: str, mode: int) -> None:
             raise
         # A filesystem without hard links: create exclusively, which also never clobbers.
         descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
 
@@ -214,16 +206,6 @@ def kept_mode(out: Path) -> int:
     return 0o666 & ~umask
 
 
-def fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; some filesystems cannot sync a folder, which is fine."""
-    with suppress(OSError):
-        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
 def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str = "shell",
                 date: str | None = None) -> str:
     """The export script for a study's confirmed winner, or for any of its trials.
@@ -236,7 +218,8 @@ def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str =
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise AutotuneError(f"study {visible(repr(study.study_name))}: its records cannot be "
                             f"exported ({visible(type(err).__name__)}: {visible(err, 80)}); "
-                            "tune it again or export another trial with --trial N") from None
+                            "tune it again or export another trial with ",
+                            Option("trial_number", "N")) from None
 
 
 def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
@@ -247,8 +230,8 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
     if trial_number is None:
         winner = record.winner
         if not winner:
-            raise AutotuneError(f"study {name} has no confirmed winner yet; "
-                                "pass --trial N or finish a tuning run")
+            raise AutotuneError(f"study {name} has no confirmed winner yet; pass ",
+                                Option("trial_number", "N"), " or finish a tuning run")
         settings = Settings.from_dict(winner.settings)
         score_s, improvement = winner.score_s, describe(winner.improvement)
         source = f"{study.study_name}, confirmed winner ({winner.label})"

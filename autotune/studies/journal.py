@@ -45,7 +45,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,8 @@ from pathlib import Path
 import psutil
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
+from autotune.studies.files import replace_atomically
 from autotune.studies.liveness import is_alive
 
 FAULT_VARIABLE = "AUTOTUNE_STORAGE_FAULT"
@@ -116,21 +116,22 @@ def repaired(data: bytes, path: Path) -> Repair | None:
             kept.append(record + b"\n")
             done.append(f"split line {number}, a record written after a torn one")
         else:
-            raise JournalDamaged(damaged_message(path, number))
+            raise JournalDamaged(*damaged_message(path, number))
     if not done:
         return None
     tail_only = len(done) == 1 and not done[0].startswith("split")
     return Repair(b"".join(kept), "; ".join(done), tail_only)
 
 
-def damaged_message(path: Path, number: int) -> str:
+def damaged_message(path: Path, number: int) -> tuple[str | Option, ...]:
     if number == 1:
         return (f"{path} is not an Optuna study journal (its first line is not a journal "
-                "record); pass the right file, or move this one away to start afresh")
+                "record); pass the right file, or move this one away to start afresh",)
     return (f"{path}: line {number} is not a journal record (the file was edited or "
             f"overwritten), so no study in it can be read safely; keep the {number - 1} "
             f"records before it with `head -n {number - 1} {path} > repaired.journal` and "
-            "pass --storage repaired.journal, or move the file away to start afresh")
+            "pass ", Option("storage", "repaired.journal"),
+            ", or move the file away to start afresh")
 
 
 def backup_path(path: Path) -> Path:
@@ -143,22 +144,6 @@ def backup_path(path: Path) -> Path:
     return candidate
 
 
-def replace_contents(path: Path, data: bytes) -> None:
-    """Write `data` to a new file beside `path`, keep its mode, and rename it into place."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".repair", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), path.stat().st_mode & 0o7777)
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def repair_locked(path: Path) -> None:
     """Repair the journal in place; the caller holds the journal's lock."""
     fixed = repaired(path.read_bytes(), path)
@@ -166,7 +151,7 @@ def repair_locked(path: Path) -> None:
         return
     backup = backup_path(path)
     shutil.copy2(path, backup)
-    replace_contents(path, fixed.data)
+    replace_atomically(path, fixed.data, path.stat().st_mode & 0o7777)
     log.warning("autotune: warning: %s: %s; the file as it was is kept as %s",
                 path, fixed.what, backup)
 
@@ -190,7 +175,8 @@ def check_on_open(path: Path, backend: SafeJournalBackend) -> None:
             return
         raise AutotuneError(f"{path} needs a repair ({fixed.what}) but cannot be written "
                             f"({err.strerror}); make its folder writable, or copy it "
-                            "somewhere writable and pass --storage COPY") from None
+                            "somewhere writable and pass ", Option("storage", "COPY")
+                            ) from None
 
 
 def holder() -> dict[str, object]:

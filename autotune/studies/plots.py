@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
 from autotune.measure.settings import BY_FIELD
 from autotune.safe_text import visible
 from autotune.search.space import BASELINE_LABEL
@@ -24,7 +24,8 @@ NAME_LIMIT = 60  # characters of a study name on a figure
 def kind_of(path: str | os.PathLike[str]) -> str:
     kind = Path(path).suffix.lower().lstrip(".")
     if kind not in KINDS:
-        raise AutotuneError(f"--plot {path}: expected a .png or .html file name")
+        raise AutotuneError(Option("plot", visible(path)), ": expected a .png or .html file "
+                            "name")
     return kind
 
 
@@ -124,7 +125,7 @@ def study_plots(study: optuna.Study, folder: str | os.PathLike[str], kind: str =
                 ) -> list[Path]:
     """Optimisation history, slice and parallel coordinates of the finished trials."""
     if kind not in KINDS:
-        raise AutotuneError(f"--plot-format {kind}: expected png or html")
+        raise AutotuneError(Option("plot_format", visible(kind, 40)), ": expected png or html")
     finished = feasible_study(study)
     if not finished.trials:
         raise AutotuneError(f"study {study.study_name!r} has no finished trials to plot")

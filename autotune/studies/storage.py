@@ -4,7 +4,7 @@ The default is Optuna's JournalStorage on a file (`studies/autotune.journal`): e
 append-only, and safe for several processes on one machine (it takes a file lock for each
 write), and readable by `optuna-dashboard studies/autotune.journal`. autotune opens it
 through `autotune.journal`, which repairs a record torn by a killed writer and rolls back
-a write that failed on a full disk (see there for why). `--storage URL` takes any RDB URL
+a write that failed on a full disk (see there for why). `storage=URL` takes any RDB URL
 Optuna accepts (`sqlite:///file.db`, `postgresql://...`) or the path of another journal
 file. A URL is only ever shown with its password hidden (`redact`).
 """
@@ -17,12 +17,16 @@ from pathlib import Path
 
 import optuna
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, Option
+from autotune.measure.records import Status
 from autotune.studies.liveness import is_alive
+from autotune.studies.records import TrialRecord, trial_attrs
 
 DEFAULT_STUDIES_DIR = "studies"
 JOURNAL_FILE = "autotune.journal"
 JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
+# The two ways to say where studies live, named in errors as the caller's own options do.
+EITHER_PLACE = (Option("studies_dir"), " or ", Option("storage"))
 SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|secret|token)=)[^&;]*", re.IGNORECASE)
 
 
@@ -66,7 +70,7 @@ def journal_storage(path: Path, create: bool = True) -> optuna.storages.BaseStor
     except OSError as err:
         raise AutotuneError(f"the studies folder {path.parent} cannot be written "
                             f"({err.strerror}): the study could not be saved; make it "
-                            "writable, or pass another --studies-dir or --storage") from None
+                            "writable, or pass another ", *EITHER_PLACE) from None
     check_on_open(path, backend)
     try:
         return optuna.storages.JournalStorage(backend)
@@ -89,7 +93,7 @@ def make_studies_folder(folder: Path) -> None:
         folder.mkdir()
     except OSError as err:
         raise AutotuneError(f"cannot create the studies folder {folder}: {err.strerror}; "
-                            "pass another --studies-dir or --storage") from None
+                            "pass another ", *EITHER_PLACE) from None
 
 
 def first_line(err: BaseException) -> str:
@@ -113,7 +117,7 @@ def open_storage(studies_dir: str | os.PathLike[str] | None = None,
     journal or SQLite file is an error, not a new empty storage.
     """
     if studies_dir and storage:
-        raise AutotuneError("pass --studies-dir or --storage, not both")
+        raise AutotuneError("pass ", *EITHER_PLACE, ", not both")
     where = storage or str(Path(studies_dir or DEFAULT_STUDIES_DIR) / JOURNAL_FILE)
     if "://" in where:
         return url_storage(where, create)
@@ -122,10 +126,11 @@ def open_storage(studies_dir: str | os.PathLike[str] | None = None,
         path = path / JOURNAL_FILE
     if not create and not path.is_file():
         raise AutotuneError(f"no studies at {path} (run `autotune MODEL` first, or pass "
-                            "--studies-dir / --storage)")
+                            "another ", *EITHER_PLACE, ")")
     if path.suffix not in JOURNAL_SUFFIXES:
-        raise AutotuneError(f"--storage {where}: expected a URL such as sqlite:///studies.db "
-                            f"or a journal file ending in {', '.join(JOURNAL_SUFFIXES)}")
+        raise AutotuneError(Option("storage", where), ": expected a URL such as "
+                            "sqlite:///studies.db or a journal file ending in "
+                            f"{', '.join(JOURNAL_SUFFIXES)}")
     return journal_storage(path, create)
 
 
@@ -139,8 +144,8 @@ def url_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
         return optuna.storages.get_storage(url)
     except Exception as err:
         detail = hide_secrets(first_line(err), url)
-        raise AutotuneError(f"--storage {shown}: cannot open it ({detail}); check the URL, "
-                            "and that it names an Optuna database") from None
+        raise AutotuneError(Option("storage", shown), f": cannot open it ({detail}); check "
+                            "the URL, and that it names an Optuna database") from None
 
 
 def sqlite_file(url: str) -> str | None:
@@ -188,20 +193,30 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def fail_orphaned_trials(study: optuna.Study, host: str) -> list[int]:
+def fail_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                         host: str) -> list[int]:
     """Mark FAIL the RUNNING trials whose tuner process on this host is gone (it was killed).
 
     Trials of other hosts, and trials whose owner this host cannot identify, are left alone.
+    Each orphan gets the status `interrupted` through the storage's own methods (a user
+    attribute is set only on a live Trial otherwise, and never on a finished one) and is
+    then finished by `tell`; an orphan that another tuner fails first is left as it made it.
+    Returns the numbers of the orphans found, all finished now.
     """
     from optuna.trial import TrialState
 
     failed = []
+    study_id = None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get("host") == host and not is_alive(attrs.get("pid"), attrs.get("pid_started")):
+        kept = TrialRecord.read(trial, study.study_name)
+        if kept.host == host and not is_alive(kept.pid, kept.pid_started):
+            if study_id is None:
+                study_id = storage.get_study_id_from_name(study.study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             try:
-                study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
-                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                storage.set_trial_user_attr(trial_id, *trial_attrs(
+                    status=Status.INTERRUPTED).popitem())
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another tuner failed it first
             failed.append(trial.number)
