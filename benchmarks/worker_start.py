@@ -51,6 +51,7 @@ trial, workload, settings = (importlib.import_module(f"{package}.{name}")
 command = (trial.worker_command() if hasattr(trial, "worker_command")
            else [sys.executable, "-m", module])
 spec = trial.TrialSpec(model, settings.Settings(), workload.builtin_workload()).to_wire()
+spec = json.loads(spec) if isinstance(spec, str) else spec  # a JSON line since the records
 print(json.dumps({"module": module, "command": command, "spec": spec, "file": trial.__file__}))
 """
 # Only builtin modules before the timer, so the import timed is the worker's own.
