@@ -11,7 +11,7 @@ import pytest
 
 from autotune.measure.model import demo_model_path
 from autotune.measure.settings import Settings
-from autotune.measure.trial import TrialSpec
+from autotune.measure.trial import TrialSpec, run_trial
 from autotune.measure.workload import Workload
 
 FAST = ["autotune.safe_text", "autotune.measure.records", "autotune.measure.settings",
@@ -24,7 +24,7 @@ MEASURING = ["autotune.measure.trial", "autotune.measure.machine_lock",
 def run_examples(module_name: str, **names: object) -> None:
     module = importlib.import_module(module_name)
     globs = {**vars(module), "demo_model_path": demo_model_path, "Settings": Settings,
-             "TrialSpec": TrialSpec, **names}
+             "TrialSpec": TrialSpec, "run_trial": run_trial, **names}
     result = doctest.testmod(module, globs=globs, optionflags=doctest.ELLIPSIS,
                              raise_on_error=False, report=True)
     assert result.attempted > 0, f"{module_name} has no example"

@@ -12,7 +12,7 @@ The lock is taken per measurement, not per command: two tuners (or a tuner and a
 take turns trial by trial, each trial measured alone.
 
 Example:
-    >>> lock = MachineLock(wait=False)
+    >>> lock = MachineLock()  # waits its turn; wait=False raises MachineBusy instead
     >>> with lock.held("bench"):
     ...     result = run_trial(TrialSpec(demo_model_path(), Settings(n_threads=2), workload))
     >>> result.ok

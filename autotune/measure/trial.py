@@ -107,7 +107,7 @@ class TrialSpec:
     def to_wire(self) -> str:
         """The one JSON line the worker reads: what it runs, not the parent's limits."""
         return json.dumps({
-            "model_path": self.model_path, "settings": self.settings.to_dict(),
+            "model_path": str(self.model_path), "settings": self.settings.to_dict(),
             "requests": [r.to_dict() for r in self.workload.requests],
             "workload": self.workload.name, "tokens_per_request": self.tokens_per_request,
             "passes": self.passes, "clients": self.clients,
