@@ -43,7 +43,8 @@ from autotune.studies.records import (
     StudyRecord,
     TrialRecord,
     Versions,
-    as_json,
+    keep,
+    study_attrs,
     trial_attrs,
 )
 from autotune.studies.storage import fail_orphaned_trials, storage_failure
@@ -113,13 +114,12 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo
         created = StudyRecord(model=model, hardware=machine, versions=versions(),
                               measurement=measurement.identity(), weights=measurement.weights,
                               created=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-        for key, value in created.attrs().items():
-            study.set_user_attr(key, value)
+        keep(study.set_user_attr, created.attrs())
     else:
         check_same(name, StudyRecord.read(study), model, machine, measurement)
-        study.set_user_attr("schema", SCHEMA_VERSION)  # what it writes from now on
-    study.set_user_attr("space", as_json(space.describe()))
-    study.set_user_attr("tuned_fields", list(space.tuned_fields))
+        keep(study.set_user_attr, study_attrs(schema=SCHEMA_VERSION))  # what it writes now
+    keep(study.set_user_attr, study_attrs(space=space.describe(),
+                                          tuned_fields=space.tuned_fields))
     fail_orphaned_trials(study, storage, machine.host)
     labels = {TrialRecord.read(t, name).label for t in study.get_trials(deepcopy=False)}
     for label, params, pinned in space.baselines(model, machine):
@@ -150,9 +150,7 @@ def record(trial: optuna.Trial, result: TrialResult, weights: Weights) -> float 
     outcome = trial_attrs(status=result.status, reason=result.reason[:500],
                           stats=summarize(result), latencies=result.latencies,
                           settings=result.settings, score=parts, stderr_tail=failed_tail)
-    for key, value in outcome.items():
-        if value is not None and value != "":
-            trial.set_user_attr(key, value)
+    keep(trial.set_user_attr, {k: v for k, v in outcome.items() if v is not None and v != ""})
     return parts.total_s if parts else None
 
 
@@ -161,8 +159,7 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
     def objective(trial: optuna.Trial) -> float:
         # Who runs the trial comes first: until it is written, another tuner cannot tell
         # whether this trial is orphaned, and so must treat it as alive.
-        for key, value in trial_attrs(host=host, **process_identity()).items():
-            trial.set_user_attr(key, value)
+        keep(trial.set_user_attr, trial_attrs(host=host, **process_identity()))
         settings = space.suggest(trial)
 
         total = len(measurement.workload.requests)
@@ -187,8 +184,8 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         reloads = result.reloads
         trial.set_constraint("context_overflow", float(reloads))
         if reloads:
-            trial.set_user_attr(*trial_attrs(infeasible=f"context overflow: {reloads} "
-                                                        "request(s) dropped history").popitem())
+            keep(trial.set_user_attr, trial_attrs(
+                infeasible=f"context overflow: {reloads} request(s) dropped history"))
         return FAILED_SCORE_S if value is None else value
 
     return objective

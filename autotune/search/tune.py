@@ -37,7 +37,8 @@ from autotune.studies.records import (
     TrialRecord,
     TuneReport,
     Winner,
-    as_json,
+    keep,
+    study_attrs,
 )
 from autotune.studies.storage import location, open_storage
 
@@ -130,8 +131,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     if winner is None:
         raise MeasurementFailed(f"study {name!r}: no finalist finished every confirmation "
                                 "round")
-    study.set_user_attr("confirmation", as_json(outcome.confirmation))
-    study.set_user_attr("winner", as_json(Winner(
+    keep(study.set_user_attr, study_attrs(confirmation=outcome.confirmation, winner=Winner(
         label=winner.label, trial_number=winner.trial_number, settings=winner.settings,
         score_s=winner.median_score_s, mean_s=winner.median_mean_s,  # type: ignore[arg-type]
         improvement=outcome.improvement, confirmed=time.strftime("%Y-%m-%d %H:%M:%S %Z"))))

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -235,12 +235,7 @@ class StudyRecord:
 
     def attrs(self) -> dict[str, object]:
         """The user attributes written when the study is created."""
-        data = {"model": self.model.to_dict(), "hardware": self.hardware.to_dict(),
-                "versions": dataclasses.asdict(self.versions),
-                "measurement": dataclasses.asdict(self.measurement),
-                "weights": dataclasses.asdict(self.weights), "created": self.created,
-                "schema": self.schema}
-        return {key: data[key] for key in self.CREATED}
+        return study_attrs(**{key: getattr(self, key) for key in self.CREATED})
 
 
 def schema_of(attrs: Mapping[str, object]) -> int | None:
@@ -308,11 +303,25 @@ class TrialRecord:
 
 def trial_attrs(**fields: object) -> dict[str, object]:
     """User attributes for the given TrialRecord fields, as JSON-ready values."""
-    known = {f.name for f in dataclasses.fields(TrialRecord)}
-    unknown = set(fields) - known
+    return attrs_of(TrialRecord, fields)
+
+
+def study_attrs(**fields: object) -> dict[str, object]:
+    """User attributes for the given StudyRecord fields, as JSON-ready values."""
+    return attrs_of(StudyRecord, fields)
+
+
+def attrs_of(record: type, fields: dict[str, object]) -> dict[str, object]:
+    unknown = set(fields) - {f.name for f in dataclasses.fields(record)}
     if unknown:
-        raise TypeError(f"not TrialRecord fields: {', '.join(sorted(unknown))}")
+        raise TypeError(f"not {record.__name__} fields: {', '.join(sorted(unknown))}")
     return {name: as_json(value) for name, value in fields.items()}
+
+
+def keep(set_user_attr: Callable[[str, object], object], attrs: dict[str, object]) -> None:
+    """Write `attrs` with a study's, a trial's or a storage's `set_*_user_attr`."""
+    for key, value in attrs.items():
+        set_user_attr(key, value)
 
 
 # --- the --json outputs of the study commands ------------------------------------------

@@ -11,6 +11,7 @@ file. A URL is only ever shown with its password hidden (`redact`).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -20,7 +21,7 @@ import optuna
 from autotune.errors import AutotuneError, Option
 from autotune.measure.records import Status
 from autotune.studies.liveness import is_alive
-from autotune.studies.records import TrialRecord, trial_attrs
+from autotune.studies.records import TrialRecord, keep, trial_attrs
 
 DEFAULT_STUDIES_DIR = "studies"
 JOURNAL_FILE = "autotune.journal"
@@ -214,8 +215,8 @@ def fail_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStora
                 study_id = storage.get_study_id_from_name(study.study_name)
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             try:
-                storage.set_trial_user_attr(trial_id, *trial_attrs(
-                    status=Status.INTERRUPTED).popitem())
+                keep(functools.partial(storage.set_trial_user_attr, trial_id),
+                     trial_attrs(status=Status.INTERRUPTED))
                 study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another tuner failed it first
