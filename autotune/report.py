@@ -138,10 +138,8 @@ def print_tune(console: Console, report: TuneReport) -> None:
     console.print(targets_table(columns))
     improvement = report.improvement
     if improvement:
-        console.print(f"Mean latency: [bold]{improvement.speedup:.2f}x[/] lower than the "
-                      f"guide's defaults (range {improvement.speedup_min:.2f}x-"
-                      f"{improvement.speedup_max:.2f}x over {improvement.rounds} "
-                      "interleaved rounds).")
+        console.print(f"Against the guide's defaults: [bold]{terminal(improvement.describe())}"
+                      "[/].")
     best = " ".join(f"{k}={v}" for k, v in report.best.items())
     console.print(f"Best: {terminal(best)}")
     for note in report.notes:
@@ -180,8 +178,7 @@ def compare_table(summaries: list[dict]) -> Table:
                 "cores": f"{row.get('physical_cores')}/{row.get('logical_cores')}",
                 "outcomes": f"{row['ok']}/{row['pruned']}/{row['failed']}",
                 "gpus": row.get("gpus") or "none",
-                "improvement": "-" if row.get("speedup") is None else
-                f"{row['speedup']:.2f}x ({row['speedup_min']:.2f}-{row['speedup_max']:.2f})"}
+                "improvement": improvement_cell(row)}
                for row in summaries]
     for label, key, fmt in COMPARE_ROWS:
         table.add_row(label, *(present(r.get(key), fmt) for r in derived))
@@ -189,6 +186,16 @@ def compare_table(summaries: list[dict]) -> Table:
     for name in variables:
         table.add_row(terminal(name), *(present(r.get(name), str) for r in summaries))
     return table
+
+
+def improvement_cell(row: dict) -> str:
+    """The speedup with its interval (or, for older studies, its range over rounds)."""
+    if row.get("speedup") is None:
+        return "-"
+    low, high = row.get("speedup_low"), row.get("speedup_high")
+    if low is None or high is None or low != low:  # NaN: a study without an interval
+        return f"{row['speedup']:.2f}x (range {row['speedup_min']:.2f}-{row['speedup_max']:.2f})"
+    return f"{row['speedup']:.2f}x (95%: {low:.2f}-{high:.2f})"
 
 
 def present(value: object, fmt) -> str:

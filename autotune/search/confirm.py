@@ -4,7 +4,12 @@ A search ranks candidates on one noisy run each. Before a winner is declared, th
 few and the guide's defaults run again, in a shuffled order each round (so slow drift of
 the machine falls on all of them alike); the winner has the lowest median score over the
 rounds, and the improvement is the per-round ratio of the defaults' mean latency to the
-winner's, reported as its median and its range.
+winner's, reported as its median and its range, with an interval from a paired bootstrap:
+a round is drawn, then its requests with replacement (each request ran under both
+configurations, so its two latencies are a pair), and the ratio of mean latencies taken
+for each resample. Two rounds' range says little; the interval says where a fresh A/B of
+the same two configurations (one run of each, interleaved) should land, as pyperf and asv
+resample before they call a change.
 """
 
 from __future__ import annotations
@@ -59,16 +64,18 @@ def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResu
             run = ConfirmRun(round=round_no, label=candidate.label, status=result.status,
                              reason=result.reason, trial_number=candidate.trial_number,
                              settings=candidate.settings.to_dict(), stats=summarize(result),
-                             score=score(result.latencies, weights) if result.ok else None)
+                             score=score(result.latencies, weights) if result.ok else None,
+                             latencies={r.index: r.latency_s for r in result.requests})
             runs.append(run)
             if on_event is not None:
                 on_event(ConfirmEnded(done=len(runs), total=total, label=candidate.label,
                                       status=result.status,
                                       value=run.score.total_s if run.score else None))
-    return decide(candidates, runs)
+    return decide(candidates, runs, seed)
 
 
-def decide(candidates: list[Candidate], runs: list[ConfirmRun]) -> Outcome:
+def decide(candidates: list[Candidate], runs: list[ConfirmRun], seed: int | None = None
+           ) -> Outcome:
     """The winner and the improvement over the defaults, from finished runs alone."""
     table = []
     for candidate in candidates:
@@ -84,17 +91,54 @@ def decide(candidates: list[Candidate], runs: list[ConfirmRun]) -> Outcome:
     if not complete:
         return Outcome(confirmation, None, None)
     winner = min(complete, key=lambda row: row.median_score_s)
-    return Outcome(confirmation, winner, improvement(runs, winner.label))
+    return Outcome(confirmation, winner, improvement(runs, winner.label, seed))
 
 
-def improvement(runs: list[ConfirmRun], winner: str) -> Improvement | None:
-    """Per round: defaults' mean latency / winner's; its median and range over rounds."""
+def improvement(runs: list[ConfirmRun], winner: str, seed: int | None = None
+                ) -> Improvement | None:
+    """Per round: defaults' mean latency / winner's; its median, range and interval."""
     ratios = []
+    pairs: list[list[tuple[float, float]]] = []
     for round_no in sorted({r.round for r in runs}):
         here = {r.label: r for r in runs if r.round == round_no and r.score is not None}
         if BASELINE in here and winner in here:
             ratios.append(here[BASELINE].stats.mean_s / here[winner].stats.mean_s)
+            base, best = here[BASELINE].latencies, here[winner].latencies
+            pairs.append([(base[i], best[i]) for i in sorted(base.keys() & best.keys())])
     if not ratios:
         return None
+    interval = paired_bootstrap(pairs, seed=seed) if all(pairs) else None
     return Improvement(speedup=statistics.median(ratios), speedup_min=min(ratios),
-                       speedup_max=max(ratios), rounds=len(ratios), ratios=tuple(ratios))
+                       speedup_max=max(ratios), rounds=len(ratios), ratios=tuple(ratios),
+                       low=interval[0] if interval else None,
+                       high=interval[1] if interval else None, confidence=CONFIDENCE,
+                       requests=min(len(p) for p in pairs) if interval else 0)
+
+
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+
+
+def paired_bootstrap(rounds: list[list[tuple[float, float]]], confidence: float = CONFIDENCE,
+                     resamples: int = RESAMPLES, seed: int | None = None
+                     ) -> tuple[float, float]:
+    """Where sum(a) / sum(b) of one fresh A/B should land: a percentile interval.
+
+    `rounds` holds, per confirmation round, the (a, b) latency pairs of the requests both
+    configurations ran. Each resample is one A/B as a round would measure it: a round drawn
+    at random (the drift between rounds), then as many of its pairs drawn with replacement
+    (the spread between requests), a pair always kept a pair.
+    """
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        pairs = rounds[rng.randrange(len(rounds))]
+        top = bottom = 0.0
+        for _ in pairs:
+            a, b = pairs[rng.randrange(len(pairs))]
+            top += a
+            bottom += b
+        ratios.append(top / bottom)
+    ratios.sort()
+    tail = (1 - confidence) / 2
+    return (ratios[int(tail * (resamples - 1))], ratios[int((1 - tail) * (resamples - 1))])

@@ -10,7 +10,8 @@ Schema versions (`SCHEMA_VERSION`), checked whenever a study is read:
   1. the version kept only as `versions["schema"]` (a string); trial statistics without
      the per-pass means. Read as they are: every later field takes its default.
   2. the version is a study attribute of its own (`schema`, an int); trial statistics
-     keep the per-pass means. A study written by a newer autotune is refused.
+     keep the per-pass means; confirmation runs keep their request latencies, and the
+     improvement its bootstrap interval. A study written by a newer autotune is refused.
 
 Example:
     >>> schema_of({"model": {}, "versions": {"schema": "1"}}), schema_of({"model": {}, "schema": 2})
@@ -94,18 +95,32 @@ class SpaceSummary:
 
 @dataclass(frozen=True)
 class Improvement:
-    """Per confirmation round, the defaults' mean latency over the winner's."""
+    """Per confirmation round, the defaults' mean latency over the winner's; and an interval.
+
+    `speedup` is the median of the per-round ratios, `speedup_min`/`speedup_max` their
+    range. `low`/`high` bound, at `confidence`, the ratio a fresh A/B of the same two
+    configurations should show: a paired bootstrap over the rounds and the requests both
+    ran (`requests` of them). Studies confirmed before the interval existed have none.
+    """
 
     speedup: float
     speedup_min: float
     speedup_max: float
     rounds: int
     ratios: tuple[float, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    confidence: float = 0.95
+    requests: int = 0
 
     def describe(self) -> str:
         """One line for the export header and the report."""
-        return (f"{self.speedup:.2f}x lower mean latency (range {self.speedup_min:.2f}x-"
-                f"{self.speedup_max:.2f}x over {self.rounds} interleaved rounds)")
+        if self.low is None or self.high is None:
+            return (f"{self.speedup:.2f}x lower mean latency (range {self.speedup_min:.2f}x-"
+                    f"{self.speedup_max:.2f}x over {self.rounds} interleaved rounds)")
+        return (f"{self.speedup:.2f}x lower mean latency ({self.confidence:.0%} of fresh A/Bs "
+                f"within {self.low:.2f}x-{self.high:.2f}x: paired bootstrap over {self.rounds} "
+                f"interleaved rounds x {self.requests} requests)")
 
 
 @dataclass(frozen=True)
@@ -120,11 +135,15 @@ class ConfirmRun:
     settings: dict[str, object]
     stats: TrialStats
     score: Score | None = None
+    # each finished request's latency by its index in the workload (schema 2 and later)
+    latencies: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: object) -> ConfirmRun:
-        return from_mapping(cls, data, {"status": Status, "stats": TrialStats.from_dict,
-                                        "score": lambda d: from_mapping(Score, d)})
+        return from_mapping(cls, data, {
+            "status": Status, "stats": TrialStats.from_dict,
+            "score": lambda d: from_mapping(Score, d),
+            "latencies": lambda d: {int(k): float(v) for k, v in d.items()}})
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,8 @@ def summary_row(study: optuna.Study) -> dict[str, object]:
         "speedup": improvement.speedup if improvement else None,
         "speedup_min": improvement.speedup_min if improvement else None,
         "speedup_max": improvement.speedup_max if improvement else None,
+        "speedup_low": improvement.low if improvement else None,
+        "speedup_high": improvement.high if improvement else None,
     }
     settings = winner.settings if winner else (best_kept.settings or {} if best_kept else {})
     for name in (f for f in record.tuned_fields if f in BY_FIELD):

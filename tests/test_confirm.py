@@ -1,0 +1,85 @@
+"""Confirmation's decision and its improvement interval, on hand-made runs (logic only)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from autotune.measure.records import Status, TrialStats
+from autotune.measure.settings import Settings
+from autotune.search.confirm import BASELINE, Candidate, decide, paired_bootstrap
+from autotune.search.scoring import score
+from autotune.studies.records import ConfirmRun, Improvement
+
+WINNER = "trial 3"
+
+
+def run(label: str, round_no: int, latencies: list[float]) -> ConfirmRun:
+    mean = sum(latencies) / len(latencies)
+    return ConfirmRun(round=round_no, label=label, status=Status.OK, reason="",
+                      trial_number=None, settings={}, stats=TrialStats(mean_s=mean),
+                      score=score(latencies), latencies=dict(enumerate(latencies)))
+
+
+def candidates() -> list[Candidate]:
+    return [Candidate(WINNER, Settings(n_threads=2), 3), Candidate(BASELINE, Settings())]
+
+
+def test_an_exact_ratio_has_no_spread() -> None:
+    rounds = [[(2.0 * x, x) for x in (0.5, 0.7, 0.9, 1.1)]] * 3
+    assert paired_bootstrap(rounds, seed=1) == pytest.approx((2.0, 2.0))
+
+
+def test_the_interval_holds_the_ratio_it_was_drawn_around() -> None:
+    rng = random.Random(7)
+    rounds = [[(2.5 * x * rng.uniform(0.8, 1.2), x) for x in
+               (rng.uniform(0.3, 1.5) for _ in range(16))] for _ in range(3)]
+    low, high = paired_bootstrap(rounds, seed=3)
+    assert low < 2.5 < high
+    assert high - low < 0.6  # 16 pairs a round pin it down
+    assert paired_bootstrap(rounds, seed=3) == (low, high)  # a seed repeats it
+
+
+def test_more_requests_narrow_the_interval() -> None:
+    rng = random.Random(11)
+
+    def rounds_of(n: int) -> list[list[tuple[float, float]]]:
+        return [[(2 * x * rng.uniform(0.7, 1.3), x) for x in (rng.uniform(0.3, 1.5)
+                                                             for _ in range(n))]
+                for _ in range(2)]
+
+    few, many = paired_bootstrap(rounds_of(4), seed=0), paired_bootstrap(rounds_of(64), seed=0)
+    assert many[1] - many[0] < few[1] - few[0]
+
+
+def test_decide_reports_the_interval_with_the_median_ratio() -> None:
+    runs = []
+    for round_no in range(2):
+        runs.append(run(WINNER, round_no, [0.4, 0.5, 0.6, 0.5]))
+        runs.append(run(BASELINE, round_no, [1.0, 1.1, 0.9, 1.0]))
+    outcome = decide(candidates(), runs, seed=0)
+    assert outcome.winner is not None and outcome.winner.label == WINNER
+    improvement = outcome.improvement
+    assert isinstance(improvement, Improvement)
+    assert improvement.speedup == pytest.approx(2.0)
+    assert improvement.low <= 2.0 <= improvement.high
+    assert (improvement.rounds, improvement.requests, improvement.confidence) == (2, 4, 0.95)
+    assert "95% of fresh A/Bs within" in improvement.describe()
+
+
+def test_a_run_without_request_latencies_keeps_the_range_only() -> None:
+    # confirmations kept before the interval existed have no latencies per request
+    old = [dataclasses.replace(run(WINNER, 0, [0.5] * 4), latencies={}),
+           dataclasses.replace(run(BASELINE, 0, [1.0] * 4), latencies={})]
+    improvement = decide(candidates(), old).improvement
+    assert improvement is not None and improvement.low is None
+    assert improvement.describe().startswith("2.00x lower mean latency (range 2.00x-2.00x")
+
+
+
+def test_the_interval_spans_the_drift_between_rounds() -> None:
+    # one round at 2x, one at 3x, no spread within: a fresh A/B lands at either
+    rounds = [[(2.0 * x, x) for x in (0.5, 1.0)], [(3.0 * x, x) for x in (0.5, 1.0)]]
+    assert paired_bootstrap(rounds, seed=0) == pytest.approx((2.0, 3.0))
