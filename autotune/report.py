@@ -144,6 +144,11 @@ def print_tune(console: Console, report: TuneReport) -> None:
     console.print(f"Best: {terminal(best)}")
     for note in report.notes:
         console.print(f"Note: {terminal(note)}")
+    total = sum(report.costs.values())
+    if total:
+        measured = report.costs.get("measured requests", 0.0)
+        console.print(f"Wall time {total:.0f} s, {measured / total:.0%} of it measured requests "
+                      "(the rest: worker starts, model loads, sampler, storage).")
     if report.out:
         out = terminal(report.out)
         console.print(f"Wrote {out}: run `. {out}` and restart Jarvis.")

@@ -245,6 +245,7 @@ class TrialResult:
     returncode: int | None = None
     stderr_tail: str = ""
     wall_s: float = 0.0
+    loaded_after_s: float | None = None  # the parent's clock: spawn until `loaded` arrived
     pid: int | None = None
     ended_at: float | None = None
 

@@ -277,6 +277,7 @@ def follow(lines: queue.Queue, result: TrialResult, spec: TrialSpec, started: fl
         if isinstance(event, Loaded):
             loaded = True
             result.load_s = event.load_s
+            result.loaded_after_s = time.perf_counter() - started
         elif isinstance(event, Warmup):
             result.warmup_s = event.latency_s
         elif isinstance(event, RequestRecord):

@@ -33,6 +33,7 @@ from autotune.measure.records import RequestRecord, Status, TrialResult
 from autotune.measure.stats import summarize
 from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
 from autotune.measure.workload import Workload
+from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, TrialEnded
 from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
@@ -69,6 +70,7 @@ class Measurement:
     trial_timeout_s: float = 300.0
     weights: Weights = field(default_factory=Weights)
     lock: MachineLock = field(default_factory=MachineLock, compare=False)
+    costs: Costs = field(default_factory=Costs, compare=False)  # what its trials cost
 
     def spec(self, model: ModelInfo, settings: object) -> TrialSpec:
         # the stall and load limits follow --trial-timeout and the model's size
@@ -79,10 +81,14 @@ class Measurement:
     def run(self, model: ModelInfo, settings: object, on_request=None,
             before: Callable[[], object] | None = None) -> TrialResult:
         """One trial, alone on the machine; `before` runs once the machine is ours."""
+        asked = time.perf_counter()
         with self.lock.held("tune"):
+            waited = time.perf_counter() - asked
             if before is not None:
                 before()
-            return run_trial(self.spec(model, settings), on_request=on_request)
+            result = run_trial(self.spec(model, settings), on_request=on_request)
+        self.costs.add_trial(result, waited)
+        return result
 
     def identity(self) -> MeasurementIdentity:
         requests = json.dumps([r.to_dict() for r in self.workload.requests], sort_keys=True)

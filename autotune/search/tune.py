@@ -26,6 +26,7 @@ from autotune.measure.trial import DEFAULT_TOKENS
 from autotune.measure.workload import Workload, builtin_workload
 from autotune.safe_text import visible
 from autotune.search.confirm import BASELINE, Candidate, confirm
+from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, Started, Waiting
 from autotune.search.scoring import Weights
 from autotune.search.space import build_space
@@ -102,7 +103,9 @@ def representative(runs: tuple[ConfirmRun, ...], label: str) -> ConfirmRun | Non
 def tune(model_path: str | os.PathLike[str], options: TuneOptions,
          on_event: OnEvent | None = None) -> TuneReport:
     """Search, confirm against the guide's defaults, and write the export script."""
-    model = inspect_model(model_path)
+    costs = Costs()
+    with costs.timing("inspection_s"):
+        model = inspect_model(model_path)
     if options.out:
         export.check_writable(options.out, options.force)
     export.check_format(options.fmt)
@@ -111,22 +114,26 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     lock = MachineLock(wait=options.wait, on_wait=None if on_event is None else
                        lambda holder: on_event(Waiting(holder.describe())))
     measurement = Measurement(options.workload or builtin_workload(), options.tokens_per_request,
-                              options.clients, options.trial_timeout_s, options.weights, lock)
-    storage = open_storage(options.studies_dir, options.storage)
-    name = options.study_name or default_study_name(model.path, machine.host)
-    study = open_study(name, storage, model, machine, measurement, space, options.seed)
+                              options.clients, options.trial_timeout_s, options.weights, lock,
+                              costs)
+    with costs.timing("setup_s"):
+        storage = open_storage(options.studies_dir, options.storage)
+        name = options.study_name or default_study_name(model.path, machine.host)
+        study = open_study(name, storage, model, machine, measurement, space, options.seed)
     if on_event is not None:
         on_event(Started(study=name, storage=location(options.studies_dir, options.storage),
                          resumed=len(study.trials) > 2, notes=tuple(space.notes)))
-    search(study, model, space, measurement, machine.host, options.trials, options.timeout_s,
-           on_event)
+    with costs.timing("search_s"):
+        search(study, model, space, measurement, machine.host, options.trials,
+               options.timeout_s, on_event)
     candidates = finalists(study, options.finalists)
     if len(candidates) == 1:
         raise MeasurementFailed(f"study {name!r}: no trial finished without failing or "
                             "overflowing the context, so there is nothing to confirm; see "
                             f"`autotune show {name}`")
-    outcome = confirm(candidates, lambda s: measurement.run(model, s), options.rounds,
-                      options.weights, options.seed, on_event)
+    with costs.timing("confirmation_s"):
+        outcome = confirm(candidates, lambda s: measurement.run(model, s), options.rounds,
+                          options.weights, options.seed, on_event)
     winner = outcome.winner
     if winner is None:
         raise MeasurementFailed(f"study {name!r}: no finalist finished every confirmation "
@@ -150,4 +157,5 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                            baseline.median_score_s if baseline else None,
                            baseline_run.stats if baseline_run else None),
         improvement=outcome.improvement, candidates=outcome.confirmation.candidates,
-        notes=tuple(space.notes), out=str(written) if written else None, export=text)
+        notes=tuple(space.notes), out=str(written) if written else None, export=text,
+        costs=costs.parts())

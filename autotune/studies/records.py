@@ -371,6 +371,7 @@ class TuneReport:
     notes: tuple[str, ...]
     out: str | None
     export: str
+    costs: dict[str, float] = field(default_factory=dict)  # where the wall time went, s
     kind: ClassVar[str] = "tune"
 
     def to_dict(self) -> dict[str, object]:

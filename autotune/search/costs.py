@@ -1,0 +1,84 @@
+"""Where a tuning run's wall time goes: the measured requests, and everything around them.
+
+The harness pays for a worker's start (interpreter and imports), the model's inspection
+and load, the warm-up request, the sampler and the storage; only the requests are what a
+study is for. `Costs` adds these up as a run goes, so a report (and
+`benchmarks/overhead.py`) can say what share of the wall time measured anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from autotune.measure.records import TrialResult
+
+
+@dataclass
+class Costs:
+    """Seconds spent, summed over a run's trials (search and confirmation alike)."""
+
+    inspection_s: float = 0.0  # reading the model's GGUF header
+    setup_s: float = 0.0  # opening the storage and the study, enqueuing baselines
+    lock_wait_s: float = 0.0  # waiting for another measurement on the machine
+    worker_start_s: float = 0.0  # spawn until the worker starts loading the model
+    load_s: float = 0.0  # the model's load in each worker
+    warmup_s: float = 0.0  # the warm-up request in each worker
+    requests_s: float = 0.0  # the measured requests (what the study is for)
+    trial_rest_s: float = 0.0  # the rest of each trial: reading events, exit, reaping
+    search_s: float = 0.0  # wall time of the search
+    confirmation_s: float = 0.0  # wall time of the confirmation
+    trials: int = 0
+
+    def add_trial(self, result: TrialResult, waited_s: float) -> None:
+        """Split one trial's wall time into its parts."""
+        self.trials += 1
+        self.lock_wait_s += waited_s
+        load = result.load_s or 0.0
+        started = (result.loaded_after_s - load) if result.loaded_after_s is not None \
+            else result.wall_s
+        warmup = result.warmup_s or 0.0
+        requests = sum(result.latencies) if len(result.requests) else 0.0
+        self.worker_start_s += max(0.0, started)
+        self.load_s += load
+        self.warmup_s += warmup
+        self.requests_s += requests
+        self.trial_rest_s += max(0.0, result.wall_s - max(0.0, started) - load - warmup
+                                 - requests)
+
+    @contextmanager
+    def timing(self, name: str) -> Iterator[None]:
+        """Add the time spent inside to the field `name`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, name, getattr(self, name) + time.perf_counter() - started)
+
+    def parts(self) -> dict[str, float]:
+        """Every part of the wall time, in seconds; they add up to `total_s`."""
+        in_trials = (self.lock_wait_s + self.worker_start_s + self.load_s + self.warmup_s
+                     + self.requests_s + self.trial_rest_s)
+        outside = max(0.0, self.search_s + self.confirmation_s - in_trials)
+        return {"measured requests": self.requests_s, "worker start": self.worker_start_s,
+                "model inspection": self.inspection_s, "model load": self.load_s,
+                "warm-up": self.warmup_s, "rest of each trial": self.trial_rest_s,
+                "waiting for the machine": self.lock_wait_s,
+                "storage and study set-up": self.setup_s,
+                "sampler, storage and records": outside}
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.parts().values())
+
+    @property
+    def overhead_share(self) -> float:
+        """Share of the wall time that measured nothing and is the harness's own: all but
+        the requests, the model loads and warm-ups every trial needs, and waiting."""
+        parts = self.parts()
+        own = (parts["worker start"] + parts["model inspection"] + parts["rest of each trial"]
+               + parts["storage and study set-up"] + parts["sampler, storage and records"])
+        return own / self.total_s if self.total_s else 0.0
+
