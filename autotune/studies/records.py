@@ -11,6 +11,9 @@ Schema versions (`SCHEMA_VERSION`), checked whenever a study is read:
      the per-pass means. Read as they are: every later field takes its default.
   2. the version is a study attribute of its own (`schema`, an int); trial statistics
      keep the per-pass means. A study written by a newer autotune is refused.
+     Added later without a new version, since a reader that does not know them ignores
+     them: the study's `machine_class` (a study without it belongs to its host alone) and
+     each trial's `sampler_seed`, the host that confirmed the winner.
 
 Example:
     >>> schema_of({"model": {}, "versions": {"schema": "1"}}), schema_of({"model": {}, "schema": 2})
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from autotune.errors import AutotuneError
-from autotune.measure.hardware import Hardware
+from autotune.measure.hardware import Hardware, HardwareClass
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import (
     OUTPUT_VERSION,
@@ -171,6 +174,7 @@ class Winner:
     mean_s: float
     improvement: Improvement | None
     confirmed: str = ""
+    host: str = ""  # that ran the confirmation
 
     @classmethod
     def from_dict(cls, data: object) -> Winner:
@@ -196,11 +200,15 @@ class StudyRecord:
     tuned_fields: tuple[str, ...] = ()
     confirmation: Confirmation | None = None
     winner: Winner | None = None
+    # The kind of machine any host may join the study from; None: the study belongs to
+    # the host in `hardware` alone (studies made before machine classes).
+    machine_class: HardwareClass | None = None
 
-    # The attributes written when a study is created; `space` and `tuned_fields` on every
+    # The attributes written when a study is created, in this order (`schema` last: a tuner
+    # joining a study being created waits for it); `space` and `tuned_fields` on every
     # run, `confirmation` and `winner` once a winner is confirmed.
     CREATED: ClassVar[tuple[str, ...]] = ("model", "hardware", "versions", "measurement",
-                                          "weights", "created", "schema")
+                                          "weights", "created", "machine_class", "schema")
 
     @classmethod
     def read(cls, study: optuna.Study) -> StudyRecord:
@@ -228,7 +236,8 @@ class StudyRecord:
                 "measurement": lambda d: from_mapping(MeasurementIdentity, d),
                 "weights": lambda d: from_mapping(Weights, d),
                 "space": SpaceSummary.from_dict, "tuned_fields": tuple,
-                "confirmation": Confirmation.from_dict, "winner": Winner.from_dict})
+                "confirmation": Confirmation.from_dict, "winner": Winner.from_dict,
+                "machine_class": HardwareClass.from_dict})
         except (RecordError, TypeError, ValueError) as err:
             raise StudyFormatError(f"study {shown}: its record cannot be read "
                                    f"({visible(err, 120)})") from None
@@ -239,8 +248,9 @@ class StudyRecord:
                 "versions": dataclasses.asdict(self.versions),
                 "measurement": dataclasses.asdict(self.measurement),
                 "weights": dataclasses.asdict(self.weights), "created": self.created,
-                "schema": self.schema}
-        return {key: data[key] for key in self.CREATED}
+                "schema": self.schema,
+                "machine_class": self.machine_class and self.machine_class.to_dict()}
+        return {key: data[key] for key in self.CREATED if data[key] is not None}
 
 
 def schema_of(attrs: Mapping[str, object]) -> int | None:
@@ -264,13 +274,15 @@ class TrialRecord:
     """What a trial keeps (its Optuna user attributes), typed.
 
     `host`, `pid` and `pid_started` are written first, before anything is measured, so
-    another tuner can tell whether the trial's owner is alive. A trial whose tuner was
+    another tuner can tell whether the trial's owner is alive; with them the seed of the
+    owner's sampler (each tuner process of a study samples with its own). A trial whose tuner was
     killed has no status of its own: it reads as INTERRUPTED once it is FAIL.
     """
 
     host: str | None = None
     pid: int | None = None
     pid_started: float | None = None
+    sampler_seed: int | None = None  # of the tuner process that ran it
     label: str | None = None
     pinned: dict[str, object] = field(default_factory=dict)
     status: Status | None = None
