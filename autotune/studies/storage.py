@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -45,6 +46,7 @@ HEARTBEAT_MARGIN_S = 60
 HEARTBEAT_RETRIES = 2
 # "INTERVAL,GRACE" in seconds, overriding both: for tests that kill a tuner on purpose.
 HEARTBEAT_ENV = "AUTOTUNE_HEARTBEAT"
+CREATE_ATTEMPTS = 3
 SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|secret|token)=)[^&;]*", re.IGNORECASE)
 
 
@@ -160,17 +162,8 @@ def url_storage(url: str, create: bool, longest_trial_s: float | None = None
     if database is not None and not create and not Path(database).is_file():
         raise AutotuneError(f"no studies at {shown} ({database} does not exist); check the "
                             "path (sqlite:///relative.db, sqlite:////absolute.db)")
-    server = "://" in url and not url.lower().startswith("sqlite")
     try:
-        if not server or longest_trial_s is None:
-            return optuna.storages.get_storage(url)
-        interval, grace = heartbeat(longest_trial_s)
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=HEARTBEAT_RETRIES)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=interval,
-                                              grace_period=grace,
-                                              heartbeat_stale_trial_callback=retry)
+        return rdb_storage(url, longest_trial_s)
     except Exception as err:
         detail = hide_secrets(first_line(err), url)
         if url.lower().startswith("postgres") and "import" in detail.lower():
@@ -180,6 +173,34 @@ def url_storage(url: str, create: bool, longest_trial_s: float | None = None
                                 "postgresql+psycopg2://... to use psycopg2") from None
         raise AutotuneError(Option("storage", shown), f": cannot open it ({detail}); check "
                             "the URL, and that it names an Optuna database") from None
+
+
+def rdb_storage(url: str, longest_trial_s: float | None) -> optuna.storages.BaseStorage:
+    """Optuna's storage for `url`, with heartbeats on a server when a tuner opens it.
+
+    Tuners of a fleet that start at once on a new database each create Optuna's tables;
+    all but one then fail on a duplicate key (IntegrityError), and try again.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    server = not url.lower().startswith("sqlite")
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            if not server or longest_trial_s is None:
+                return optuna.storages.get_storage(url)
+            interval, grace = heartbeat(longest_trial_s)
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=HEARTBEAT_RETRIES)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=interval,
+                                                  grace_period=grace,
+                                                  heartbeat_stale_trial_callback=retry)
+        except IntegrityError:
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def heartbeat(longest_trial_s: float) -> tuple[int, int]:
