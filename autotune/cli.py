@@ -279,7 +279,8 @@ def check_study_name(name: str | None) -> None:
               type=click.FloatRange(0), help="Score weight of std/mean above 0.5.")
 @click.option("--trial-timeout", default=300.0, show_default=True, type=click.FloatRange(1),
               help="Wall-clock limit of one trial, seconds.")
-@click.option("--study-name", help="Study to create or resume  [default: MODEL@HOST]")
+@click.option("--study-name", help="Study to create or resume  [default: MODEL@CLASS, the "
+              "kind of machine, shared by every host of that kind]")
 @storage_options
 @click.option("--out", default="jarvis.env", show_default=True, metavar="FILE",
               help="Where to write the export script.")
@@ -396,9 +397,9 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
 
     \b
     Examples:
-      autotune show MODEL@HOST
-      autotune show MODEL@HOST --plots plots/ --plot-format png
-      autotune show MODEL@HOST --json
+      autotune show MODEL@CLASS
+      autotune show MODEL@CLASS --plots plots/ --plot-format png
+      autotune show MODEL@CLASS --json
     """
     from autotune.report import importance_table, seconds, trials_table
     from autotune.studies.records import StudyRecord, output
@@ -453,8 +454,8 @@ def export_command(study: str, studies_dir: str | None, storage: str | None,
 
     \b
     Examples:
-      autotune export MODEL@HOST --out jarvis.env
-      autotune export MODEL@HOST --trial 7 --format dotenv
+      autotune export MODEL@CLASS --out jarvis.env
+      autotune export MODEL@CLASS --trial 7 --format dotenv
     """
     from autotune.studies import export
     from autotune.studies.storage import load_study

@@ -24,7 +24,8 @@ AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
 QUICK_STUDY = ("--tokens", "4", "--rounds", "1", "--finalists", "1", "--seed", "0")
 CLI_TIMEOUT_S = 300
 # A developer's own settings of these would change what a test measures or where it looks.
-HERMETIC = ("AUTOTUNE_STUDIES", "AUTOTUNE_WORKER_FAULT", "AUTOTUNE_STORAGE_FAULT")
+HERMETIC = ("AUTOTUNE_STUDIES", "AUTOTUNE_WORKER_FAULT", "AUTOTUNE_STORAGE_FAULT",
+            "AUTOTUNE_HOST", "AUTOTUNE_HEARTBEAT")
 
 TINY_CONVERSATIONS = (
     {"id": "fruit", "system": "You are brief.", "turns": [
@@ -159,6 +160,31 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
             text=True, timeout=CLI_TIMEOUT_S, check=False)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on 127.0.0.1 for the session (see pg_server.py); one that
+    cannot start fails the tests that need it, in one line."""
+    from pg_server import PostgresServer, ServerError
+
+    try:
+        server = PostgresServer()
+    except ServerError as err:
+        pytest.fail(f"PostgreSQL test server: {err}", pytrace=False)
+    try:
+        server.start()
+    except ServerError as err:
+        server.stop()
+        pytest.fail(f"PostgreSQL test server: {err}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh database on the session's PostgreSQL server."""
+    return postgres_server.new_database()
 
 
 @pytest.fixture

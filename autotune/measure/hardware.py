@@ -1,14 +1,34 @@
-"""The machine: cores and memory (psutil), NVIDIA GPUs (pynvml), the build's GPU offload."""
+"""The machine: cores and memory (psutil), NVIDIA GPUs (pynvml), the build's GPU offload.
+
+A study belongs to a kind of machine (`HardwareClass`), not to one host: any host whose
+class is the same may add trials to it, so a fleet of identical machines tunes one study.
+
+Example:
+    >>> kind = HardwareClass("Linux", "x86_64", "test cpu", physical_cores=2, logical_cores=4,
+    ...                      memory_gib=16, gpus=(), gpu_offload=False, llama_cpp_version="0.3.36")
+    >>> kind.label, len(kind.digest)
+    ('2c4t-16g', 8)
+    >>> kind.differences(dataclasses.replace(kind, physical_cores=4, gpus=("NVIDIA L4 (22 GiB)",)))
+    ['physical cores: 2, not 4', 'GPUs: none, not NVIDIA L4 (22 GiB)']
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import platform
+import re
 from dataclasses import dataclass
 from functools import cache
 
 import psutil
+
+# Every trial records the host that measured it; tests (and a machine whose node name is
+# not the name it is known by) set the host's name here.
+HOST_ENV = "AUTOTUNE_HOST"
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -57,7 +77,7 @@ def detect() -> Hardware:
     memory = psutil.virtual_memory()
     logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
     return Hardware(
-        host=platform.node() or "localhost",
+        host=host_name(),
         system=platform.system(),
         machine=platform.machine(),
         cpu=cpu_name(),
@@ -69,6 +89,94 @@ def detect() -> Hardware:
         gpu_offload=gpu_offload_supported(),
         llama_cpp_version=llama_cpp_version(),
     )
+
+
+def host_name() -> str:
+    """This host's name: $AUTOTUNE_HOST, else the node name."""
+    return os.environ.get(HOST_ENV, "").strip() or platform.node() or "localhost"
+
+
+@dataclass(frozen=True)
+class HardwareClass:
+    """What makes two machines interchangeable for a study: the same class measures alike.
+
+    Memory is rounded to whole GiB (identical machines report a few MiB apart); free
+    memory, host name and GPU indexes are not part of it.
+    """
+
+    system: str
+    machine: str
+    cpu: str
+    physical_cores: int
+    logical_cores: int
+    memory_gib: int
+    gpus: tuple[str, ...]  # "NAME (N GiB)", one per GPU, sorted
+    gpu_offload: bool
+    llama_cpp_version: str
+
+    @property
+    def label(self) -> str:
+        """Short and readable: cores, memory and GPUs, e.g. `8c16t-64g-2xA100`."""
+        text = f"{self.physical_cores}c{self.logical_cores}t-{self.memory_gib}g"
+        if self.gpus:
+            text += f"-{len(self.gpus)}x{gpu_model(self.gpus[0])}"
+        return text
+
+    @property
+    def digest(self) -> str:
+        """8 hex digits that tell apart classes of one label (another CPU, another build)."""
+        text = json.dumps(self.to_dict(name=False), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    @property
+    def name(self) -> str:
+        """The label and the digest: the part of a default study name after the `@`."""
+        return f"{self.label}-{self.digest}"
+
+    def differences(self, other: HardwareClass) -> list[str]:
+        """What differs, each as `what: ours, not theirs`."""
+        shown = {"memory_gib": "memory (GiB)", "gpus": "GPUs",
+                 "llama_cpp_version": "llama-cpp-python", "gpu_offload": "GPU offload",
+                 "machine": "architecture", "system": "system", "cpu": "CPU"}
+        found = []
+        for spec in dataclasses.fields(self):
+            mine, theirs = getattr(self, spec.name), getattr(other, spec.name)
+            if mine != theirs:
+                what = shown.get(spec.name, spec.name.replace("_", " "))
+                if isinstance(mine, tuple):
+                    mine, theirs = ", ".join(mine) or "none", ", ".join(theirs) or "none"
+                found.append(f"{what}: {mine}, not {theirs}")
+        return found
+
+    def to_dict(self, name: bool = True) -> dict[str, object]:
+        data = dataclasses.asdict(self)
+        data["gpus"] = list(self.gpus)
+        return {**data, "name": self.name} if name else data
+
+    @classmethod
+    def from_dict(cls, data: object) -> HardwareClass:
+        """A kept record back; its `name` is derived again, not read."""
+        from autotune.measure.records import from_mapping
+
+        return from_mapping(cls, data, {"gpus": tuple})
+
+
+def machine_class(hardware: Hardware) -> HardwareClass:
+    """The class of the machine `hardware` describes."""
+    return HardwareClass(
+        system=hardware.system, machine=hardware.machine, cpu=hardware.cpu,
+        physical_cores=hardware.physical_cores, logical_cores=hardware.logical_cores,
+        memory_gib=round(hardware.total_memory_bytes / GIB),
+        gpus=tuple(sorted(f"{g.name} ({round(g.total_bytes / GIB)} GiB)"
+                          for g in hardware.gpus)),
+        gpu_offload=hardware.gpu_offload, llama_cpp_version=hardware.llama_cpp_version)
+
+
+def gpu_model(described: str) -> str:
+    """The model in a GPU's name, for a label: `NVIDIA H100 80GB HBM3 (80 GiB)` -> `H100`."""
+    words = re.findall(r"[A-Za-z0-9]+", described.split(" (")[0])
+    model = next((w for w in words if any(c.isdigit() for c in w)), words[-1] if words else "gpu")
+    return model[:12]
 
 
 def cpu_name() -> str:

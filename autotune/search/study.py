@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,7 +28,7 @@ import optuna
 
 from autotune import __version__
 from autotune.errors import AutotuneError, Option
-from autotune.measure.hardware import Hardware
+from autotune.measure.hardware import Hardware, machine_class
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status, TrialResult
@@ -45,6 +47,7 @@ from autotune.studies.records import (
     TrialRecord,
     Versions,
     keep,
+    schema_of,
     study_attrs,
     trial_attrs,
 )
@@ -57,6 +60,8 @@ STARTUP_TRIALS = 5
 # corrected level for an overall 0.1 over 10 looks.
 P_THRESHOLD = 0.02
 PRUNE_AFTER_REQUESTS = 4
+# How long a tuner joining a study waits for the tuner creating it to write its record.
+RECORD_WAIT_S = 30.0
 
 
 
@@ -106,20 +111,45 @@ def versions() -> Versions:
                     optuna=optuna.__version__, schema=str(SCHEMA_VERSION))
 
 
+def process_seed(seed: int | None, host: str) -> int:
+    """The sampler seed of one tuner process, recorded with each trial it runs.
+
+    The tuners of a fleet share one study, and each samples its own way: a given `seed`
+    is combined with the host's name (a rerun on one host samples as before); without
+    one, the seed is drawn at random.
+    """
+    if seed is None:
+        return random.SystemRandom().randrange(2**32)
+    return (seed + zlib.crc32(host.encode())) % 2**32
+
+
 def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo,
                machine: Hardware, measurement: Measurement, space: SearchSpace,
                seed: int | None) -> optuna.Study:
-    """Create the study, or resume it after checking it measured the same thing."""
+    """Create the study, or resume it after checking it measured the same thing.
+
+    `seed` seeds this process's sampler as it is (see process_seed).
+    """
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
                                          n_startup_trials=STARTUP_TRIALS)
     pruner = optuna.pruners.WilcoxonPruner(p_threshold=P_THRESHOLD,
                                            n_startup_steps=PRUNE_AFTER_REQUESTS)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                pruner=pruner, direction="minimize", load_if_exists=True)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                    pruner=pruner, direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
+                                  pruner=pruner)
+        wait_for_record(study)  # another tuner of the fleet may be creating it right now
+    else:
+        # Its creator alone enqueues the baselines, before it writes the record that the
+        # others wait for: two tuners starting together enqueue them once.
+        enqueue_baselines(study, model, machine, space)
     if not study.user_attrs:
         created = StudyRecord(model=model, hardware=machine, versions=versions(),
                               measurement=measurement.identity(), weights=measurement.weights,
-                              created=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+                              created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                              machine_class=machine_class(machine))
         keep(study.set_user_attr, created.attrs())
     else:
         check_same(name, StudyRecord.read(study), model, machine, measurement)
@@ -127,20 +157,49 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo
     keep(study.set_user_attr, study_attrs(space=space.describe(),
                                           tuned_fields=space.tuned_fields))
     fail_orphaned_trials(study, storage, machine.host)
-    labels = {TrialRecord.read(t, name).label for t in study.get_trials(deepcopy=False)}
+    enqueue_baselines(study, model, machine, space)
+    return study
+
+
+def enqueue_baselines(study: optuna.Study, model: ModelInfo, machine: Hardware,
+                      space: SearchSpace) -> None:
+    """Queue the baselines the study has not run or queued yet."""
+    labels = {TrialRecord.read(t, study.study_name).label
+              for t in study.get_trials(deepcopy=False)}
     for label, params, pinned in space.baselines(model, machine):
         if label not in labels:
             study.enqueue_trial(params, user_attrs=trial_attrs(label=label, pinned=pinned))
-    return study
+
+
+def wait_for_record(study: optuna.Study, timeout_s: float = RECORD_WAIT_S) -> None:
+    """Wait until the study's record is complete (its creator writes `schema` last); a
+    creator that died before it finished is taken over after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        attrs = study.user_attrs
+        if "schema" in attrs or schema_of(attrs) == 1:
+            return
+        time.sleep(0.2)
 
 
 def check_same(name: str, recorded: StudyRecord, model: ModelInfo, machine: Hardware,
                measurement: Measurement) -> None:
-    """A resumed study must measure the same model, machine and workload."""
+    """A resumed study must measure the same model, kind of machine and workload.
+
+    A study made before machine classes belongs to the host that made it.
+    """
     if recorded.model.fingerprint != model.fingerprint:
         raise AutotuneError(f"study {name!r} measured another model file; pass ",
                             Option("study_name"), " to start a new study")
-    if recorded.hardware.host != machine.host:
+    if recorded.machine_class is not None:
+        ours = machine_class(machine)
+        if ours != recorded.machine_class:
+            differences = "; ".join(ours.differences(recorded.machine_class))
+            raise AutotuneError(f"study {name!r} belongs to machines of class "
+                                f"{recorded.machine_class.name}, and host {machine.host!r} "
+                                f"is of another ({differences}); pass ",
+                                Option("study_name"), " to start a new study here")
+    elif recorded.hardware.host != machine.host:
         raise AutotuneError(f"study {name!r} was measured on host "
                             f"{recorded.hardware.host!r}; pass ",
                             Option("study_name"), " to start a new study here")
@@ -161,11 +220,13 @@ def record(trial: optuna.Trial, result: TrialResult, weights: Weights) -> float 
 
 
 def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement,
-                  host: str) -> Callable[[optuna.Trial], float]:
+                  host: str, sampler_seed: int | None = None
+                  ) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         # Who runs the trial comes first: until it is written, another tuner cannot tell
         # whether this trial is orphaned, and so must treat it as alive.
-        keep(trial.set_user_attr, trial_attrs(host=host, **process_identity()))
+        keep(trial.set_user_attr, trial_attrs(host=host, sampler_seed=sampler_seed,
+                                              **process_identity()))
         settings = space.suggest(trial)
 
         total = len(measurement.workload.requests)
@@ -205,8 +266,8 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measurement: Measurement,
-           host: str, trials: int, timeout_s: float | None, on_event: OnEvent | None = None
-           ) -> None:
+           host: str, trials: int, timeout_s: float | None, on_event: OnEvent | None = None,
+           sampler_seed: int | None = None) -> None:
     """Run `trials` more trials (or until `timeout_s`), reporting each as it ends."""
     started = time.monotonic()
     done = 0
@@ -227,7 +288,8 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
                 elapsed_s=time.monotonic() - started))
 
     try:
-        study.optimize(objective_for(model, space, measurement, host), n_trials=trials,
+        study.optimize(objective_for(model, space, measurement, host, sampler_seed),
+                       n_trials=trials,
                        timeout=timeout_s, callbacks=[after_trial], gc_after_trial=False)
     except Exception as err:
         failure = storage_failure(err)  # Optuna hides a failed write behind its own error

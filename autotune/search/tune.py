@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import optuna
 
 from autotune.errors import MeasurementFailed
 from autotune.guide import GUIDE_DEFAULTS
-from autotune.measure.hardware import detect
+from autotune.measure.hardware import Hardware, detect, machine_class
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import inspect_model
 from autotune.measure.settings import Settings
@@ -30,7 +31,13 @@ from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, Started, Waiting
 from autotune.search.scoring import Weights
 from autotune.search.space import build_space
-from autotune.search.study import Measurement, open_study, ranked_feasible, search
+from autotune.search.study import (
+    Measurement,
+    open_study,
+    process_seed,
+    ranked_feasible,
+    search,
+)
 from autotune.studies import export
 from autotune.studies.records import (
     ConfirmRun,
@@ -41,7 +48,7 @@ from autotune.studies.records import (
     keep,
     study_attrs,
 )
-from autotune.studies.storage import location, open_storage
+from autotune.studies.storage import location, open_storage, study_names
 
 
 @dataclass
@@ -67,14 +74,21 @@ class TuneOptions:
     wait: bool = True
 
 
-def default_study_name(model_path: str, host: str) -> str:
-    """The model file's name and the host: `SmolLM2-135M-Instruct.Q4_1@laptop`.
+def default_study_name(model_path: str, machine: Hardware,
+                       existing: Iterable[str] = ()) -> str:
+    """The model file's name and the machine's class: `SmolLM2-135M-Instruct.Q4_1@2c4t-16g-
+    1a2b3c4d`, the same on every host of the class, so a fleet shares one study.
 
-    A downloaded file's name may hold control characters; the study is named with them
-    escaped (safe_text.visible), so the name can be typed back and shown as it is kept.
+    A study named after the host (`...Q4_1@laptop`, as autotune named them before machine
+    classes) among `existing` is resumed under that name. A downloaded file's name may hold
+    control characters; the study is named with them escaped (safe_text.visible), so the
+    name can be typed back and shown as it is kept.
     """
-    stem = os.path.basename(model_path)
-    return visible(f"{stem.removesuffix('.gguf')}@{host}")
+    stem = os.path.basename(model_path).removesuffix(".gguf")
+    legacy = visible(f"{stem}@{machine.host}")
+    if legacy in set(existing):
+        return legacy
+    return visible(f"{stem}@{machine_class(machine).name}")
 
 
 def finalists(study: optuna.Study, count: int) -> list[Candidate]:
@@ -117,15 +131,18 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                               options.clients, options.trial_timeout_s, options.weights, lock,
                               costs)
     with costs.timing("setup_s"):
-        storage = open_storage(options.studies_dir, options.storage)
-        name = options.study_name or default_study_name(model.path, machine.host)
-        study = open_study(name, storage, model, machine, measurement, space, options.seed)
+        storage = open_storage(options.studies_dir, options.storage,
+                               longest_trial_s=options.trial_timeout_s)
+        name = options.study_name or default_study_name(model.path, machine,
+                                                        study_names(storage))
+        seed = process_seed(options.seed, machine.host)
+        study = open_study(name, storage, model, machine, measurement, space, seed)
     if on_event is not None:
         on_event(Started(study=name, storage=location(options.studies_dir, options.storage),
                          resumed=len(study.trials) > 2, notes=tuple(space.notes)))
     with costs.timing("search_s"):
         search(study, model, space, measurement, machine.host, options.trials,
-               options.timeout_s, on_event)
+               options.timeout_s, on_event, sampler_seed=seed)
     candidates = finalists(study, options.finalists)
     if len(candidates) == 1:
         raise MeasurementFailed(f"study {name!r}: no trial finished without failing or "
@@ -141,7 +158,8 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     keep(study.set_user_attr, study_attrs(confirmation=outcome.confirmation, winner=Winner(
         label=winner.label, trial_number=winner.trial_number, settings=winner.settings,
         score_s=winner.median_score_s, mean_s=winner.median_mean_s,  # type: ignore[arg-type]
-        improvement=outcome.improvement, confirmed=time.strftime("%Y-%m-%d %H:%M:%S %Z"))))
+        improvement=outcome.improvement, confirmed=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        host=machine.host)))
     text = export.export_text(study, fmt=options.fmt)
     written = export.write(options.out, text, options.force) if options.out else None
     best = Settings.from_dict(winner.settings).to_env(space.tuned_fields)

@@ -12,6 +12,9 @@ Schema versions (`SCHEMA_VERSION`), checked whenever a study is read:
   2. the version is a study attribute of its own (`schema`, an int); trial statistics
      keep the per-pass means; confirmation runs keep their request latencies, and the
      improvement its bootstrap interval. A study written by a newer autotune is refused.
+     Added later without a new version, since a reader that does not know them ignores
+     them: the study's `machine_class` (a study without it belongs to its host alone) and
+     each trial's `sampler_seed`, the host that confirmed the winner.
 
 Example:
     >>> schema_of({"model": {}, "versions": {"schema": "1"}}), schema_of({"model": {}, "schema": 2})
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from autotune.errors import AutotuneError
-from autotune.measure.hardware import Hardware
+from autotune.measure.hardware import Hardware, HardwareClass
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import (
     OUTPUT_VERSION,
@@ -190,6 +193,7 @@ class Winner:
     mean_s: float
     improvement: Improvement | None
     confirmed: str = ""
+    host: str = ""  # that ran the confirmation
 
     @classmethod
     def from_dict(cls, data: object) -> Winner:
@@ -215,11 +219,15 @@ class StudyRecord:
     tuned_fields: tuple[str, ...] = ()
     confirmation: Confirmation | None = None
     winner: Winner | None = None
+    # The kind of machine any host may join the study from; None: the study belongs to
+    # the host in `hardware` alone (studies made before machine classes).
+    machine_class: HardwareClass | None = None
 
-    # The attributes written when a study is created; `space` and `tuned_fields` on every
+    # The attributes written when a study is created, in this order (`schema` last: a tuner
+    # joining a study being created waits for it); `space` and `tuned_fields` on every
     # run, `confirmation` and `winner` once a winner is confirmed.
     CREATED: ClassVar[tuple[str, ...]] = ("model", "hardware", "versions", "measurement",
-                                          "weights", "created", "schema")
+                                          "weights", "created", "machine_class", "schema")
 
     @classmethod
     def read(cls, study: optuna.Study) -> StudyRecord:
@@ -247,14 +255,16 @@ class StudyRecord:
                 "measurement": lambda d: from_mapping(MeasurementIdentity, d),
                 "weights": lambda d: from_mapping(Weights, d),
                 "space": SpaceSummary.from_dict, "tuned_fields": tuple,
-                "confirmation": Confirmation.from_dict, "winner": Winner.from_dict})
+                "confirmation": Confirmation.from_dict, "winner": Winner.from_dict,
+                "machine_class": HardwareClass.from_dict})
         except (RecordError, TypeError, ValueError) as err:
             raise StudyFormatError(f"study {shown}: its record cannot be read "
                                    f"({visible(err, 120)})") from None
 
     def attrs(self) -> dict[str, object]:
         """The user attributes written when the study is created."""
-        return study_attrs(**{key: getattr(self, key) for key in self.CREATED})
+        return study_attrs(**{key: getattr(self, key) for key in self.CREATED
+                              if getattr(self, key) is not None})
 
 
 def schema_of(attrs: Mapping[str, object]) -> int | None:
@@ -278,13 +288,15 @@ class TrialRecord:
     """What a trial keeps (its Optuna user attributes), typed.
 
     `host`, `pid` and `pid_started` are written first, before anything is measured, so
-    another tuner can tell whether the trial's owner is alive. A trial whose tuner was
+    another tuner can tell whether the trial's owner is alive; with them the seed of the
+    owner's sampler (each tuner process of a study samples with its own). A trial whose tuner was
     killed has no status of its own: it reads as INTERRUPTED once it is FAIL.
     """
 
     host: str | None = None
     pid: int | None = None
     pid_started: float | None = None
+    sampler_seed: int | None = None  # of the tuner process that ran it
     label: str | None = None
     pinned: dict[str, object] = field(default_factory=dict)
     status: Status | None = None
@@ -387,8 +399,8 @@ def output(kind: str, **body: object) -> dict[str, object]:
 
 def as_json(value: object) -> object:
     """A record as the JSON a storage keeps or a command prints (enums are their text)."""
-    if isinstance(value, ModelInfo):
-        return value.to_dict()  # never the chat template
+    if isinstance(value, (ModelInfo, HardwareClass)):
+        return value.to_dict()  # never the model's chat template; the class with its name
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: as_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):

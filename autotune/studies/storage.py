@@ -7,13 +7,25 @@ through `autotune.journal`, which repairs a record torn by a killed writer and r
 a write that failed on a full disk (see there for why). `storage=URL` takes any RDB URL
 Optuna accepts (`sqlite:///file.db`, `postgresql://...`) or the path of another journal
 file. A URL is only ever shown with its password hidden (`redact`).
+
+A trial whose tuner died is failed so that it leaves no hole: in a journal (or a SQLite
+file), every tuner runs on one machine, and the next one to start fails the RUNNING trials
+whose process is gone (`fail_orphaned_trials`). In a database server shared by a fleet, the
+owner may be on another machine, so such a study uses Optuna's heartbeat instead: each
+running trial records a heartbeat every `HEARTBEAT_INTERVAL_S`; before each trial a tuner
+fails the trials whose last heartbeat is older than the grace period (longer than the
+longest trial may take, so only a dead tuner's trial is ever failed), and queues it again
+to be run by whoever comes next (`max_retry` times).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
+import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -28,6 +40,14 @@ JOURNAL_FILE = "autotune.journal"
 JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
 # The two ways to say where studies live, named in errors as the caller's own options do.
 EITHER_PLACE = (Option("studies_dir"), " or ", Option("storage"))
+# Heartbeats of an RDB study on a database server: every interval; a trial whose last
+# heartbeat is older than its longest run plus the margin is failed and run again.
+HEARTBEAT_INTERVAL_S = 30
+HEARTBEAT_MARGIN_S = 60
+HEARTBEAT_RETRIES = 2
+# "INTERVAL,GRACE" in seconds, overriding both: for tests that kill a tuner on purpose.
+HEARTBEAT_ENV = "AUTOTUNE_HEARTBEAT"
+CREATE_ATTEMPTS = 3
 SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|secret|token)=)[^&;]*", re.IGNORECASE)
 
 
@@ -110,18 +130,19 @@ def location(studies_dir: str | os.PathLike[str] | None = None,
 
 
 def open_storage(studies_dir: str | os.PathLike[str] | None = None,
-                 storage: str | None = None, create: bool = True
-                 ) -> optuna.storages.BaseStorage:
+                 storage: str | None = None, create: bool = True,
+                 longest_trial_s: float | None = None) -> optuna.storages.BaseStorage:
     """Open the studies folder's journal, or `storage` (a URL or a journal file path).
 
     With `create=False` (every command that only reads) nothing is created: a missing
-    journal or SQLite file is an error, not a new empty storage.
+    journal or SQLite file is an error, not a new empty storage. `longest_trial_s`
+    (given by a tuner) turns on the heartbeat of a database server's trials; see above.
     """
     if studies_dir and storage:
         raise AutotuneError("pass ", *EITHER_PLACE, ", not both")
     where = storage or str(Path(studies_dir or DEFAULT_STUDIES_DIR) / JOURNAL_FILE)
     if "://" in where:
-        return url_storage(where, create)
+        return url_storage(where, create, longest_trial_s)
     path = Path(where)
     if path.is_dir():
         path = path / JOURNAL_FILE
@@ -135,18 +156,75 @@ def open_storage(studies_dir: str | os.PathLike[str] | None = None,
     return journal_storage(path, create)
 
 
-def url_storage(url: str, create: bool) -> optuna.storages.BaseStorage:
+def url_storage(url: str, create: bool, longest_trial_s: float | None = None
+                ) -> optuna.storages.BaseStorage:
     shown = redact(url)
     database = sqlite_file(url)
     if database is not None and not create and not Path(database).is_file():
         raise AutotuneError(f"no studies at {shown} ({database} does not exist); check the "
                             "path (sqlite:///relative.db, sqlite:////absolute.db)")
     try:
-        return optuna.storages.get_storage(url)
+        return rdb_storage(url, longest_trial_s)
     except Exception as err:
         detail = hide_secrets(first_line(err), url)
+        if url.lower().startswith("postgres") and "import" in detail.lower():
+            raise AutotuneError(Option("storage", shown), f": cannot open it ({detail}); "
+                                "install the PostgreSQL client with `pip install "
+                                "'autotune[postgres]'` (psycopg 3), or write the URL as "
+                                "postgresql+psycopg2://... to use psycopg2") from None
         raise AutotuneError(Option("storage", shown), f": cannot open it ({detail}); check "
                             "the URL, and that it names an Optuna database") from None
+
+
+def rdb_storage(url: str, longest_trial_s: float | None) -> optuna.storages.BaseStorage:
+    """Optuna's storage for `url`, with heartbeats on a server when a tuner opens it.
+
+    Tuners of a fleet that start at once on a new database each create Optuna's tables;
+    all but one then fail on a duplicate key (IntegrityError), and try again.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    server = not url.lower().startswith("sqlite")
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            if not server or longest_trial_s is None:
+                return optuna.storages.get_storage(url)
+            interval, grace = heartbeat(longest_trial_s)
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=HEARTBEAT_RETRIES)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=interval,
+                                                  grace_period=grace,
+                                                  heartbeat_stale_trial_callback=retry)
+        except IntegrityError:
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
+
+
+def heartbeat(longest_trial_s: float) -> tuple[int, int]:
+    """The heartbeat interval and grace period, in seconds, for trials of at most
+    `longest_trial_s`; $AUTOTUNE_HEARTBEAT ("INTERVAL,GRACE") overrides both."""
+    override = os.environ.get(HEARTBEAT_ENV, "").strip()
+    if override:
+        try:
+            interval, grace = (int(part) for part in override.split(","))
+            if interval > 0 and grace > 0:
+                return interval, grace
+        except ValueError:
+            pass
+        raise AutotuneError(f"{HEARTBEAT_ENV}={override!r}: expected INTERVAL,GRACE in whole "
+                            "seconds, both above 0")
+    return HEARTBEAT_INTERVAL_S, math.ceil(longest_trial_s) + HEARTBEAT_MARGIN_S
+
+
+def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether the storage fails its dead tuners' trials by heartbeat (a study wraps an
+    RDBStorage in a cache of Optuna's, which answers the same)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and interval() is not None
 
 
 def sqlite_file(url: str) -> str | None:
@@ -202,10 +280,13 @@ def fail_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStora
     Each orphan gets the status `interrupted` through the storage's own methods (a user
     attribute is set only on a live Trial otherwise, and never on a finished one) and is
     then finished by `tell`; an orphan that another tuner fails first is left as it made it.
-    Returns the numbers of the orphans found, all finished now.
+    Returns the numbers of the orphans found, all finished now. A storage with heartbeats
+    recovers its trials itself, on every host, and queues them again: nothing is done here.
     """
     from optuna.trial import TrialState
 
+    if has_heartbeat(storage):
+        return []
     failed = []
     study_id = None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

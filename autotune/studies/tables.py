@@ -48,7 +48,9 @@ def metadata(study: optuna.Study, record: StudyRecord | None = None) -> dict[str
         "model": model.name, "model_file": os.path.basename(model.path),
         "model_fingerprint": model.fingerprint, "architecture": model.architecture,
         "quantization": model.quantization, "model_bytes": model.size_bytes,
-        "host": hardware.host, "cpu": hardware.cpu,
+        "host": hardware.host,
+        "machine_class": record.machine_class.name if record.machine_class else None,
+        "cpu": hardware.cpu,
         "physical_cores": hardware.physical_cores, "logical_cores": hardware.logical_cores,
         "memory_bytes": hardware.total_memory_bytes,
         "gpus": ", ".join(g.name for g in hardware.gpus),
@@ -66,7 +68,7 @@ def trial_row(trial: optuna.trial.FrozenTrial, study_name: str = "") -> dict[str
     kept = TrialRecord.read(trial, study_name)
     row: dict[str, object] = {
         "trial": trial.number, "state": trial.state.name, "status": kept.status,
-        "reason": kept.reason, "label": kept.label,
+        "reason": kept.reason, "label": kept.label, "trial_host": kept.host,
         "score_s": trial.value if kept.status == Status.OK else None,
         "infeasible": kept.infeasible,
         "started": trial.datetime_start,
@@ -93,9 +95,9 @@ def load_studies(location: str | os.PathLike[str] | None = None,
                  studies: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per trial of every study at `location`, with the study's metadata.
 
-    Columns: the study's model, host, hardware, versions and workload; each setting; the
-    score and its parts (`score_*`); the latency statistics; the trial's state, status and
-    failure reason.
+    Columns: the study's model, host (that made it), machine class, hardware, versions and
+    workload; each setting; the score and its parts (`score_*`); the latency statistics;
+    the trial's state, status, failure reason and the host that measured it (`trial_host`).
     """
     rows = []
     for study in selected(open_location(location), studies):
