@@ -394,7 +394,16 @@ def summarize(grid: Grid, results: dict[str, list[dict]], budget: int) -> dict:
             "confirmed_median_time_s": median([c["search_s"] + c["confirm_s"]
                                                for c in confirmed]),
         }
-    return {"grid_one_pass_s": one_pass, "rows": rows}
+    goals = {}
+    default, nop = rows.get("default"), rows.get("no-pruning")
+    if default:
+        goals["default_time_to_5pct_share_of_grid"] = default["median_time_to_5pct_s"] / one_pass
+    if default and nop:
+        goals["pruning_time_saving_at_budget"] = 1 - (default["median_time_at_budget_s"]
+                                                      / nop["median_time_at_budget_s"])
+        goals["pruning_time_saving_to_5pct"] = 1 - (default["median_time_to_5pct_s"]
+                                                    / nop["median_time_to_5pct_s"])
+    return {"grid_one_pass_s": one_pass, "rows": rows, "goals": goals}
 
 
 def fmt(value: float, unit: str = "", digits: int = 1) -> str:
@@ -432,6 +441,21 @@ def markdown(grid: Grid, summary: dict, args, skipped: dict[str, str]) -> str:
             f"{fmt(100 * row['confirmed_median_regret'], '%')} | "
             f"{fmt(100 * row['confirmed_within_5pct'], '%', 0)} | "
             f"{fmt(row['confirmed_median_time_s'], ' s', 0)} |")
+    goals = summary["goals"]
+    if "default_time_to_5pct_share_of_grid" in goals:
+        share = goals["default_time_to_5pct_share_of_grid"]
+        lines.append(f"\nGoal, within 5% after at most 1/3 of the grid's time: the default "
+                     f"gets there in {fmt(100 * share, '%', 0)} of it "
+                     f"({'met' if share <= 1 / 3 else 'not met'}).")
+    if "pruning_time_saving_at_budget" in goals:
+        rows = summary["rows"]
+        with_, without = (fmt(100 * rows[k]["median_regret_at_budget"], "%")
+                          for k in ("default", "no-pruning"))
+        lines.append(
+            f"\nGoal, pruning saves at least 40% of trial time at equal quality: "
+            f"{fmt(100 * goals['pruning_time_saving_at_budget'], '%', 0)} of the search time "
+            f"at {args.budget} trials (regret {with_} with, {without} without); "
+            f"{fmt(100 * goals['pruning_time_saving_to_5pct'], '%', 0)} of the time to reach 5%.")
     for name, why in skipped.items():
         lines.append(f"\n{name}: skipped, {why}.")
     lines += ["", "Medians over seeds; regret relative to the true optimum's score; "
@@ -461,7 +485,9 @@ def plot(grid: Grid, results: dict[str, list[dict]], path: Path) -> None:
         axis.axhline(100 * NEAR, color="grey", linestyle=":", linewidth=1)
         axis.set_ylim(0, 100)
         axis.grid(alpha=0.3)
-    by_time.axvline(grid.one_pass_s() / 3 / 60, color="grey", linestyle="--", linewidth=1)
+    by_time.axvline(grid.one_pass_s() / 3 / 60, color="grey", linestyle="--", linewidth=1,
+                    label="1/3 of the grid's time")
+    by_time.set_xlim(0, 2 * grid.one_pass_s() / 60)  # the grid's own time, twice over
     by_trial.legend(fontsize=8)
     fig.suptitle(f"Regret vs trials and time: {grid.doc['model']['name']}, "
                  f"{len(grid.keys)} cells, {len(next(iter(results.values())))} seeds")
