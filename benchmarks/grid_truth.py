@@ -77,7 +77,8 @@ def grid_cells(space, baselines, contexts=None, cache_sizes=FULL_CACHE_SIZES,
         settings = Settings(n_threads=n_threads, context_window=context, n_gpu_layers=layers,
                             enable_context_cache=on,
                             max_cache_size=size if on else Settings().max_cache_size)
-        cells.append({"settings": settings.to_dict(), "label": "", "in_space": True})
+        cells.append({"settings": settings.to_dict(), "label": "", "in_space": True,
+                      "core": True})
     seen = {cell_key(c["settings"]) for c in cells}
     for label, params, pinned in baselines:
         values = {**space.fixed, **params, **pinned}
@@ -90,7 +91,7 @@ def grid_cells(space, baselines, contexts=None, cache_sizes=FULL_CACHE_SIZES,
             continue
         seen.add(key)
         inside = space.n_threads[0] <= settings["n_threads"] <= space.n_threads[1]
-        cells.append({"settings": settings, "label": label, "in_space": inside})
+        cells.append({"settings": settings, "label": label, "in_space": inside, "core": False})
     for cell in cells:
         cell["key"] = cell_key(cell["settings"])
     return cells

@@ -13,7 +13,8 @@ winner from replayed runs too; the search then goes on to `--trials`.
 
 A replayed trial takes the time its repeat took: its recorded wall time minus the
 latencies of the requests it did not serve (start-up, load and warm-up are paid in full),
-plus the study's own time (sampler, pruner, storage) as it ran here. The true score of a
+plus the study's own time (sampler, pruner, storage) as it ran here. Each latency is
+jittered by a part in a million (see JITTER). The true score of a
 cell is its median score over all its recorded runs; a cell that failed or overflowed its
 context in any run is infeasible. Regret = (true score of the study's best feasible trial
 - the best true score) / the best true score.
@@ -28,6 +29,7 @@ confirmation), `grid` (every cell once, in random order). Writes JSON, Markdown 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -56,6 +58,10 @@ from autotune.search.tune import finalists
 
 RESULTS = Path(__file__).parent / "results"
 NEAR = 0.05  # "within 5% of the optimum"
+# Latencies are replayed jittered by a part in a million: a trial drawing the very repeat
+# the best trial drew would hand the pruner exact ties, which no fresh run does (and on
+# which scipy's Wilcoxon test falls back to a permutation test, a second per look).
+JITTER = 1e-6
 FINALISTS, ROUNDS = 3, 2  # tune's defaults
 
 
@@ -90,16 +96,42 @@ class Grid:
         for index, mine in runs.items():
             if mine and all(r["score_s"] is not None and r["reloads"] == 0 for r in mine):
                 true[index] = statistics.median(r["score_s"] for r in mine)
-        if not true:
+        grid = cls(doc, runs, true, math.inf, [c["key"] for c in doc["cells"]])
+        reachable = grid.reachable()
+        if not reachable & true.keys():
             raise SystemExit("no cell of the grid finished every run within its context")
-        return cls(doc, runs, true, min(true.values()), [c["key"] for c in doc["cells"]])
+        grid.optimum = min(true[i] for i in reachable & true.keys())
+        return grid
+
+    def core(self) -> list[int]:
+        """The cells of the measured product (not the baselines added beside it)."""
+        cells = self.doc["cells"]
+        if all("core" in c for c in cells):
+            return [i for i, c in enumerate(cells) if c["core"]]
+        # files without the flag: the product is what the unlabelled cells span
+        plain = [c["settings"] for c in cells if c["in_space"] and not c["label"]]
+        return [i for i, c in enumerate(cells) if c["in_space"] and all(
+            c["settings"][name] in {p[name] for p in plain}
+            for name in ("n_threads", "context_window"))]
+
+    def reachable(self) -> set[int]:
+        """What a replayed study can measure: the product and the baselines it enqueues."""
+        found = set(self.core())
+        model = ModelInfo.from_dict(self.doc["model"])
+        machine = Hardware.from_dict(self.doc["machine"])
+        space = self.space()
+        for _, params, pinned in space.baselines(model, machine):
+            values = {**space.fixed, **params, **pinned}
+            with contextlib.suppress(KeyError):
+                found.add(self.cell_for(Settings(**values)))
+        return found
 
     def values(self, name: str) -> list:
-        return sorted({c["settings"][name] for c in self.doc["cells"] if c["in_space"]})
+        return sorted({self.doc["cells"][i]["settings"][name] for i in self.core()})
 
     def cache_sizes(self) -> list[int]:
-        return sorted({c["settings"]["max_cache_size"] for c in self.doc["cells"]
-                       if c["in_space"] and c["settings"]["enable_context_cache"]})
+        return sorted({self.doc["cells"][i]["settings"]["max_cache_size"] for i in self.core()
+                       if self.doc["cells"][i]["settings"]["enable_context_cache"]})
 
     def cell_for(self, settings: Settings) -> int:
         """The cell a configuration falls in: the recorded cache size nearest in log."""
@@ -121,7 +153,7 @@ class Grid:
         raise KeyError(f"no recorded cell for {want}")
 
     def regret(self, cell: int | None) -> float:
-        if cell is None or cell not in self.true:
+        if cell is None or cell not in self.true:  # never found one, or an infeasible one
             return math.inf
         return (self.true[cell] - self.optimum) / self.optimum
 
@@ -136,7 +168,7 @@ class Grid:
     def one_pass_s(self) -> float:
         """The grid's own measuring time: every in-space cell once (its median wall time)."""
         return sum(statistics.median(r["wall_s"] for r in self.runs[i])
-                   for i, c in enumerate(self.doc["cells"]) if c["in_space"] and self.runs[i])
+                   for i in self.core() if self.runs[i])
 
     def workload(self) -> Workload:
         n = self.doc["workload"]["requests"]
@@ -192,8 +224,9 @@ def replay(grid: Grid, cell: int, rng: random.Random, repeats: int,
         result.peak_rss_bytes = max(result.peak_rss_bytes, run["peak_rss_bytes"])
         result.other_cpu_percent_mean = run["other_cpu_percent_mean"]
         for data in run["requests"]:
-            record = dataclasses.replace(RequestRecord.from_dict(data),
-                                         index=data["index"] + k * per)
+            record = RequestRecord.from_dict(data)
+            record = dataclasses.replace(record, index=data["index"] + k * per, latency_s=(
+                record.latency_s * (1 + rng.uniform(-JITTER, JITTER))))
             result.requests.append(record)
             took += record.latency_s
             # a repeat beyond the first is not streamed: the pruner sees one workload
@@ -324,9 +357,9 @@ def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> di
 
 
 def run_grid(grid: Grid, seed: int) -> dict:
-    """The grid itself: every in-space cell once, in a random order, one recorded repeat."""
+    """The grid itself: every cell of the product once, in a random order, one recorded repeat."""
     rng = random.Random(seed * 7919 + 17)
-    cells = [i for i, c in enumerate(grid.doc["cells"]) if c["in_space"]]
+    cells = [i for i in grid.core() if grid.runs[i]]
     rng.shuffle(cells)
     elapsed, best_value, best_cell = 0.0, math.inf, None
     times, regrets = [], []
@@ -416,7 +449,7 @@ def fmt(value: float, unit: str = "", digits: int = 1) -> str:
 
 def markdown(grid: Grid, summary: dict, args, skipped: dict[str, str]) -> str:
     doc = grid.doc
-    best = min(grid.true, key=grid.true.get)
+    best = min(grid.reachable() & grid.true.keys(), key=grid.true.get)
     lines = [
         f"Replay of `{args.grid}` ({doc['created']}; {doc['model']['name']} on "
         f"{doc['machine']['cpu']}, {doc['machine']['logical_cores']} logical cores; "

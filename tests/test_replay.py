@@ -46,7 +46,7 @@ def synthetic_grid(repeats: int = 3, seed: int = 0) -> dict:
     from autotune.search.space import build_space
 
     machine = make_hardware(logical_cores=2, physical_cores=2)
-    model = make_model(context_length=4096)
+    model = make_model()  # trained on 8192: the advice's 8192 window lies beside the grid
     space = build_space(model, machine)
     cells = grid_truth.grid_cells(space, space.baselines(model, machine), (1024, 4096),
                                   (1, 100))
@@ -91,7 +91,22 @@ def test_true_scores_optimum_and_infeasible_cells(grid) -> None:
     assert overflowing not in grid.true and grid.regret(overflowing) == math.inf
     assert grid.regret(best) == 0.0
     assert grid.regret(None) == math.inf
-    assert grid.keys[-1] == "t8 c4096 cache100"  # the guide's defaults, outside the space
+    assert grid.keys[-2:] == ["t8 c4096 cache100", "t2 c8192 cache100"]  # the baselines
+
+
+def test_the_replayed_space_is_the_measured_product(grid) -> None:
+    replay = load("replay")
+    assert grid.values("context_window") == [1024, 4096] and grid.cache_sizes() == [1, 100]
+    assert grid.space().context_choices == (1024, 4096)
+    # the advice's window is outside the product: a replayed study never reaches it...
+    advice = grid.keys.index("t2 c8192 cache100")
+    assert advice not in grid.reachable()
+    assert grid.keys.index("t8 c4096 cache100") in grid.reachable()
+    # ...and files written before cells said whether they belong to it read the same
+    doc = synthetic_grid()
+    for cell in doc["cells"]:
+        del cell["core"]
+    assert replay.Grid.from_doc(doc).core() == grid.core()
 
 
 def test_settings_fall_in_the_nearest_recorded_cell(grid) -> None:
@@ -147,7 +162,7 @@ def test_strategies_differ_where_they_should(grid) -> None:
     nop = replay.run_study(grid, replay.STRATEGIES["no-pruning"], seed=1, trials=8, budget=6)
     assert nop["pruned"] == 0
     whole = replay.run_grid(grid, seed=0)
-    assert len(whole["regrets"]) == 12 and whole["regrets"][-1] < 0.1
+    assert len(whole["regrets"]) == 12 and whole["regrets"][-1] < 0.1  # the product only
 
 
 def test_main_writes_json_markdown_and_png(tmp_path) -> None:
