@@ -3,6 +3,7 @@
     python benchmarks/grid_truth.py [MODEL] [--repeats 3] [--tokens 32] [--small]
         [--cache-sizes 1,4,100] [--contexts 1024,4096] [--finalists 3] [--rounds 3]
         [--out benchmarks/results/grid.json]
+    python benchmarks/grid_truth.py --table benchmarks/results/grid.json
 
 Every cell of the space `autotune.search.space.build_space` gives this model on this
 machine (n_threads 1..logical cores, each context window, the context cache off and on at
@@ -11,7 +12,8 @@ the study enqueues, is measured `--repeats` times with the tuner's own trial
 (`Measurement.run`: `run_trial` while holding the machine lock), all repeats of all cells
 in one shuffled, interleaved order. Every request of every run is saved (its latency and
 the rest of its record), with the run's status, wall time, load and warm-up time, peak RSS
-and the CPU the rest of the machine used meanwhile. Then the best `--finalists` feasible
+and the CPU the rest of the machine used meanwhile (in the table: the most any of a cell's
+runs saw, in percent of one core). Then the best `--finalists` feasible
 cells by median score run again, interleaved, for `--rounds` rounds: the grid optimum is
 the one with the lowest median score there, given with its spread.
 
@@ -128,7 +130,9 @@ def cell_summary(doc: dict, phase: str) -> list[dict]:
                      "min_score_s": scores[0] if scores else None,
                      "max_score_s": scores[-1] if scores else None,
                      "median_wall_s": statistics.median(r["wall_s"] for r in runs)
-                     if runs else None})
+                     if runs else None,
+                     "other_cpu_max": max((r["other_cpu_percent_mean"] or 0.0 for r in runs),
+                                          default=None)})
     return rows
 
 
@@ -195,8 +199,8 @@ def markdown(doc: dict) -> str:
              f"{doc['versions']['autotune']}; {doc['tokens_per_request']} tokens/request, "
              f"{doc['repeats']} repeats/cell, other-CPU median "
              f"{doc['other_cpu_percent_median']:.0f}% of one core.", "",
-             "| cell | baseline | grid median score | range | reloads | final median |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| cell | baseline | grid median score | range | reloads | other CPU (max) "
+             "| final median |", "|---|---|---:|---:|---:|---:|---:|"]
     ranked = sorted(grid.values(), key=lambda r: (not r["feasible"],
                                                   r["median_score_s"] or math.inf))
     for row in ranked:
@@ -204,7 +208,9 @@ def markdown(doc: dict) -> str:
         med = "-" if row["median_score_s"] is None else f"{row['median_score_s']:.3f} s"
         rng = "-" if row["min_score_s"] is None else \
             f"{row['min_score_s']:.3f}-{row['max_score_s']:.3f}"
+        other = "-" if row["other_cpu_max"] is None else f"{row['other_cpu_max']:.0f}%"
         lines.append(f"| {row['key']} | {row['label']} | {med} | {rng} | {row['reloads']} | "
+                     f"{other} | "
                      + (f"{fin['median_score_s']:.3f} s |" if fin and fin["runs"]
                         and fin["median_score_s"] is not None else "|"))
     best = doc.get("optimum")
@@ -230,7 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workload", help="JSONL workload (the built-in one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON file (benchmarks/results/grid[-small].json)")
+    parser.add_argument("--table", metavar="FILE", help="print a saved grid's table; measure "
+                        "nothing")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())), end="")
+        return
 
     def ints(text: str | None, default):
         return tuple(int(x) for x in text.split(",")) if text else default

@@ -76,7 +76,7 @@ def synthetic_grid(repeats: int = 3, seed: int = 0) -> dict:
                 "cv_weight": 1.0, "cv_limit": 0.5},
             "space": {"n_threads": [1, 2], "context_choices": [1024, 4096], "gpu_layers": None,
                       "cache_sizes": [1, 100], "fixed": {"n_gpu_layers": 0}, "notes": []},
-            "cells": cells, "runs": runs}
+            "cells": cells, "runs": runs, "other_cpu_percent_median": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +177,14 @@ def test_main_writes_json_markdown_and_png(tmp_path) -> None:
     table = out.with_suffix(".md").read_text()
     assert "| default |" in table and "| grid |" in table
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_the_grid_table_ranks_feasible_cells_first(tmp_path, capsys) -> None:
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(synthetic_grid()))
+    load("grid_truth").main(["--table", str(path)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| t")]
+    assert len(rows) == 14
+    assert rows[0].startswith("| t2 c1024 cache100 |")
+    assert rows[-1].startswith("| t1 c1024 nocache |")  # overflowed: ranked last
+    assert any(r.startswith("| t8 c4096 cache100 | guide defaults |") for r in rows)
