@@ -31,8 +31,10 @@ lint: install
 fix: install
 	$(BIN)/ruff check --fix autotune tests benchmarks studies
 
+# The small grid (a few minutes of measuring) and the replay of the real study on it.
 bench: install
-	$(BIN)/python benchmarks/threads_and_cache.py "$(DEMO_MODEL)"
+	$(BIN)/python benchmarks/grid_truth.py "$(DEMO_MODEL)" --small
+	$(BIN)/python benchmarks/replay.py benchmarks/results/grid-small.json --seeds 20
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

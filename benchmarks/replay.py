@@ -1,0 +1,592 @@
+"""Replay: the real study code against a recorded grid, over many seeds; regret curves.
+
+    python benchmarks/replay.py [GRID.json] [--seeds 50] [--trials 45] [--budget 12]
+        [--strategies default,no-pruning,...] [--out benchmarks/results/replay]
+
+Nothing is measured. Each trial of a real study (`open_study`, `search`, its TPE sampler,
+Wilcoxon pruner and constraints, in an in-memory storage) gets, instead of a live worker,
+one recorded repeat of the grid cell its settings fall in (drawn at random), streamed
+request by request through the trial's `on_request`, so the pruner sees what it would have
+seen and stops the trial where it would have stopped it. After `--budget` trials the real
+confirmation (`tune.finalists` and `confirm.confirm`, 3 finalists, 2 rounds) picks the
+winner from replayed runs too; the search then goes on to `--trials`.
+
+A replayed trial takes the time its repeat took: its recorded wall time minus the
+latencies of the requests it did not serve (start-up, load and warm-up are paid in full),
+plus the study's own time (sampler, pruner, storage) as it ran here. Each latency is
+jittered by a part in a million (see JITTER). The true score of a
+cell is its median score over all its recorded runs; a cell that failed or overflowed its
+context in any run is infeasible. Regret = (true score of the study's best feasible trial
+- the best true score) / the best true score.
+
+Strategies: `default` (TPE multivariate + Wilcoxon p=0.02, the guide's baselines first),
+`p05`, `p10` (other pruner thresholds), `no-pruning`, `no-baselines`, `random` (random
+sampler, baselines, pruner), `gp` (GPSampler, no pruning), `optimus` (llama-optimus-like:
+Optuna's default TPE, 45 trials, 3 repeats each, no pruning, no baselines, no
+confirmation), `grid` (every cell once, in random order). Writes JSON, Markdown and a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+
+from autotune.measure.hardware import Hardware
+from autotune.measure.model import ModelInfo
+from autotune.measure.records import RequestRecord, Status, TrialResult
+from autotune.measure.settings import Settings
+from autotune.measure.workload import Request, Workload
+from autotune.search import study as study_module
+from autotune.search.confirm import confirm
+from autotune.search.scoring import Weights, score
+from autotune.search.space import SearchSpace
+from autotune.search.study import Measurement, feasible, open_study, search
+from autotune.search.tune import finalists
+
+RESULTS = Path(__file__).parent / "results"
+NEAR = 0.05  # "within 5% of the optimum"
+# Latencies are replayed jittered by a part in a million: a trial drawing the very repeat
+# the best trial drew would hand the pruner exact ties, which no fresh run does (and on
+# which scipy's Wilcoxon test falls back to a permutation test, a second per look).
+JITTER = 1e-6
+FINALISTS, ROUNDS = 3, 2  # tune's defaults
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- the recorded grid ---------------------------------------------------------------------
+
+@dataclass
+class Grid:
+    """A grid_truth.py file: its cells, their recorded runs and true scores."""
+
+    doc: dict
+    runs: dict[int, list[dict]]
+    true: dict[int, float]  # feasible cells only
+    optimum: float
+    keys: list[str]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Grid:
+        return cls.from_doc(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> Grid:
+        if doc.get("format") != "autotune-grid" or doc.get("format_version") != 1:
+            raise SystemExit("not a grid_truth.py file of format version 1")
+        runs: dict[int, list[dict]] = {i: [] for i in range(len(doc["cells"]))}
+        for run in doc["runs"]:
+            runs[run["cell"]].append(run)
+        true = {}
+        for index, mine in runs.items():
+            if mine and all(r["score_s"] is not None and r["reloads"] == 0 for r in mine):
+                true[index] = statistics.median(r["score_s"] for r in mine)
+        grid = cls(doc, runs, true, math.inf, [c["key"] for c in doc["cells"]])
+        reachable = grid.reachable()
+        if not reachable & true.keys():
+            raise SystemExit("no cell of the grid finished every run within its context")
+        grid.optimum = min(true[i] for i in reachable & true.keys())
+        return grid
+
+    def core(self) -> list[int]:
+        """The cells of the measured product (not the baselines added beside it)."""
+        cells = self.doc["cells"]
+        if all("core" in c for c in cells):
+            return [i for i, c in enumerate(cells) if c["core"]]
+        # files without the flag: the product is what the unlabelled cells span
+        plain = [c["settings"] for c in cells if c["in_space"] and not c["label"]]
+        return [i for i, c in enumerate(cells) if c["in_space"] and all(
+            c["settings"][name] in {p[name] for p in plain}
+            for name in ("n_threads", "context_window"))]
+
+    def reachable(self) -> set[int]:
+        """What a replayed study can measure: the product and the baselines it enqueues."""
+        found = set(self.core())
+        model = ModelInfo.from_dict(self.doc["model"])
+        machine = Hardware.from_dict(self.doc["machine"])
+        space = self.space()
+        for _, params, pinned in space.baselines(model, machine):
+            values = {**space.fixed, **params, **pinned}
+            with contextlib.suppress(KeyError):
+                found.add(self.cell_for(Settings(**values)))
+        return found
+
+    def values(self, name: str) -> list:
+        return sorted({self.doc["cells"][i]["settings"][name] for i in self.core()})
+
+    def cache_sizes(self) -> list[int]:
+        return sorted({self.doc["cells"][i]["settings"]["max_cache_size"] for i in self.core()
+                       if self.doc["cells"][i]["settings"]["enable_context_cache"]})
+
+    def cell_for(self, settings: Settings) -> int:
+        """The cell a configuration falls in: the recorded cache size nearest in log."""
+        want = settings.to_dict()
+        offload = self.doc["space"]["gpu_layers"] is not None
+        if want["enable_context_cache"]:
+            sizes = self.cache_sizes() or [want["max_cache_size"]]
+            want["max_cache_size"] = min(sizes, key=lambda s: abs(
+                math.log(s) - math.log(max(1, int(want["max_cache_size"])))))
+        for index, cell in enumerate(self.doc["cells"]):
+            have = cell["settings"]
+            if (have["n_threads"] == want["n_threads"]
+                    and have["context_window"] == want["context_window"]
+                    and have["enable_context_cache"] == want["enable_context_cache"]
+                    and (not want["enable_context_cache"]
+                         or have["max_cache_size"] == want["max_cache_size"])
+                    and (not offload or have["n_gpu_layers"] == want["n_gpu_layers"])):
+                return index
+        raise KeyError(f"no recorded cell for {want}")
+
+    def regret(self, cell: int | None) -> float:
+        if cell is None or cell not in self.true:  # never found one, or an infeasible one
+            return math.inf
+        return (self.true[cell] - self.optimum) / self.optimum
+
+    def space(self) -> SearchSpace:
+        threads = self.values("n_threads")
+        fixed = dict(self.doc["space"]["fixed"])
+        gpu = self.doc["space"]["gpu_layers"]
+        return SearchSpace(n_threads=(threads[0], threads[-1]),
+                           context_choices=tuple(self.values("context_window")),
+                           gpu_layers=tuple(gpu) if gpu else None, extended=False, fixed=fixed)
+
+    def one_pass_s(self) -> float:
+        """The grid's own measuring time: every in-space cell once (its median wall time)."""
+        return sum(statistics.median(r["wall_s"] for r in self.runs[i])
+                   for i in self.core() if self.runs[i])
+
+    def workload(self) -> Workload:
+        n = self.doc["workload"]["requests"]
+        return Workload(self.doc["workload"]["name"],
+                        tuple(Request(i, str(i), "", 0, ()) for i in range(n)))
+
+
+# --- replayed measurement ------------------------------------------------------------------
+
+@dataclass
+class Replayed:
+    cell: int
+    time_s: float
+    served: int
+    status: Status
+
+
+@dataclass
+class ReplayMeasurement(Measurement):
+    """A Measurement whose trials replay recorded repeats instead of running a worker."""
+
+    grid: Grid | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    repeats: int = 1
+    log: list[Replayed] = field(default_factory=list)
+    harness_s: float = 0.0
+    last: float | None = None
+
+    def run(self, model, settings, on_request=None, before=None) -> TrialResult:
+        now = time.perf_counter()
+        study_s = 0.0 if self.last is None else now - self.last  # sampler, pruner, storage
+        self.harness_s += study_s
+        assert self.grid is not None
+        cell = self.grid.cell_for(settings)
+        result, took = replay(self.grid, cell, self.rng, self.repeats, on_request)
+        self.log.append(Replayed(cell, took + study_s, len(result.requests), result.status))
+        self.last = time.perf_counter()
+        return result
+
+
+def replay(grid: Grid, cell: int, rng: random.Random, repeats: int,
+           on_request: Callable[[RequestRecord], bool] | None) -> tuple[TrialResult, float]:
+    """One trial of `cell` from recorded repeats; the result and the time it would take."""
+    settings = grid.doc["cells"][cell]["settings"]
+    result = TrialResult(status=Status.OK, settings=dict(settings))
+    took = 0.0
+    per = grid.doc["workload"]["requests"]
+    for k in range(repeats):
+        run = rng.choice(grid.runs[cell])
+        start = run["wall_s"] - sum(run["latencies"])  # start-up, load, warm-up, exit
+        took += start
+        result.load_s, result.warmup_s = run["load_s"], run["warmup_s"]
+        result.peak_rss_bytes = max(result.peak_rss_bytes, run["peak_rss_bytes"])
+        result.other_cpu_percent_mean = run["other_cpu_percent_mean"]
+        for data in run["requests"]:
+            record = RequestRecord.from_dict(data)
+            record = dataclasses.replace(record, index=data["index"] + k * per, latency_s=(
+                record.latency_s * (1 + rng.uniform(-JITTER, JITTER))))
+            result.requests.append(record)
+            took += record.latency_s
+            # a repeat beyond the first is not streamed: the pruner sees one workload
+            if k == 0 and on_request is not None and on_request(record):
+                result.status = Status.PRUNED
+                result.reason = f"stopped after {len(result.requests)} requests"
+                return result, took
+        if run["status"] != "ok":
+            result.status, result.reason = Status(run["status"]), run["reason"]
+            return result, took
+    result.wall_s = took
+    return result, took
+
+
+# --- strategies ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None  # None: the study's
+    pruner: Callable[[], optuna.pruners.BasePruner] | None = None  # None: the study's
+    baselines: bool = True
+    repeats: int = 1
+    trials: int | None = None  # None: --trials
+    confirm: bool = True
+
+
+class NoBaselines(SearchSpace):
+    def baselines(self, model, machine):
+        return []
+
+
+def gp_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=study_module.STARTUP_TRIALS)
+
+
+STRATEGIES = {
+    "default": Strategy("default"),
+    "p05": Strategy("p05", pruner=lambda: optuna.pruners.WilcoxonPruner(
+        p_threshold=0.05, n_startup_steps=study_module.PRUNE_AFTER_REQUESTS)),
+    "p10": Strategy("p10", pruner=lambda: optuna.pruners.WilcoxonPruner(
+        p_threshold=0.1, n_startup_steps=study_module.PRUNE_AFTER_REQUESTS)),
+    "no-pruning": Strategy("no-pruning", pruner=optuna.pruners.NopPruner),
+    "no-baselines": Strategy("no-baselines", baselines=False),
+    "random": Strategy("random", sampler=lambda seed: optuna.samplers.RandomSampler(seed)),
+    "gp": Strategy("gp", sampler=gp_sampler, pruner=optuna.pruners.NopPruner),
+    "optimus": Strategy("optimus", sampler=lambda seed: optuna.samplers.TPESampler(seed=seed),
+                        pruner=optuna.pruners.NopPruner, baselines=False, repeats=3,
+                        trials=45, confirm=False),
+}
+
+
+def gp_unavailable() -> str | None:
+    """Why GPSampler cannot run here (it needs PyTorch and SciPy), or None."""
+    try:
+        import scipy  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as err:
+        return f"GPSampler needs {err.name}, which is not installed"
+    return None
+
+
+def run_study(grid: Grid, strategy: Strategy, seed: int, trials: int, budget: int) -> dict:
+    """One replayed study: per trial its time, cell and the regret of the incumbent."""
+    model = ModelInfo.from_dict(grid.doc["model"])
+    machine = Hardware.from_dict(grid.doc["machine"])
+    space = grid.space()
+    if not strategy.baselines:
+        space = NoBaselines(**{f.name: getattr(space, f.name)
+                               for f in dataclasses.fields(SearchSpace)})
+    measurement = ReplayMeasurement(grid.workload(), grid.doc["tokens_per_request"],
+                                    weights=Weights(**grid.doc["weights"]), grid=grid,
+                                    rng=random.Random(seed * 7919 + 17),
+                                    repeats=strategy.repeats)
+    storage = optuna.storages.InMemoryStorage()
+    study = open_study(f"replay-{strategy.name}-{seed}", storage, model, machine, measurement,
+                       space, seed)
+    if strategy.sampler is not None:
+        study.sampler = strategy.sampler(seed)
+    if strategy.pruner is not None:
+        study.pruner = strategy.pruner()
+    total = strategy.trials or trials
+    first = min(budget, total) if strategy.confirm else total
+    search(study, model, space, measurement, machine.host, first, None)
+    confirmed = None
+    if strategy.confirm:
+        searched = len(measurement.log)
+        searched_s = sum(r.time_s for r in measurement.log)
+        candidates = finalists(study, FINALISTS)
+        if len(candidates) > 1:
+            spent: list[float] = []
+
+            def measure(settings: Settings) -> TrialResult:
+                result, took = replay(grid, grid.cell_for(settings), measurement.rng, 1, None)
+                spent.append(took)
+                return result
+
+            outcome = confirm(candidates, measure, ROUNDS, measurement.weights, seed)
+            confirm_s = sum(spent)
+            win = outcome.winner
+            cell = grid.cell_for(Settings.from_dict(win.settings)) if win else None
+            confirmed = {"trials": searched, "search_s": searched_s, "confirm_s": confirm_s,
+                         "regret": grid.regret(cell), "cell": cell}
+        measurement.last = None
+        if total > first:
+            search(study, model, space, measurement, machine.host, total - first, None)
+    return {"seed": seed, **curve(grid, study, measurement), "confirmed": confirmed,
+            "harness_s": measurement.harness_s}
+
+
+def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> dict:
+    """Per trial: cumulative time and the regret of the best feasible trial so far."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    if len(trials) != len(measurement.log):
+        raise RuntimeError(f"{len(trials)} trials but {len(measurement.log)} replayed runs")
+    elapsed, best_value, best_cell = 0.0, math.inf, None
+    times, regrets, pruned = [], [], 0
+    for trial, run in zip(trials, measurement.log, strict=True):
+        elapsed += run.time_s
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            pruned += 1
+        if feasible(trial) and trial.value < best_value:
+            best_value, best_cell = trial.value, run.cell
+        times.append(elapsed)
+        regrets.append(grid.regret(best_cell))
+    return {"times": times, "regrets": regrets, "pruned": pruned,
+            "cells": [r.cell for r in measurement.log]}
+
+
+def run_grid(grid: Grid, seed: int) -> dict:
+    """The grid itself: every cell of the product once, in a random order, one recorded repeat."""
+    rng = random.Random(seed * 7919 + 17)
+    cells = [i for i in grid.core() if grid.runs[i]]
+    rng.shuffle(cells)
+    elapsed, best_value, best_cell = 0.0, math.inf, None
+    times, regrets = [], []
+    for cell in cells:
+        result, took = replay(grid, cell, rng, 1, None)
+        elapsed += took
+        if result.ok and result.reloads == 0:
+            value = score(result.latencies, Weights(**grid.doc["weights"])).total_s
+            if value < best_value:
+                best_value, best_cell = value, cell
+        times.append(elapsed)
+        regrets.append(grid.regret(best_cell))
+    return {"seed": seed, "times": times, "regrets": regrets, "pruned": 0,
+            "cells": cells, "confirmed": None, "harness_s": 0.0}
+
+
+# --- summaries -----------------------------------------------------------------------------
+
+def first_within(values: list[float], regrets: list[float], near: float = NEAR) -> float:
+    """When the incumbent got within `near` for good: a lucky draw of a worse cell can
+    take the lead later, so the first time it got there is not counted if it left again."""
+    reached = math.inf
+    for value, regret in zip(reversed(values), reversed(regrets), strict=True):
+        if regret > near:
+            break
+        reached = value
+    return reached
+
+
+def regret_at(times: list[float], regrets: list[float], t: float) -> float:
+    best = math.inf
+    for when, regret in zip(times, regrets, strict=True):
+        if when > t:
+            break
+        best = regret
+    return best
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def summarize(grid: Grid, results: dict[str, list[dict]], budget: int) -> dict:
+    one_pass = grid.one_pass_s()
+    rows = {}
+    for name, runs in results.items():
+        trials_to = [first_within(list(range(1, len(r["regrets"]) + 1)), r["regrets"])
+                     for r in runs]
+        time_to = [first_within(r["times"], r["regrets"]) for r in runs]
+        at_budget = [r["regrets"][min(budget, len(r["regrets"])) - 1] for r in runs]
+        time_budget = [r["times"][min(budget, len(r["times"])) - 1] for r in runs]
+        at_third = [regret_at(r["times"], r["regrets"], one_pass / 3) for r in runs]
+        confirmed = [r["confirmed"] for r in runs if r["confirmed"]]
+        rows[name] = {
+            "seeds": len(runs), "trials": median([len(r["regrets"]) for r in runs]),
+            "median_trials_to_5pct": median(trials_to),
+            "median_time_to_5pct_s": median(time_to),
+            "reached_5pct": sum(t < math.inf for t in time_to) / len(runs),
+            "median_regret_at_budget": median(at_budget),
+            "median_time_at_budget_s": median(time_budget),
+            "median_regret_at_third_of_grid_time": median(at_third),
+            "median_final_regret": median([r["regrets"][-1] for r in runs]),
+            "median_total_time_s": median([r["times"][-1] for r in runs]),
+            "pruned_share": median([r["pruned"] / len(r["regrets"]) for r in runs]),
+            "median_harness_s": median([r["harness_s"] for r in runs]),
+            "confirmed_median_regret": median([c["regret"] for c in confirmed]),
+            "confirmed_within_5pct": (sum(c["regret"] <= NEAR for c in confirmed)
+                                      / len(confirmed)) if confirmed else math.nan,
+            "confirmed_median_time_s": median([c["search_s"] + c["confirm_s"]
+                                               for c in confirmed]),
+        }
+    goals = {}
+    default, nop = rows.get("default"), rows.get("no-pruning")
+    if default:
+        goals["default_time_to_5pct_share_of_grid"] = default["median_time_to_5pct_s"] / one_pass
+    if default and nop:
+        goals["pruning_time_saving_at_budget"] = 1 - (default["median_time_at_budget_s"]
+                                                      / nop["median_time_at_budget_s"])
+        goals["pruning_time_saving_to_5pct"] = 1 - (default["median_time_to_5pct_s"]
+                                                    / nop["median_time_to_5pct_s"])
+    return {"grid_one_pass_s": one_pass, "rows": rows, "goals": goals}
+
+
+def fmt(value: float, unit: str = "", digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value == math.inf:
+        return "never"
+    return f"{value:.{digits}f}{unit}"
+
+
+def markdown(grid: Grid, summary: dict, args, skipped: dict[str, str]) -> str:
+    doc = grid.doc
+    best = min(grid.reachable() & grid.true.keys(), key=grid.true.get)
+    lines = [
+        f"Replay of `{args.grid}` ({doc['created']}; {doc['model']['name']} on "
+        f"{doc['machine']['cpu']}, {doc['machine']['logical_cores']} logical cores; "
+        f"llama-cpp-python {doc['versions']['llama_cpp_python']}, optuna "
+        f"{optuna.__version__}): {len(grid.keys)} cells, true optimum {grid.keys[best]} "
+        f"({grid.optimum:.3f} s); one pass of the grid takes "
+        f"{summary['grid_one_pass_s']:.0f} s. {args.seeds} seeds, {args.trials} trials, "
+        f"budget {args.budget} trials + confirmation ({FINALISTS} finalists x {ROUNDS} rounds).",
+        "",
+        "| strategy | trials to 5% | time to 5% | reached | regret @budget | time @budget "
+        "| regret @1/3 grid time | final regret | pruned | confirmed regret | confirmed <=5% "
+        "| search+confirm time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in summary["rows"].items():
+        lines.append(
+            f"| {name} | {fmt(row['median_trials_to_5pct'], '', 0)} | "
+            f"{fmt(row['median_time_to_5pct_s'], ' s', 0)} | {row['reached_5pct']:.0%} | "
+            f"{fmt(100 * row['median_regret_at_budget'], '%')} | "
+            f"{fmt(row['median_time_at_budget_s'], ' s', 0)} | "
+            f"{fmt(100 * row['median_regret_at_third_of_grid_time'], '%')} | "
+            f"{fmt(100 * row['median_final_regret'], '%')} | {row['pruned_share']:.0%} | "
+            f"{fmt(100 * row['confirmed_median_regret'], '%')} | "
+            f"{fmt(100 * row['confirmed_within_5pct'], '%', 0)} | "
+            f"{fmt(row['confirmed_median_time_s'], ' s', 0)} |")
+    goals = summary["goals"]
+    if "default_time_to_5pct_share_of_grid" in goals:
+        share = goals["default_time_to_5pct_share_of_grid"]
+        lines.append(f"\nGoal, within 5% after at most 1/3 of the grid's time: the default "
+                     f"gets there in {fmt(100 * share, '%', 0)} of it "
+                     f"({'met' if share <= 1 / 3 else 'not met'}).")
+    if "pruning_time_saving_at_budget" in goals:
+        rows = summary["rows"]
+        with_, without = (fmt(100 * rows[k]["median_regret_at_budget"], "%")
+                          for k in ("default", "no-pruning"))
+        lines.append(
+            f"\nGoal, pruning saves at least 40% of trial time at equal quality: "
+            f"{fmt(100 * goals['pruning_time_saving_at_budget'], '%', 0)} of the search time "
+            f"at {args.budget} trials (regret {with_} with, {without} without); "
+            f"{fmt(100 * goals['pruning_time_saving_to_5pct'], '%', 0)} of the time to reach 5%.")
+    for name, why in skipped.items():
+        lines.append(f"\n{name}: skipped, {why}.")
+    lines += ["", "Medians over seeds; regret relative to the true optimum's score. \"to 5%\": "
+              "the trial (time) after which the best trial found stays within 5%; \"never\": "
+              "the median seed did not stay there; \"reached\": the share of seeds that did."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(grid: Grid, results: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_trial, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    horizon = max(max(r["times"][-1] for r in runs) for runs in results.values())
+    grid_t = [horizon * i / 200 for i in range(1, 201)]
+    for name, runs in results.items():
+        n = max(len(r["regrets"]) for r in runs)
+        xs = list(range(1, n + 1))
+        med = [median([r["regrets"][min(i, len(r["regrets"])) - 1] for r in runs]) for i in xs]
+        by_trial.plot(xs, [100 * clip(v) for v in med], label=name)
+        med_t = [median([regret_at(r["times"], r["regrets"], t) for r in runs]) for t in grid_t]
+        by_time.plot([t / 60 for t in grid_t], [100 * clip(v) for v in med_t], label=name)
+    for axis, label in ((by_trial, "trials"), (by_time, "replayed minutes")):
+        axis.set_xlabel(label)
+        axis.set_ylabel("median regret, % (capped at 100)")
+        axis.axhline(100 * NEAR, color="grey", linestyle=":", linewidth=1)
+        axis.set_ylim(0, 100)
+        axis.grid(alpha=0.3)
+    by_time.axvline(grid.one_pass_s() / 3 / 60, color="grey", linestyle="--", linewidth=1,
+                    label="1/3 of the grid's time")
+    by_time.set_xlim(0, 2 * grid.one_pass_s() / 60)  # the grid's own time, twice over
+    by_trial.legend(fontsize=8)
+    fig.suptitle(f"Regret vs trials and time: {grid.doc['model']['name']}, "
+                 f"{len(grid.keys)} cells, {len(next(iter(results.values())))} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def finite(value: object) -> object:
+    """JSON without Infinity or NaN: either becomes null (never reached, no value)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def clip(value: float) -> float:
+    return min(value, 1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", nargs="?", default=str(RESULTS / "grid.json"))
+    parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--trials", type=int, default=45)
+    parser.add_argument("--budget", type=int, default=12, help="trials before confirmation")
+    parser.add_argument("--strategies", default=",".join([*STRATEGIES, "grid"]))
+    parser.add_argument("--out", help="output path without suffix (results/replay-<grid>)")
+    args = parser.parse_args(argv)
+    grid = Grid.load(args.grid)
+    out = Path(args.out or RESULTS / f"replay-{Path(args.grid).stem}")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    skipped: dict[str, str] = {}
+    results: dict[str, list[dict]] = {}
+    for name in args.strategies.split(","):
+        if name == "gp" and (why := gp_unavailable()):
+            skipped[name] = why
+            continue
+        started = time.monotonic()
+        runs = []
+        for seed in range(args.seeds):
+            runs.append(run_grid(grid, seed) if name == "grid" else
+                        run_study(grid, STRATEGIES[name], seed, args.trials, args.budget))
+        results[name] = runs
+        log(f"{name}: {args.seeds} seeds in {time.monotonic() - started:.0f} s")
+    summary = summarize(grid, results, args.budget)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(finite(
+        {"format": "autotune-replay", "format_version": 1, "grid": str(args.grid),
+         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "optuna": optuna.__version__,
+         "seeds": args.seeds, "trials": args.trials, "budget": args.budget,
+         "skipped": skipped, "summary": summary, "runs": results})))
+    table = markdown(grid, summary, args, skipped)
+    out.with_suffix(".md").write_text(table)
+    plot(grid, results, out.with_suffix(".png"))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The replay benchmark's logic on a small synthetic grid: nothing is measured."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from autotune.measure.records import RequestRecord, Status
+from autotune.measure.settings import Settings
+from autotune.search.scoring import score
+from tests.conftest import make_hardware, make_model
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+REQUESTS = 8
+OVERHEAD_S = 2.0
+
+
+def load(name: str):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def speed(settings: dict) -> float:
+    """A made-up truth: 2 threads fast, cache helps when it holds 4, big windows cost."""
+    base = 1.0 if settings["n_threads"] == 2 else 1.6
+    if settings["n_threads"] == 8:
+        base = 3.0
+    if settings["enable_context_cache"]:
+        base *= 0.7 if settings["max_cache_size"] >= 4 else 1.2
+    return base * (1 + settings["context_window"] / 16384)
+
+
+def synthetic_grid(repeats: int = 3, seed: int = 0) -> dict:
+    grid_truth = load("grid_truth")
+    from autotune.search.space import build_space
+
+    machine = make_hardware(logical_cores=2, physical_cores=2)
+    model = make_model()  # trained on 8192: the advice's 8192 window lies beside the grid
+    space = build_space(model, machine)
+    cells = grid_truth.grid_cells(space, space.baselines(model, machine), (1024, 4096),
+                                  (1, 100))
+    rng = random.Random(seed)
+    runs = []
+    for index, cell in enumerate(cells):
+        for repeat in range(repeats):
+            mean = speed(cell["settings"])
+            latencies = [mean * rng.uniform(0.9, 1.1) for _ in range(REQUESTS)]
+            overflow = cell["settings"]["context_window"] == 1024 and \
+                cell["settings"]["n_threads"] == 1 and not cell["settings"]["enable_context_cache"]
+            requests = [RequestRecord(id=str(i), index=i, latency_s=x, rss_bytes=1,
+                                      reload=overflow and i == REQUESTS - 1).to_dict()
+                        for i, x in enumerate(latencies)]
+            runs.append({"cell": index, "repeat": repeat, "phase": "grid", "status": "ok",
+                         "reason": "", "wall_s": sum(latencies) + OVERHEAD_S, "load_s": 0.5,
+                         "warmup_s": 0.1, "peak_rss_bytes": 1, "cpu_percent_mean": 100.0,
+                         "other_cpu_percent_mean": 0.0, "reloads": int(overflow),
+                         "latencies": latencies, "score_s": score(latencies).total_s,
+                         "requests": requests})
+    return {"format": "autotune-grid", "format_version": 1, "created": "today",
+            "machine": machine.to_dict(), "model": model.to_dict(),
+            "versions": {"autotune": "0", "llama_cpp_python": "0", "optuna": "0"},
+            "workload": {"name": "builtin", "hash": "h", "requests": REQUESTS},
+            "tokens_per_request": 8, "repeats": repeats, "weights": {
+                "spike_weight": 2.0, "spike_factor": 3.0, "spike_limit_s": 5.0,
+                "cv_weight": 1.0, "cv_limit": 0.5},
+            "space": {"n_threads": [1, 2], "context_choices": [1024, 4096], "gpu_layers": None,
+                      "cache_sizes": [1, 100], "fixed": {"n_gpu_layers": 0}, "notes": []},
+            "cells": cells, "runs": runs, "other_cpu_percent_median": 0.0}
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return load("replay").Grid.from_doc(synthetic_grid())
+
+
+def test_true_scores_optimum_and_infeasible_cells(grid) -> None:
+    best = min(grid.true, key=grid.true.get)
+    assert grid.keys[best] == "t2 c1024 cache100"
+    overflowing = grid.keys.index("t1 c1024 nocache")
+    assert overflowing not in grid.true and grid.regret(overflowing) == math.inf
+    assert grid.regret(best) == 0.0
+    assert grid.regret(None) == math.inf
+    assert grid.keys[-2:] == ["t8 c4096 cache100", "t2 c8192 cache100"]  # the baselines
+
+
+def test_the_replayed_space_is_the_measured_product(grid) -> None:
+    replay = load("replay")
+    assert grid.values("context_window") == [1024, 4096] and grid.cache_sizes() == [1, 100]
+    assert grid.space().context_choices == (1024, 4096)
+    # the advice's window is outside the product: a replayed study never reaches it...
+    advice = grid.keys.index("t2 c8192 cache100")
+    assert advice not in grid.reachable()
+    assert grid.keys.index("t8 c4096 cache100") in grid.reachable()
+    # ...and files written before cells said whether they belong to it read the same
+    doc = synthetic_grid()
+    for cell in doc["cells"]:
+        del cell["core"]
+    assert replay.Grid.from_doc(doc).core() == grid.core()
+
+
+def test_settings_fall_in_the_nearest_recorded_cell(grid) -> None:
+    cell = grid.cell_for(Settings(n_threads=2, context_window=4096, max_cache_size=8))
+    assert grid.keys[cell] == "t2 c4096 cache1"  # 8 is nearer 1 than 100 in log
+    cell = grid.cell_for(Settings(n_threads=2, context_window=4096, max_cache_size=64,
+                                  n_gpu_layers=-1))  # no offload: layers do not matter
+    assert grid.keys[cell] == "t2 c4096 cache100"
+    assert grid.keys[grid.cell_for(Settings(n_threads=1, enable_context_cache=False,
+                                            context_window=1024))] == "t1 c1024 nocache"
+    with pytest.raises(KeyError):
+        grid.cell_for(Settings(n_threads=3, context_window=4096))
+
+
+def test_a_replayed_trial_streams_requests_and_stops_when_told(grid) -> None:
+    replay = load("replay")
+    seen: list[int] = []
+
+    def stop_after_three(record: RequestRecord) -> bool:
+        seen.append(record.index)
+        return len(seen) == 3
+
+    result, took = replay.replay(grid, 0, random.Random(1), 1, stop_after_three)
+    assert result.status == Status.PRUNED and seen == [0, 1, 2]
+    assert len(result.requests) == 3
+    assert took == pytest.approx(OVERHEAD_S + sum(result.latencies))
+    full, took_full = replay.replay(grid, 0, random.Random(1), 1, None)
+    assert full.ok and len(full.requests) == REQUESTS and took_full > took
+    three, _ = replay.replay(grid, 0, random.Random(1), 3, lambda r: False)
+    assert [r.index for r in three.requests] == list(range(3 * REQUESTS))
+
+
+def test_a_replayed_study_runs_the_real_study_code(grid) -> None:
+    replay = load("replay")
+    run = replay.run_study(grid, replay.STRATEGIES["default"], seed=0, trials=8, budget=6)
+    assert len(run["regrets"]) == len(run["times"]) == len(run["cells"]) == 8
+    assert run["times"] == sorted(run["times"])
+    finite = [r for r in run["regrets"] if r < math.inf]
+    assert finite == sorted(finite, reverse=True)  # the incumbent only gets better
+    # the guide's baselines go first: the defaults (8 threads, pinned) and the advice
+    assert grid.keys[run["cells"][0]] == "t8 c4096 cache100"
+    assert run["confirmed"]["trials"] == 6 and run["confirmed"]["confirm_s"] > 0
+    assert run["confirmed"]["regret"] < 0.5
+
+
+def test_strategies_differ_where_they_should(grid) -> None:
+    replay = load("replay")
+    optimus = replay.run_study(grid, replay.STRATEGIES["optimus"], seed=1, trials=8, budget=6)
+    assert len(optimus["regrets"]) == 45 and optimus["confirmed"] is None
+    assert grid.keys[optimus["cells"][0]] != "t8 c4096 cache100"  # no baselines
+    # three repeats per trial: about three times a single repeat's time
+    assert optimus["times"][0] > 3 * OVERHEAD_S
+    nop = replay.run_study(grid, replay.STRATEGIES["no-pruning"], seed=1, trials=8, budget=6)
+    assert nop["pruned"] == 0
+    whole = replay.run_grid(grid, seed=0)
+    assert len(whole["regrets"]) == 12 and whole["regrets"][-1] < 0.1  # the product only
+
+
+def test_main_writes_json_markdown_and_png(tmp_path) -> None:
+    replay = load("replay")
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(synthetic_grid()))
+    out = tmp_path / "replay"
+    replay.main([str(path), "--seeds", "2", "--trials", "6", "--budget", "4",
+                 "--strategies", "default,random,grid,gp", "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert set(data["summary"]["rows"]) >= {"default", "random", "grid"}
+    table = out.with_suffix(".md").read_text()
+    assert "| default |" in table and "| grid |" in table
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_the_grid_table_ranks_feasible_cells_first(tmp_path, capsys) -> None:
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(synthetic_grid()))
+    load("grid_truth").main(["--table", str(path)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| t")]
+    assert len(rows) == 14
+    assert rows[0].startswith("| t2 c1024 cache100 |")
+    assert rows[-1].startswith("| t1 c1024 nocache |")  # overflowed: ranked last
+    assert any(r.startswith("| t8 c4096 cache100 | guide defaults |") for r in rows)
