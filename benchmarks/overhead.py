@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from autotune.search.costs import harness_share
 from autotune.search.tune import TuneOptions, tune
 
 
@@ -45,9 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| part | seconds | share |\n|---|---:|---:|")
     for name, seconds in parts.items():
         print(f"| {name} | {seconds:.1f} | {seconds / total:.1%} |")
-    inherent = ("measured requests", "model load", "warm-up", "waiting for the machine")
-    own = sum(v for k, v in parts.items() if k not in inherent)
-    print(f"harness overhead: {own:.1f} s, {own / total:.1%} of the wall time")
+    share = harness_share(parts)
+    print(f"harness overhead: {share * total:.1f} s, {share:.1%} of the wall time")
     if args.json:
         Path(args.json).write_text(json.dumps({"wall_s": wall, "parts": parts,
                                                "trials": report.n_trials}, indent=2) + "\n",

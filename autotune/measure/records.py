@@ -69,7 +69,12 @@ class EventKind(StrEnum):
 
 
 class RecordError(ValueError):
-    """A record that does not have the shape its definition gives."""
+    """A record that does not have the shape its definition gives; `missing` names the
+    fields it lacks, when that is what is wrong."""
+
+    def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 def from_mapping(cls: type[R], data: object, nested: Mapping[str, Any] | None = None) -> R:
@@ -93,7 +98,7 @@ def from_mapping(cls: type[R], data: object, nested: Mapping[str, Any] | None = 
         elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
             missing.append(spec.name)
     if missing:
-        raise RecordError(f"{cls.__name__} without {', '.join(missing)}")
+        raise RecordError(f"{cls.__name__} without {', '.join(missing)}", tuple(missing))
     return cls(**values)
 
 
@@ -219,7 +224,7 @@ def decode_event(line: str) -> Event | None:
     try:
         return from_mapping(cls, data)
     except (RecordError, TypeError) as err:
-        missing = str(err).partition(" without ")[2] or "its fields"
+        missing = ", ".join(getattr(err, "missing", ())) or "its fields"
         raise BadEvent(f"worker sent a {data['event']} event without {missing}") from None
 
 

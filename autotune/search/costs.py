@@ -40,7 +40,7 @@ class Costs:
         started = (result.loaded_after_s - load) if result.loaded_after_s is not None \
             else result.wall_s
         warmup = result.warmup_s or 0.0
-        requests = sum(result.latencies) if len(result.requests) else 0.0
+        requests = sum(result.latencies)
         self.worker_start_s += max(0.0, started)
         self.load_s += load
         self.warmup_s += warmup
@@ -75,10 +75,18 @@ class Costs:
 
     @property
     def overhead_share(self) -> float:
-        """Share of the wall time that measured nothing and is the harness's own: all but
-        the requests, the model loads and warm-ups every trial needs, and waiting."""
-        parts = self.parts()
-        own = (parts["worker start"] + parts["model inspection"] + parts["rest of each trial"]
-               + parts["storage and study set-up"] + parts["sampler, storage and records"])
-        return own / self.total_s if self.total_s else 0.0
+        """Share of the wall time that is the harness's own (see `harness_share`)."""
+        return harness_share(self.parts())
 
+
+# Parts every trial needs whatever measures it, or that are another measurement's time.
+INHERENT = ("measured requests", "model load", "warm-up", "waiting for the machine")
+
+
+def harness_share(parts: dict[str, float]) -> float:
+    """Of `parts` (as `Costs.parts` gives them), the share that measured nothing and is the
+    harness's own: all but the requests, the model loads and warm-ups every trial needs,
+    and the waiting for the machine."""
+    total = sum(parts.values())
+    own = sum(seconds for name, seconds in parts.items() if name not in INHERENT)
+    return own / total if total else 0.0
