@@ -326,11 +326,6 @@ class TrialRecord:
             record = dataclasses.replace(record, status=Status.INTERRUPTED)
         return record
 
-    @property
-    def params(self) -> dict[str, object]:
-        """The settings the trial ran: measured ones, else what was pinned."""
-        return dict(self.settings or self.pinned)
-
 
 def trial_attrs(**fields: object) -> dict[str, object]:
     """User attributes for the given TrialRecord fields, as JSON-ready values."""
