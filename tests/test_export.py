@@ -252,3 +252,20 @@ def test_render_refuses_to_write_a_line_that_is_not_a_plain_variable() -> None:
         export.render(WINNER, CORE_FIELDS, HEADER, {"CUDA_VISIBLE_DEVICES": "0\nX=1"}, "dotenv")
     with pytest.raises(RuntimeError, match="line check"):
         export.render(WINNER, CORE_FIELDS, HEADER, {"CUDA_VISIBLE_DEVICES": "$(id)"}, "shell")
+
+
+@pytest.mark.parametrize("name", ["tiny@box", "a, trial 2 (x)@box", "back\\slash@box",
+                                  "$(touch x)'@box"])
+def test_a_written_header_names_its_study_for_reading_back(name: str, tmp_path: Path) -> None:
+    header = export.ExportHeader(model="Tiny", study=f"{name}, confirmed winner (trial 3)",
+                                 date="2026-11-25")
+    path = tmp_path / "jarvis.env"
+    path.write_text(export.render(WINNER, CORE_FIELDS, header))
+    assert export.named_study(path) == name
+
+
+def test_a_hand_written_file_names_no_study(tmp_path: Path) -> None:
+    path = tmp_path / "jarvis.env"
+    path.write_text("# my settings\nexport JARVIS_N_THREADS='2'\n# study: x, trial 1 (ok)\n")
+    assert export.named_study(path) is None
+    assert export.named_study(tmp_path / "missing.env") is None

@@ -20,6 +20,7 @@ import re
 import stat
 import tempfile
 import time
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,3 +265,38 @@ def describe(improvement: Improvement | None) -> str:
 def read(path: str | os.PathLike[str]) -> Settings:
     """Settings back from an export file, either format."""
     return load_env_file(path)
+
+
+# `# study: NAME, confirmed winner (LABEL)` or `# study: NAME, trial N (STATUS)`
+STUDY_LINE = re.compile(r"# study: (?P<name>.+), (?:confirmed winner|trial \d+) \(.*\)")
+
+
+def study_in_header(lines: Iterable[str]) -> str | None:
+    """The study an export file's header says it came from, or None (a hand-written file).
+
+    Only the first `# study:` line of the leading comments is read, and only as a name to
+    look up: a name that no storage holds is simply not found. A name's backslashes were
+    doubled when it was written (see `comment`); they are halved again.
+
+    Example:
+        >>> study_in_header(["# date: 2026-11-25", "# study: a, b@box, confirmed winner "
+        ...                  "(trial 3)", "export JARVIS_N_THREADS='2'"])
+        'a, b@box'
+        >>> study_in_header(["export JARVIS_N_THREADS='2'", "# study: x, trial 1 (ok)"])
+    """
+    for line in lines:
+        if not line.startswith("#"):
+            return None
+        found = STUDY_LINE.fullmatch(line.rstrip("\r\n"))
+        if found:
+            return found["name"].replace("\\\\", "\\")
+    return None
+
+
+def named_study(path: str | os.PathLike[str]) -> str | None:
+    """`study_in_header` of a file; None when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return study_in_header(handle)
+    except OSError:
+        return None
