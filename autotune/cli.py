@@ -393,7 +393,8 @@ def compare(studies: tuple[str, ...], studies_dir: str | None, storage: str | No
 @click.option("--json", "as_json", is_flag=True, help="Print trials and importances as JSON.")
 def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str | None,
          plot_format: str, as_json: bool) -> None:
-    """A study's trials, its parameter importances, and on request its plots.
+    """A study's trials, its parameter importances, its latency-memory front and profiles,
+    and on request its plots.
 
     \b
     Examples:
@@ -401,13 +402,16 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
       autotune show MODEL@CLASS --plots plots/ --plot-format png
       autotune show MODEL@CLASS --json
     """
-    from autotune.report import importance_table, seconds, trials_table
+    from autotune.report import front_table, importance_table, seconds, trials_table
+    from autotune.studies.profiles import front, points_of, unconfirmed_profiles
     from autotune.studies.records import StudyRecord, output
     from autotune.studies.storage import load_study
     from autotune.studies.tables import importance_report, trial_row
 
     loaded = load_study(study, open_studies(studies_dir, storage))
     record = StudyRecord.read(loaded)
+    line = front(points_of(loaded))
+    profiles = record.profiles or unconfirmed_profiles(loaded)
     rows = [trial_row(t, study) for t in loaded.get_trials(deepcopy=False)]
     importance = importance_report(loaded)
     scores = importance.scores
@@ -421,7 +425,8 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
                                      importances=scores,
                                      importance_evaluator=importance.evaluator,
                                      importance_caveats=importance.caveats,
-                                     winner=record.winner, plots=[str(p) for p in written]),
+                                     winner=record.winner, front=line, profiles=profiles,
+                                     plots=[str(p) for p in written]),
                               indent=2, default=str))
         return
     console = out_console()
@@ -432,6 +437,8 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
             console.print(f"  caveat ({importance.evaluator}): {caveat}", markup=False)
     else:
         console.print("Parameter importance: needs at least 3 finished trials that differ.")
+    if line:
+        console.print(front_table(line, profiles))
     if record.winner:
         console.print(f"Confirmed winner: {terminal(record.winner.label)}, score "
                       f"{terminal(seconds(record.winner.score_s))}")
@@ -444,18 +451,24 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
 @storage_options
 @click.option("--trial", "trial_number", type=int, default=None,
               help="Export this trial's settings instead of the confirmed winner.")
+@click.option("--profile", type=click.Choice(["fast", "balanced", "lean"]), default=None,
+              help="Export a profile of the study's latency-memory front instead: fast (the "
+                   "confirmed winner), balanced (the knee) or lean (the least peak memory). "
+                   "The header says whether it was re-measured in confirmation.")
 @click.option("--out", metavar="FILE", help="Write here (default: print to stdout).")
 @click.option("--format", "fmt", type=click.Choice(["shell", "dotenv"]), default="shell",
               show_default=True, help="shell: export NAME='value'; dotenv: NAME=value.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def export_command(study: str, studies_dir: str | None, storage: str | None,
-                   trial_number: int | None, out: str | None, fmt: str, force: bool) -> None:
+                   trial_number: int | None, profile: str | None, out: str | None, fmt: str,
+                   force: bool) -> None:
     """Re-export a study's winner (or any trial) as the export script, running nothing.
 
     \b
     Examples:
       autotune export MODEL@CLASS --out jarvis.env
       autotune export MODEL@CLASS --trial 7 --format dotenv
+      autotune export MODEL@CLASS --profile lean --out jarvis-lean.env
     """
     from autotune.studies import export
     from autotune.studies.storage import load_study
@@ -463,7 +476,7 @@ def export_command(study: str, studies_dir: str | None, storage: str | None,
     loaded = load_study(study, open_studies(studies_dir, storage))
     if out:
         export.check_writable(out, force)
-    text = export.export_text(loaded, trial_number, fmt)
+    text = export.export_text(loaded, trial_number, fmt, profile=profile)
     if out:
         export.write(out, text, force)
         click.echo(f"Wrote {visible(out)}", err=True)

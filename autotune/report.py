@@ -13,8 +13,9 @@ from rich.table import Table
 from autotune.guide import DEFAULTS_LABEL
 from autotune.measure.diagnosis import targets
 from autotune.measure.records import STAT_NAMES, BenchReport, Finding, Status, TrialStats
+from autotune.measure.settings import BY_FIELD
 from autotune.safe_text import terminal
-from autotune.studies.records import TuneReport
+from autotune.studies.records import Profile, TuneReport
 
 
 def seconds(value: object) -> str:
@@ -142,6 +143,8 @@ def print_tune(console: Console, report: TuneReport) -> None:
                       "[/].")
     best = " ".join(f"{k}={v}" for k, v in report.best.items())
     console.print(f"Best: {terminal(best)}")
+    if report.profiles:
+        console.print(profiles_table(report.profiles))
     for note in report.notes:
         console.print(f"Note: {terminal(note)}")
     total = sum(report.costs.values())
@@ -231,4 +234,40 @@ def importance_table(scores: dict[str, float], evaluator: str) -> Table:
     table.add_column("importance", justify="right")
     for name, value in scores.items():
         table.add_row(terminal(name), f"{value:.2f}")
+    return table
+
+
+def short_settings(settings: dict[str, object]) -> str:
+    """`N_THREADS=2 MODEL_CONTEXT_WINDOW=4096 ...`: a configuration in one cell."""
+    return " ".join(f"{BY_FIELD[k].name.removeprefix('JARVIS_')}={v}"
+                    for k, v in settings.items() if k in BY_FIELD)
+
+
+def profiles_table(profiles: tuple[Profile, ...] | list[Profile]) -> Table:
+    """The study's profiles: `autotune export STUDY --profile NAME` writes each."""
+    table = Table(title="Profiles (autotune export STUDY --profile NAME)")
+    for column in ("profile", "configuration", "latency", "peak memory", "confirmed"):
+        table.add_column(column, justify="right" if column in ("latency", "peak memory")
+                         else "left")
+    for profile in profiles:
+        where = profile.label or f"trial {profile.trial_number}"
+        confirmed = (f"yes, {profile.rounds} round{'s' if profile.rounds != 1 else ''}"
+                     if profile.confirmed else "no: one search run")
+        table.add_row(profile.name, terminal(f"{where}: {short_settings(profile.settings)}"),
+                      seconds(profile.shown_value_s), mebibytes(profile.shown_memory_bytes),
+                      confirmed)
+    return table
+
+
+def front_table(points: list, profiles: dict[str, Profile]) -> Table:
+    """The feasible trials no other beats on both latency and peak memory."""
+    table = Table(title="Latency against peak memory: the front (fastest first)")
+    for column in ("trial", "value", "peak memory", "profile", "configuration"):
+        table.add_column(column, justify="right" if column != "configuration" else "left")
+    for point in points:
+        names = ", ".join(n for n, p in profiles.items()
+                          if p.trial_number == point.trial_number)
+        table.add_row(str(point.trial_number), seconds(point.value_s),
+                      mebibytes(point.memory_bytes), names,
+                      terminal(short_settings(point.settings)))
     return table

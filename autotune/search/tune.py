@@ -38,7 +38,7 @@ from autotune.search.study import (
     ranked_feasible,
     search,
 )
-from autotune.studies import export
+from autotune.studies import export, profiles
 from autotune.studies.records import (
     ConfirmRun,
     Contender,
@@ -107,6 +107,22 @@ def finalists(study: optuna.Study, count: int) -> list[Candidate]:
     return [*chosen, Candidate(BASELINE, Settings(**GUIDE_DEFAULTS))]
 
 
+def with_profiles(candidates: list[Candidate], chosen: dict[str, profiles.Point]
+                  ) -> list[Candidate]:
+    """The finalists, then the balanced and lean profiles' trials not among them, then the
+    guide's defaults: every profile is re-measured against the defaults like the winner."""
+    *finals, baseline = candidates
+    for name in profiles.PROFILES[1:]:
+        point = chosen.get(name)
+        if point is None or point.label == BASELINE:
+            continue  # the guide's defaults run in confirmation anyway
+        settings = Settings.from_dict(point.settings)
+        if all(c.settings != settings for c in [*finals, baseline]):
+            finals.append(Candidate(f"trial {point.trial_number}", settings,
+                                    point.trial_number))
+    return [*finals, baseline]
+
+
 def representative(runs: tuple[ConfirmRun, ...], label: str) -> ConfirmRun | None:
     """A candidate's run with the median score: the one its report columns show."""
     ok = sorted((r for r in runs if r.label == label and r.score is not None),
@@ -143,7 +159,8 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     with costs.timing("search_s"):
         search(study, model, space, measurement, machine.host, options.trials,
                options.timeout_s, on_event, sampler_seed=seed)
-    candidates = finalists(study, options.finalists)
+    points = profiles.points_of(study)
+    candidates = with_profiles(finalists(study, options.finalists), profiles.choose(points))
     if len(candidates) == 1:
         raise MeasurementFailed(f"study {name!r}: no trial finished without failing or "
                             "overflowing the context, so there is nothing to confirm; see "
@@ -155,11 +172,12 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     if winner is None:
         raise MeasurementFailed(f"study {name!r}: no finalist finished every confirmation "
                                 "round")
+    kept = profiles.kept_profiles(points, outcome.confirmation, winner)
     keep(study.set_user_attr, study_attrs(confirmation=outcome.confirmation, winner=Winner(
         label=winner.label, trial_number=winner.trial_number, settings=winner.settings,
         score_s=winner.median_score_s, mean_s=winner.median_mean_s,  # type: ignore[arg-type]
         improvement=outcome.improvement, confirmed=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        host=machine.host)))
+        host=machine.host), profiles=kept))
     text = export.export_text(study, fmt=options.fmt)
     written = export.write(options.out, text, options.force) if options.out else None
     best = Settings.from_dict(winner.settings).to_env(space.tuned_fields)
@@ -176,4 +194,4 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                            baseline_run.stats if baseline_run else None),
         improvement=outcome.improvement, candidates=outcome.confirmation.candidates,
         notes=tuple(space.notes), out=str(written) if written else None, export=text,
-        costs=costs.parts())
+        costs=costs.parts(), profiles=tuple(kept.values()))

@@ -30,7 +30,8 @@ from autotune.errors import AutotuneError, Option
 from autotune.measure.settings import Settings, load_env_file
 from autotune.safe_text import visible
 from autotune.studies.files import fsync_folder, replace_atomically, written_beside
-from autotune.studies.records import Improvement, StudyRecord, TrialRecord
+from autotune.studies.profiles import PROFILES, unconfirmed_profiles
+from autotune.studies.records import Improvement, Profile, StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
     import optuna
@@ -208,14 +209,15 @@ def kept_mode(out: Path) -> int:
 
 
 def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str = "shell",
-                date: str | None = None) -> str:
-    """The export script for a study's confirmed winner, or for any of its trials.
+                date: str | None = None, profile: str | None = None) -> str:
+    """The export script for a study's confirmed winner, one of its profiles (`fast`,
+    `balanced`, `lean`: see studies/profiles.py), or any of its trials.
 
     Every text here was read back from a storage, which anyone may have written; `render`
     makes it safe, and a record of the wrong shape is one error naming the study.
     """
     try:
-        return export_from_records(study, trial_number, fmt, date)
+        return export_from_records(study, trial_number, fmt, date, profile)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise AutotuneError(f"study {visible(repr(study.study_name))}: its records cannot be "
                             f"exported ({visible(type(err).__name__)}: {visible(err, 80)}); "
@@ -224,11 +226,20 @@ def export_text(study: optuna.Study, trial_number: int | None = None, fmt: str =
 
 
 def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
-                        date: str | None) -> str:
+                        date: str | None, profile: str | None = None) -> str:
     record = StudyRecord.read(study)
     name = visible(repr(study.study_name))
     notes = record.space.notes if record.space else ()
-    if trial_number is None:
+    if profile is not None:
+        chosen = profile_to_export(study, record, trial_number, profile)
+        settings, score_s = Settings.from_dict(chosen.settings), chosen.shown_value_s
+        is_winner = record.winner is not None and chosen.label == record.winner.label
+        improvement = (describe(record.winner.improvement)
+                       if is_winner and record.winner is not None else "")
+        source = (f"{study.study_name}, confirmed winner ({chosen.label})" if is_winner
+                  else f"{study.study_name}, trial {chosen.trial_number} (profile {profile})")
+        notes = (f"profile {chosen.describe()}", *notes)
+    elif trial_number is None:
         winner = record.winner
         if not winner:
             raise AutotuneError(f"study {name} has no confirmed winner yet; pass ",
@@ -253,6 +264,22 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
     gpus = [g.index for g in hardware.gpus] if hardware.gpu_offload else []
     machine = machine_variables(settings, gpus, hardware.system)
     return render(settings, record.tuned_fields, header, machine, fmt)
+
+
+def profile_to_export(study: optuna.Study, record: StudyRecord, trial_number: int | None,
+                      profile: str) -> Profile:
+    """The study's kept profile `profile`; its front's, unconfirmed, when none was kept."""
+    if trial_number is not None:
+        raise AutotuneError(Option("trial_number", trial_number), " and ",
+                            Option("profile", visible(profile, 40)), ": choose one of them")
+    if profile not in PROFILES:
+        raise AutotuneError(Option("profile", visible(profile, 40)),
+                            f": expected one of {', '.join(PROFILES)}")
+    found = (record.profiles or unconfirmed_profiles(study)).get(profile)
+    if found is None:
+        raise AutotuneError(f"study {visible(repr(study.study_name))} has no feasible trial "
+                            "with a measured peak memory, so no profile; finish a tuning run")
+    return found
 
 
 def describe(improvement: Improvement | None) -> str:

@@ -123,7 +123,8 @@ def compare_figure(studies: list[optuna.Study], path: str | os.PathLike[str]) ->
 
 def study_plots(study: optuna.Study, folder: str | os.PathLike[str], kind: str = "html"
                 ) -> list[Path]:
-    """Optimisation history, slice and parallel coordinates of the finished trials."""
+    """Optimisation history, slice and parallel coordinates of the finished trials, and the
+    latency-memory front."""
     if kind not in KINDS:
         raise AutotuneError(Option("plot_format", visible(kind, 40)), ": expected png or html")
     finished = feasible_study(study)
@@ -148,7 +149,59 @@ def study_plots(study: optuna.Study, folder: str | os.PathLike[str], kind: str =
             figure.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(figure)
         written.append(path)
+    written.append(front_figure(study, out / f"{safe(study.study_name)}-front.{kind}"))
     return written
+
+
+def front_figure(study: optuna.Study, path: Path) -> Path:
+    """Every feasible configuration's value against its peak memory, the front joined up,
+    and the three profiles named."""
+    from autotune.studies.profiles import front, points_of, unconfirmed_profiles
+
+    points = points_of(study)
+    line = front(points)
+    profiles = StudyRecord.read(study).profiles or unconfirmed_profiles(study)
+    title = f"{visible(study.study_name, NAME_LIMIT)}: latency against peak memory"
+    labels = [(", ".join(n for n, p in profiles.items() if p.trial_number == q.trial_number),
+               q) for q in line]
+    if path.suffix == ".png":
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(figsize=(7, 5))
+        axes.scatter([p.memory_bytes / 2**20 for p in points], [p.value_s for p in points],
+                     color="lightgray", label="feasible trials")
+        axes.plot([p.memory_bytes / 2**20 for p in line], [p.value_s for p in line], "o-",
+                  label="front")
+        for text, point in labels:
+            if text:
+                axes.annotate(text, (point.memory_bytes / 2**20, point.value_s),
+                              textcoords="offset points", xytext=(6, 6), fontsize=8)
+        axes.set_xlabel("peak memory (MiB)")
+        axes.set_ylabel("value (s)")
+        axes.set_title(for_matplotlib(title), fontsize=9)
+        axes.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    else:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        fig.add_trace(go.Scatter(x=[p.memory_bytes / 2**20 for p in points],
+                                 y=[p.value_s for p in points], mode="markers",
+                                 name="feasible trials", marker={"color": "lightgray"},
+                                 text=[f"trial {p.trial_number}" for p in points]))
+        fig.add_trace(go.Scatter(x=[p.memory_bytes / 2**20 for p in line],
+                                 y=[p.value_s for p in line], mode="lines+markers+text",
+                                 name="front", text=[text for text, _ in labels],
+                                 textposition="top right"))
+        fig.update_layout(title=html.escape(title), xaxis_title="peak memory (MiB)",
+                          yaxis_title="value (s)")
+        fig.write_html(path, include_plotlyjs="cdn")
+    return path
 
 
 def safe(name: str) -> str:

@@ -200,6 +200,50 @@ class Winner:
         return from_mapping(cls, data, {"improvement": from_improvement})
 
 
+@dataclass(frozen=True)
+class Profile:
+    """One of a study's profiles (`fast`, `balanced`, `lean`; see studies/profiles.py).
+
+    `value_s` and `memory_bytes` are from its search trial; when it was re-measured in
+    confirmation, `confirmed` is true and the confirmed medians are kept beside them.
+    """
+
+    name: str
+    trial_number: int | None
+    settings: dict[str, object]
+    value_s: float
+    memory_bytes: int
+    confirmed: bool = False
+    confirmed_value_s: float | None = None
+    confirmed_memory_bytes: int | None = None
+    rounds: int = 0
+    label: str = ""  # the candidate it was confirmed as: `trial 7`, `guide defaults`
+
+    @property
+    def shown_value_s(self) -> float:
+        return self.confirmed_value_s if self.confirmed_value_s is not None else self.value_s
+
+    @property
+    def shown_memory_bytes(self) -> int:
+        memory = self.confirmed_memory_bytes
+        return memory if memory is not None else self.memory_bytes
+
+    def describe(self) -> str:
+        """One line: `lean: trial 4, 0.812 s, peak memory 212 MiB, confirmed over 2 rounds`."""
+        where = self.label or (f"trial {self.trial_number}" if self.trial_number is not None
+                               else "")
+        how = (f"confirmed over {self.rounds} round{'s' if self.rounds != 1 else ''}"
+               if self.confirmed else "unconfirmed: measured once in the search")
+        return (f"{self.name}: {where}, {self.shown_value_s:.3f} s, peak memory "
+                f"{self.shown_memory_bytes / 2**20:.0f} MiB, {how}")
+
+
+def from_profiles(data: object) -> dict[str, Profile]:
+    if not isinstance(data, Mapping):
+        raise RecordError(f"profiles: expected an object, got {type(data).__name__}")
+    return {str(name): from_mapping(Profile, value) for name, value in data.items()}
+
+
 def from_improvement(data: object) -> Improvement:
     return from_mapping(Improvement, data, {"ratios": tuple})
 
@@ -222,6 +266,8 @@ class StudyRecord:
     # The kind of machine any host may join the study from; None: the study belongs to
     # the host in `hardware` alone (studies made before machine classes).
     machine_class: HardwareClass | None = None
+    # The front's fastest, knee and leanest, written with the winner (studies/profiles.py).
+    profiles: dict[str, Profile] | None = None
 
     # The attributes written when a study is created, in this order (`schema` last: a tuner
     # joining a study being created waits for it); `space` and `tuned_fields` on every
@@ -256,7 +302,7 @@ class StudyRecord:
                 "weights": lambda d: from_mapping(Weights, d),
                 "space": SpaceSummary.from_dict, "tuned_fields": tuple,
                 "confirmation": Confirmation.from_dict, "winner": Winner.from_dict,
-                "machine_class": HardwareClass.from_dict})
+                "machine_class": HardwareClass.from_dict, "profiles": from_profiles})
         except (RecordError, TypeError, ValueError) as err:
             raise StudyFormatError(f"study {shown}: its record cannot be read "
                                    f"({visible(err, 120)})") from None
@@ -379,6 +425,7 @@ class TuneReport:
     out: str | None
     export: str
     costs: dict[str, float] = field(default_factory=dict)  # where the wall time went, s
+    profiles: tuple[Profile, ...] = ()
     kind: ClassVar[str] = "tune"
 
     def to_dict(self) -> dict[str, object]:

@@ -1,0 +1,168 @@
+"""Profiles: the fastest, the knee and the leanest of a study's latency-memory front.
+
+A study's feasible trials each have a value (what the study minimises, seconds) and a peak
+memory (the worker's peak resident memory, plus its GPU memory where it offloads). A trial
+is on the front when no other trial is both at least as fast and at least as lean, and
+strictly better in one. From the front:
+
+- `fast`: the fastest (after confirmation, the confirmed winner);
+- `lean`: the leanest;
+- `balanced`: the knee, the front's point nearest the ideal corner (fastest and leanest at
+  once) once both axes are scaled to the front's own range.
+
+A profile that saves less than `MIN_SAVING` of `fast`'s memory is `fast` itself: a few
+megabytes are within what one run to the next varies, and not worth a slower reply.
+
+Example:
+    >>> points = [Point(0, 1.0, 400), Point(1, 1.1, 300), Point(2, 2.0, 200),
+    ...           Point(3, 1.5, 450)]  # 3 is slower and heavier than 0: not on the front
+    >>> [p.trial_number for p in front(points)]
+    [0, 1, 2]
+    >>> {name: p.trial_number for name, p in choose(points).items()}
+    {'fast': 0, 'balanced': 1, 'lean': 2}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import optuna
+
+from autotune.measure.records import TrialStats
+from autotune.measure.settings import Settings
+from autotune.search.space import BASELINE_LABEL
+from autotune.search.study import feasible
+from autotune.studies.records import (
+    CandidateResult,
+    Confirmation,
+    Profile,
+    TrialRecord,
+)
+
+PROFILES = ("fast", "balanced", "lean")
+MIN_SAVING = 0.05
+
+
+@dataclass(frozen=True)
+class Point:
+    """One feasible configuration: its trial, its value (s) and its peak memory (bytes)."""
+
+    trial_number: int | None
+    value_s: float
+    memory_bytes: int
+    settings: dict[str, object] = field(default_factory=dict, compare=False)
+    label: str = field(default="", compare=False)  # a baseline's, e.g. `guide defaults`
+
+
+def memory_of(stats: TrialStats | None) -> int | None:
+    """Peak resident memory of the worker, plus its GPU memory where it used any."""
+    if stats is None or not stats.peak_rss_bytes:
+        return None
+    return stats.peak_rss_bytes + (stats.gpu_memory_peak_bytes or 0)
+
+
+def points_of(study: optuna.Study) -> list[Point]:
+    """The study's feasible trials as points, the best run of each distinct setting."""
+    best: dict[tuple, Point] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if not feasible(trial) or trial.value is None:
+            continue
+        kept = TrialRecord.read(trial, study.study_name)
+        memory = memory_of(kept.stats)
+        if kept.settings is None or memory is None:
+            continue
+        key = tuple(sorted(kept.settings.items()))
+        point = Point(trial.number, trial.value, memory, dict(kept.settings), kept.label or "")
+        if key not in best or point.value_s < best[key].value_s:
+            best[key] = point
+    return list(best.values())
+
+
+def front(points: Iterable[Point]) -> list[Point]:
+    """The non-dominated points, fastest first (so leanest last)."""
+    ordered = sorted(points, key=lambda p: (p.value_s, p.memory_bytes, p.trial_number))
+    kept: list[Point] = []
+    for point in ordered:
+        if not kept or point.memory_bytes < kept[-1].memory_bytes:
+            kept.append(point)  # slower than every kept point, so it must be leaner
+    return kept
+
+
+def choose(points: Iterable[Point]) -> dict[str, Point]:
+    """The three profiles of the front; empty when there is no point."""
+    line = front(points)
+    if not line:
+        return {}
+    fast, lean = line[0], line[-1]
+    value_span = (lean.value_s - fast.value_s) or 1.0
+    memory_span = (fast.memory_bytes - lean.memory_bytes) or 1
+    knee = min(line, key=lambda p: (math.hypot((p.value_s - fast.value_s) / value_span,
+                                               (p.memory_bytes - lean.memory_bytes)
+                                               / memory_span), p.value_s))
+    return {"fast": fast, "balanced": worth(knee, fast), "lean": worth(lean, fast)}
+
+
+def worth(point: Point, fast: Point) -> Point:
+    """`point`, or `fast` when `point` saves too little memory to be worth its latency."""
+    return point if point.memory_bytes <= (1 - MIN_SAVING) * fast.memory_bytes else fast
+
+
+def kept_profiles(points: list[Point], confirmation: Confirmation,
+                  winner: CandidateResult) -> dict[str, Profile]:
+    """The profiles to keep once confirmation has run: `fast` is the confirmed winner;
+    `balanced` and `lean` carry their confirmed medians when they were re-measured."""
+    chosen = choose(points)
+    own = next((p for p in points if p.trial_number == winner.trial_number), None)
+    fast = profile_of("fast", winner, confirmation, own)
+    found = {"fast": fast}
+    for name in PROFILES[1:]:
+        point = chosen.get(name)
+        if point is None or point is chosen.get("fast"):
+            found[name] = dataclasses.replace(fast, name=name)
+            continue
+        result = confirmed_as(point, confirmation)
+        profile = profile_of(name, result, confirmation, point)
+        if profile.shown_memory_bytes > (1 - MIN_SAVING) * fast.shown_memory_bytes:
+            profile = dataclasses.replace(fast, name=name)  # it saved too little after all
+        found[name] = profile
+    return found
+
+
+def confirmed_as(point: Point, confirmation: Confirmation) -> CandidateResult | None:
+    """The confirmation result of the candidate with `point`'s settings, or of the guide's
+    defaults when `point` is their search trial."""
+    settings = Settings.from_dict(point.settings)
+    return next((c for c in confirmation.candidates
+                 if Settings.from_dict(c.settings) == settings
+                 or (point.label == BASELINE_LABEL and c.label == BASELINE_LABEL)), None)
+
+
+def profile_of(name: str, result: CandidateResult | None, confirmation: Confirmation,
+               point: Point | None) -> Profile:
+    """A profile from its search point and its confirmation result (when it completed)."""
+    confirmed = result is not None and result.complete and result.median_score_s is not None
+    runs = [r for r in confirmation.runs
+            if confirmed and r.label == result.label and r.score is not None]  # type: ignore[union-attr]
+    memories = sorted(m for m in (memory_of(r.stats) for r in runs) if m is not None)
+    confirmed_memory = memories[(len(memories) - 1) // 2] if memories else None
+    if point is None:  # a winner that was no search point: the guide's defaults
+        assert result is not None and result.median_score_s is not None
+        point = Point(result.trial_number, result.median_score_s, confirmed_memory or 0,
+                      dict(result.settings))
+    return Profile(name=name, trial_number=point.trial_number, settings=dict(point.settings),
+                   value_s=point.value_s, memory_bytes=point.memory_bytes,
+                   confirmed=confirmed,
+                   confirmed_value_s=result.median_score_s if confirmed else None,  # type: ignore[union-attr]
+                   confirmed_memory_bytes=confirmed_memory, rounds=len(runs),
+                   label=result.label if confirmed else "")  # type: ignore[union-attr]
+
+
+def unconfirmed_profiles(study: optuna.Study) -> dict[str, Profile]:
+    """The profiles of a study that kept none (tuned before profiles, or not confirmed):
+    the front of its search trials, each unconfirmed."""
+    return {name: Profile(name=name, trial_number=p.trial_number, settings=dict(p.settings),
+                          value_s=p.value_s, memory_bytes=p.memory_bytes)
+            for name, p in choose(points_of(study)).items()}
