@@ -129,4 +129,4 @@ def test_real_machine_space_is_built_without_error(model: ModelInfo) -> None:
     here = detect()
     space = build_space(model, here)
     assert space.n_threads == (1, here.logical_cores)
-    assert space.context_choices[0] == 512
+    assert space.context_choices[0] == 4096  # the default floor: the guide's window
