@@ -267,6 +267,15 @@ def check_study_name(name: str | None) -> None:
               help="Also search n_batch, n_ubatch, flash attention and the f16 KV cache.")
 @click.option("--fix", "fixes", multiple=True, metavar="NAME=VALUE",
               help="Pin a setting instead of searching it, e.g. --fix n_threads=4 (repeatable).")
+@click.option("--min-context", default=4096, show_default=True, type=click.IntRange(512),
+              metavar="N", help="Smallest context window the study may choose, tokens. The "
+              "workload is a sample: a longer real conversation overflows a smaller window "
+              "and drops history, so the floor is the guide's window (lowered, and said so, "
+              "only when the model's trained context or the memory cannot hold it); pass "
+              "--min-context 512 to let the study go lower.")
+@click.option("--no-warm-start", is_flag=True, help="Start a new study from the guide's "
+              "baselines alone; by default the winners of earlier studies of similar models "
+              "(same architecture, size within 2x) on this kind of machine are tried next.")
 @click.option("--finalists", default=3, show_default=True, type=click.IntRange(1),
               help="Best trials re-measured against the guide's defaults.")
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(1),
@@ -291,7 +300,8 @@ def check_study_name(name: str | None) -> None:
 @no_wait_option
 def tune(model: str, trials: int, timeout: float | None, seed: int | None,
          workload_file: str | None, tokens: int, concurrent: bool, clients: int,
-         extended: bool, fixes: tuple[str, ...], finalists: int, rounds: int,
+         extended: bool, fixes: tuple[str, ...], min_context: int, no_warm_start: bool,
+         finalists: int, rounds: int,
          spike_weight: float, spike_factor: float, cv_weight: float, trial_timeout: float,
          study_name: str | None, studies_dir: str | None, storage: str | None, out: str,
          fmt: str, force: bool, as_json: bool, no_wait: bool) -> None:
@@ -306,6 +316,8 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
       autotune model.gguf                            # 12 trials, then ./jarvis.env
       autotune model.gguf --trials 30 --timeout 900  # a bigger budget (resumes the study)
       autotune model.gguf --fix n_threads=4 --format dotenv --out jarvis.conf
+      autotune model.gguf --min-context 8192         # promise longer conversations
+      autotune model.gguf --study-name fresh --no-warm-start
 
     Exit status: 0 written, 1 no trial or finalist finished (or --no-wait found the
     machine busy), 2 bad input.
@@ -322,7 +334,8 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
                         cv_weight=cv_weight),
         trial_timeout_s=trial_timeout, study_name=study_name,
         studies_dir=studies_folder(studies_dir, storage),
-        storage=storage, out=out, fmt=fmt, force=force, wait=not no_wait)
+        storage=storage, out=out, fmt=fmt, force=force, wait=not no_wait,
+        min_context=min_context, warm_start=not no_warm_start)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                         transient=True, disable=not err_console.is_terminal)

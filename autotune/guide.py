@@ -17,3 +17,4 @@ MEAN_LIMIT_S = 2.0  # average latency 0.5-2.0 s, lower is better
 SPIKE_LIMIT_S = 5.0  # no request over 5 s: a slower one is a spike
 CV_LIMIT = 0.5  # standard deviation under 50% of the mean
 HIT_RATE_MIN = 0.8  # context-cache hit rate over 80% for repeated patterns
+GUIDE_CONTEXT = 4096  # the window the guide advises; a smaller one is warned about

@@ -145,6 +145,13 @@ def print_tune(console: Console, report: TuneReport) -> None:
     console.print(f"Best: {terminal(best)}")
     if report.profiles:
         console.print(profiles_table(report.profiles))
+    if report.context:
+        console.print(f"The {terminal(report.context)}.")
+    if report.context_warning:
+        console.print(f"[yellow]Warning:[/] {terminal(report.context_warning)} (pass "
+                      "--min-context 4096 to keep the guide's window).")
+    if report.tie_break:
+        console.print(f"Tie: {terminal(report.tie_break)}.")
     for note in report.notes:
         console.print(f"Note: {terminal(note)}")
     total = sum(report.costs.values())

@@ -23,7 +23,13 @@ Strategies: `default` (TPE multivariate + Wilcoxon p=0.02, the guide's baselines
 `p05`, `p10` (other pruner thresholds), `no-pruning`, `no-baselines`, `random` (random
 sampler, baselines, pruner), `gp` (GPSampler, no pruning), `optimus` (llama-optimus-like:
 Optuna's default TPE, 45 trials, 3 repeats each, no pruning, no baselines, no
-confirmation), `grid` (every cell once, in random order). Writes JSON, Markdown and a PNG.
+confirmation), `grid` (every cell once, in random order), `warm-start` (the default, in a
+storage that already holds an earlier replayed default study of another seed, searched for
+`--budget` trials and confirmed: the new study enqueues that study's confirmed winner after
+the baselines, as `open_study` does on a machine with an earlier study of a similar model),
+`warm-start-no-baselines` (the same without the guide's baselines: what the warm start
+alone brings, against `no-baselines`).
+Writes JSON, Markdown and a PNG.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
 from autotune.search.study import Measurement, feasible, open_study, search
 from autotune.search.tune import finalists
+from autotune.studies.records import Winner, keep, study_attrs
 
 RESULTS = Path(__file__).parent / "results"
 NEAR = 0.05  # "within 5% of the optimum"
@@ -256,6 +263,7 @@ class Strategy:
     repeats: int = 1
     trials: int | None = None  # None: --trials
     confirm: bool = True
+    warm_start: bool = False  # an earlier confirmed study of another seed in the storage
 
 
 class NoBaselines(SearchSpace):
@@ -280,7 +288,11 @@ STRATEGIES = {
     "optimus": Strategy("optimus", sampler=lambda seed: optuna.samplers.TPESampler(seed=seed),
                         pruner=optuna.pruners.NopPruner, baselines=False, repeats=3,
                         trials=45, confirm=False),
+    "warm-start": Strategy("warm-start", warm_start=True),
+    "warm-start-no-baselines": Strategy("warm-start-no-baselines", baselines=False,
+                                        warm_start=True),
 }
+EARLIER_SEED = 100_003  # the earlier study's seed is this plus the seed: another one
 
 
 def gp_unavailable() -> str | None:
@@ -306,8 +318,10 @@ def run_study(grid: Grid, strategy: Strategy, seed: int, trials: int, budget: in
                                     rng=random.Random(seed * 7919 + 17),
                                     repeats=strategy.repeats)
     storage = optuna.storages.InMemoryStorage()
+    if strategy.warm_start:
+        earlier_study(grid, storage, seed + EARLIER_SEED, budget)
     study = open_study(f"replay-{strategy.name}-{seed}", storage, model, machine, measurement,
-                       space, seed)
+                       space, seed, warm_start=strategy.warm_start)
     if strategy.sampler is not None:
         study.sampler = strategy.sampler(seed)
     if strategy.pruner is not None:
@@ -339,6 +353,32 @@ def run_study(grid: Grid, strategy: Strategy, seed: int, trials: int, budget: in
             search(study, model, space, measurement, machine.host, total - first, None)
     return {"seed": seed, **curve(grid, study, measurement), "confirmed": confirmed,
             "harness_s": measurement.harness_s}
+
+
+def earlier_study(grid: Grid, storage: optuna.storages.BaseStorage, seed: int,
+                  budget: int) -> None:
+    """What an earlier default study on this machine leaves in the storage: `budget`
+    replayed trials and a confirmed winner, kept as the tuner keeps it."""
+    model = ModelInfo.from_dict(grid.doc["model"])
+    machine = Hardware.from_dict(grid.doc["machine"])
+    space = grid.space()
+    measurement = ReplayMeasurement(grid.workload(), grid.doc["tokens_per_request"],
+                                    weights=Weights(**grid.doc["weights"]), grid=grid,
+                                    rng=random.Random(seed * 7919 + 17))
+    study = open_study(f"replay-earlier-{seed}", storage, model, machine, measurement, space,
+                       seed, warm_start=False)
+    search(study, model, space, measurement, machine.host, budget, None)
+    candidates = finalists(study, FINALISTS)
+    if len(candidates) == 1:
+        return
+    outcome = confirm(candidates, lambda s: replay(grid, grid.cell_for(s), measurement.rng, 1,
+                                                   None)[0], ROUNDS, measurement.weights, seed)
+    win = outcome.winner
+    if win is not None:
+        keep(study.set_user_attr, study_attrs(winner=Winner(
+            label=win.label, trial_number=win.trial_number, settings=win.settings,
+            score_s=win.median_score_s, mean_s=win.median_mean_s,  # type: ignore[arg-type]
+            improvement=outcome.improvement, confirmed=f"replay {seed}")))
 
 
 def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> dict:
@@ -559,7 +599,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--trials", type=int, default=45)
     parser.add_argument("--budget", type=int, default=12, help="trials before confirmation")
-    parser.add_argument("--strategies", default=",".join([*STRATEGIES, "grid"]))
+    parser.add_argument("--strategies", default=",".join(
+        [s for s in STRATEGIES if not s.startswith("warm-start")] + ["grid"]))
     parser.add_argument("--out", help="output path without suffix (results/replay-<grid>)")
     args = parser.parse_args(argv)
     grid = Grid.load(args.grid)

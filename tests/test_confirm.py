@@ -83,3 +83,30 @@ def test_the_interval_spans_the_drift_between_rounds() -> None:
     # one round at 2x, one at 3x, no spread within: a fresh A/B lands at either
     rounds = [[(2.0 * x, x) for x in (0.5, 1.0)], [(3.0 * x, x) for x in (0.5, 1.0)]]
     assert paired_bootstrap(rounds, seed=0) == pytest.approx((2.0, 3.0))
+
+
+def window_run(label: str, round_no: int, latencies: list[float], window: int) -> ConfirmRun:
+    return dataclasses.replace(run(label, round_no, latencies),
+                               settings={"context_window": window})
+
+
+def window_candidates() -> list[Candidate]:
+    return [Candidate("trial 1", Settings(context_window=1024), 1),
+            Candidate("trial 2", Settings(context_window=4096), 2),
+            Candidate(BASELINE, Settings())]
+
+
+def test_a_larger_window_within_three_percent_wins_and_says_why() -> None:
+    runs = [window_run("trial 1", 0, [1.00] * 4, 1024), window_run("trial 2", 0, [1.02] * 4, 4096),
+            window_run(BASELINE, 0, [3.0] * 4, 4096)]
+    outcome = decide(window_candidates(), runs, seed=1)
+    assert outcome.winner.label == "trial 2"
+    assert "trial 2 (context window 4096) chosen over trial 1 (1024)" in outcome.tie_break
+    assert outcome.improvement.speedup == pytest.approx(3.0 / 1.02)
+
+
+def test_a_measurably_faster_small_window_still_wins() -> None:
+    runs = [window_run("trial 1", 0, [1.00] * 4, 1024), window_run("trial 2", 0, [1.10] * 4, 4096),
+            window_run(BASELINE, 0, [3.0] * 4, 4096)]
+    outcome = decide(window_candidates(), runs, seed=1)
+    assert (outcome.winner.label, outcome.tie_break) == ("trial 1", "")

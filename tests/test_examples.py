@@ -17,7 +17,8 @@ from autotune.measure.workload import Workload
 FAST = ["autotune.safe_text", "autotune.measure.records", "autotune.measure.settings",
         "autotune.measure.model", "autotune.measure.gguf_header", "autotune.search.scoring",
         "autotune.studies.records", "autotune.measure.hardware",
-        "autotune.studies.export", "autotune.studies.profiles"]
+        "autotune.studies.export", "autotune.studies.profiles", "autotune.search.warm",
+        "autotune.studies.window"]
 MEASURING = ["autotune.measure.trial", "autotune.measure.machine_lock",
              "autotune.measure.bench"]
 

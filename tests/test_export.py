@@ -269,3 +269,21 @@ def test_a_hand_written_file_names_no_study(tmp_path: Path) -> None:
     path.write_text("# my settings\nexport JARVIS_N_THREADS='2'\n# study: x, trial 1 (ok)\n")
     assert export.named_study(path) is None
     assert export.named_study(tmp_path / "missing.env") is None
+
+
+def test_header_states_what_the_window_holds_and_warns_below_the_guides() -> None:
+    from autotune.measure.records import TrialStats
+    from autotune.studies import window
+
+    stats = TrialStats(tokens_per_turn=200.0, longest_conversation_tokens=900)
+    header = export.ExportHeader(model="Tiny (tiny.gguf)", study="tiny@box", date="d",
+                                 context=window.holds(1024, stats),
+                                 context_warning=window.warning(1024) or "")
+    lines = export.render(WINNER, CORE_FIELDS, header).splitlines()
+    assert ("# context window 1024 tokens: holds conversations up to 1024 tokens, about 5 turns "
+            "of this workload's average 200 tokens per turn (its longest conversation: 900 "
+            "tokens)") in lines
+    assert any(line.startswith("# WARNING: the context window 1024 is below the guide's 4096")
+               for line in lines)
+    assert window.warning(4096) is None and window.holds(8192) == (
+        "context window 8192 tokens: holds conversations up to 8192 tokens")

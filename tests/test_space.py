@@ -129,4 +129,28 @@ def test_real_machine_space_is_built_without_error(model: ModelInfo) -> None:
     here = detect()
     space = build_space(model, here)
     assert space.n_threads == (1, here.logical_cores)
-    assert space.context_choices[0] == 512
+    assert space.context_choices[0] == 4096  # the default floor: the guide's window
+
+
+def test_the_default_floor_is_the_guides_window_and_can_be_lowered(model: ModelInfo) -> None:
+    assert build_space(model, machine()).context_choices == (4096, 8192)
+    assert build_space(model, machine(), min_context=512).context_choices == (
+        512, 1024, 2048, 4096, 8192)
+    assert build_space(model, machine(), min_context=3000).context_choices == (3000, 4096, 8192)
+
+
+def test_a_floor_the_memory_cannot_hold_is_lowered_and_said_so(model: ModelInfo) -> None:
+    tight = machine(available_memory_bytes=2 * (model.size_bytes + 1024 * model.kv_bytes_per_token))
+    space = build_space(model, tight)
+    assert space.context_choices == (1024,) and space.min_context == 1024
+    assert any("floor 4096 lowered to 1024" in note and "memory" in note for note in space.notes)
+    assert space.describe().min_context == 1024
+
+
+@pytest.mark.parametrize("floor", [512, 4096, 8192, 65536])
+def test_the_baselines_lie_inside_the_space_at_or_above_its_floor(model: ModelInfo,
+                                                                  floor: int) -> None:
+    space = build_space(model, machine(), min_context=floor)
+    for _label, params, _pinned in space.baselines(model, machine()):
+        assert params["context_window"] in space.context_choices
+        assert params["context_window"] >= space.min_context

@@ -258,3 +258,31 @@ def started_in(folder: Path) -> list[int]:
         except psutil.Error:
             continue
     return found
+
+
+def test_a_second_study_starts_from_the_first_ones_winner_unless_told_not_to(
+        model_path: Path, tiny_workload_file: Path, tmp_path: Path, run_cli: Run) -> None:
+    studies = str(tmp_path / "studies")
+    common = ("--trials", "3", "--studies-dir", studies, "--workload", str(tiny_workload_file),
+              *QUICK)
+
+    def tune(name: str, *extra: str) -> dict:
+        done = run_cli(str(model_path), "--study-name", name, "--out",
+                       str(tmp_path / f"{name}.env"), *common, *extra, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    # one thread throughout: its winner is neither baseline (8 threads; all cores)
+    first = tune("first", "--fix", "n_threads=1")
+    assert int(first["best"]["JARVIS_MODEL_CONTEXT_WINDOW"]) >= 4096  # the default floor
+    assert "holds conversations up to" in first["context"]
+    warm = tune("second")
+    assert any("warm start" in note and "first" in note for note in warm["notes"])
+
+    def labels(name: str) -> list[str | None]:
+        study = optuna.load_study(study_name=name, storage=open_storage(studies))
+        return [TrialRecord.read(t).label for t in study.get_trials()]
+
+    assert labels("second")[2] == "warm start: first"  # right after the two baselines
+    tune("cold", "--no-warm-start")
+    assert labels("cold")[2] is None

@@ -314,6 +314,11 @@ class TrialStats:
     rest_median_s: float | None = None
     pass_mean_s: tuple[float, ...] = ()
     pass_drift: float | None = None
+    # What the workload asks of the context window (the same under every configuration):
+    # the most tokens one conversation filled (its last prompt and reply), and the tokens
+    # its turns add on average. None in records made before they were kept.
+    longest_conversation_tokens: int | None = None
+    tokens_per_turn: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         data = dataclasses.asdict(self)

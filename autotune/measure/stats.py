@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 
 from autotune.guide import SPIKE_LIMIT_S
-from autotune.measure.records import TrialResult, TrialStats
+from autotune.measure.records import RequestRecord, TrialResult, TrialStats
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -37,7 +37,8 @@ def summarize(result: TrialResult) -> TrialStats:
         cpu_percent_mean=result.cpu_percent_mean,
         other_cpu_percent_mean=result.other_cpu_percent_mean,
         reloads=result.reloads, cache_hit_rate=rate([r.cache_hit for r in requests]),
-        rss_growth_bytes_per_pass=growth_per_pass(result.pass_rss_bytes))
+        rss_growth_bytes_per_pass=growth_per_pass(result.pass_rss_bytes),
+        **conversation_sizes(requests))
     if not latencies:
         return TrialStats(**common)
     mean = statistics.fmean(latencies)
@@ -68,6 +69,23 @@ def summarize(result: TrialResult) -> TrialStats:
         pass_mean_s=pass_means,
         pass_drift=pass_means[-1] / pass_means[0] - 1 if len(pass_means) > 1 else None,
     )
+
+
+def conversation_sizes(requests: Sequence[RequestRecord]) -> dict[str, float | int | None]:
+    """What the first pass's conversations filled of the window: the longest, in tokens
+    (its last prompt, which holds its history, and that reply), and tokens per turn."""
+    filled: dict[str, int] = {}
+    turns: dict[str, int] = {}
+    for r in requests:
+        if r.pass_no != 0 or r.prompt_tokens <= 0:
+            continue
+        key = r.conversation or r.id
+        filled[key] = max(filled.get(key, 0), r.prompt_tokens + r.generated)
+        turns[key] = turns.get(key, 0) + 1
+    if not filled:
+        return {"longest_conversation_tokens": None, "tokens_per_turn": None}
+    return {"longest_conversation_tokens": max(filled.values()),
+            "tokens_per_turn": sum(filled.values()) / sum(turns.values())}
 
 
 def growth_per_pass(rss: Sequence[int]) -> float | None:

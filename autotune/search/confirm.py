@@ -10,6 +10,13 @@ configurations, so its two latencies are a pair), and the ratio of mean latencie
 for each resample. Two rounds' range says little; the interval says where a fresh A/B of
 the same two configurations (one run of each, interleaved) should land, as pyperf and asv
 resample before they call a change.
+
+Among finalists the confirmation cannot tell apart, the larger context window wins: a
+window is a promise about how long a conversation may grow before history is dropped, and
+a smaller one that is no measurably faster only breaks it sooner. "Cannot tell apart" is a
+median score within TIE_MARGIN (3%) of the best: two runs of one configuration differ by
+more than that (8% in the median on the recorded 2-core grid, benchmarks/results/
+grid-small.json), so no ranking inside it is real. The report says when this decided.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ class Candidate:
     trial_number: int | None = None
 
 
+TIE_MARGIN = 0.03
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The confirmation's runs and per-candidate results, and what they decide."""
@@ -44,6 +54,7 @@ class Outcome:
     confirmation: Confirmation
     winner: CandidateResult | None
     improvement: Improvement | None
+    tie_break: str = ""  # why a larger window was chosen over the best score, when it was
 
 
 def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResult],
@@ -90,8 +101,30 @@ def decide(candidates: list[Candidate], runs: list[ConfirmRun], seed: int | None
     complete = [row for row in table if row.complete]
     if not complete:
         return Outcome(confirmation, None, None)
-    winner = min(complete, key=lambda row: row.median_score_s)
-    return Outcome(confirmation, winner, improvement(runs, winner.label, seed))
+    best = min(complete, key=lambda row: row.median_score_s)
+    winner, why = larger_window_in_a_tie(complete, best)
+    return Outcome(confirmation, winner, improvement(runs, winner.label, seed), why)
+
+
+def larger_window_in_a_tie(complete: list[CandidateResult], best: CandidateResult
+                           ) -> tuple[CandidateResult, str]:
+    """The finalist with the largest window among those within TIE_MARGIN of `best`'s
+    median score (the guide's defaults are the reference, not an alternative), and why."""
+
+    def window(row: CandidateResult) -> int:
+        return int(row.settings.get("context_window", 0))  # type: ignore[call-overload]
+
+    limit = best.median_score_s * (1 + TIE_MARGIN)  # type: ignore[operator]
+    ties = [row for row in complete if row.label != BASELINE and window(row) > window(best)
+            and row.median_score_s <= limit]  # type: ignore[operator]
+    if not ties:
+        return best, ""
+    chosen = min(ties, key=lambda row: (-window(row), row.median_score_s))
+    return chosen, (f"{chosen.label} (context window {window(chosen)}) chosen over "
+                    f"{best.label} ({window(best)}): median scores {chosen.median_score_s:.3f} s "
+                    f"and {best.median_score_s:.3f} s are within {TIE_MARGIN:.0%}, which "
+                    "repeated runs cannot tell apart, and the larger window holds longer "
+                    "conversations")
 
 
 def improvement(runs: list[ConfirmRun], winner: str, seed: int | None = None

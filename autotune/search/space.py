@@ -2,9 +2,17 @@
 
 Core space: n_threads 1..logical cores; n_gpu_layers -1..layers+1 only when the build
 offloads and a GPU is present (else fixed at 0, and said so); the context window as
-powers of two from 512 to the model's trained context, capped so that the model and its
-f16 KV cache fit in half the available memory; the context cache on/off, and its size
-only when on. `extended` adds n_batch, n_ubatch, flash attention and the f16 KV cache.
+powers of two from a floor (`min_context`, 4096 by default) to the model's trained
+context, capped so that the model and its f16 KV cache fit in half the available memory;
+the context cache on/off, and its size only when on.
+
+The floor is a promise to the user rather than a speed knob: the workload is a sample, and
+a real conversation longer than the window overflows it and drops history (the guide's
+first spike cause). On a small machine 1024 and 4096 can score within noise, so without a
+floor the study would pick the riskier window on a coin toss. The default is the guide's
+own window, lowered (and said so in the notes) only when the model's trained context or
+the memory budget allows no more. `extended` adds n_batch, n_ubatch, flash attention and
+the f16 KV cache.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from autotune.measure.settings import (
 from autotune.studies.records import SpaceSummary, TrialRecord
 
 MIN_CONTEXT = 512
+# The default floor of the context window: the guide's (and the backend's) default.
+DEFAULT_MIN_CONTEXT = int(GUIDE_DEFAULTS["context_window"])  # type: ignore[call-overload]
 MEMORY_SHARE = 0.5
 CACHE_SIZE_RANGE = (1, 128)
 BATCH_CHOICES = (128, 256, 512, 1024, 2048)
@@ -51,6 +61,9 @@ class SearchSpace:
     extended: bool
     fixed: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # No window below this is a candidate: a resumed study whose recorded choices go lower
+    # keeps them (Optuna's categories cannot change), and runs nothing below it.
+    min_context: int = MIN_CONTEXT
 
     @property
     def tuned_fields(self) -> tuple[str, ...]:
@@ -91,7 +104,14 @@ class SearchSpace:
             n_threads=tuple(self.n_threads), context_window=tuple(self.context_choices),
             n_gpu_layers=tuple(self.gpu_layers) if self.gpu_layers else None,
             max_cache_size=tuple(CACHE_SIZE_RANGE), extended=self.extended,
-            fixed=dict(self.fixed), notes=tuple(self.notes))
+            fixed=dict(self.fixed), notes=tuple(self.notes), min_context=self.min_context)
+
+    def context_at_least(self, tokens: int) -> int:
+        """The smallest allowed window of at least `tokens` (and of the floor), else the
+        largest allowed."""
+        allowed = [c for c in self.context_choices if c >= self.min_context] or [
+            self.context_choices[-1]]
+        return next((c for c in allowed if c >= tokens), allowed[-1])
 
     def baselines(self, model: ModelInfo, machine: Hardware
                   ) -> list[tuple[str, dict[str, object], dict[str, object]]]:
@@ -100,23 +120,23 @@ class SearchSpace:
         `params` are the values inside the search space; `pinned` those outside it, which
         the trial runs as given without recording them as sampled parameters.
         """
-        largest = self.context_choices[-1]
-        defaults = dict(GUIDE_DEFAULTS, context_window=min(4096, largest))
+        window = self.context_at_least  # inside the space, at or above its floor
+        defaults = dict(GUIDE_DEFAULTS, context_window=window(4096))
         if model.n_params < SMALL_MODEL_PARAMS:
-            advice = {"context_window": min(8192, largest),
+            advice = {"context_window": window(8192),
                       "n_threads": machine.logical_cores, "n_gpu_layers": -1}
         elif model.n_params > LARGE_MODEL_PARAMS:
-            advice = {"context_window": min(2048, largest),
+            advice = {"context_window": window(2048),
                       "n_threads": machine.physical_cores,
                       "n_gpu_layers": (model.n_layers + 1) // 2}
         else:
-            advice = {"context_window": min(4096, largest),
+            advice = {"context_window": window(4096),
                       "n_threads": machine.physical_cores, "n_gpu_layers": -1}
         advice.update(enable_context_cache=True, max_cache_size=100)
-        return [(BASELINE_LABEL, *self._split(defaults)),
-                ("guide model-size advice", *self._split(advice))]
+        return [(BASELINE_LABEL, *self.split(defaults)),
+                ("guide model-size advice", *self.split(advice))]
 
-    def _split(self, values: dict[str, object]) -> tuple[dict, dict]:
+    def split(self, values: dict[str, object]) -> tuple[dict, dict]:
         """Values the space can record as parameters, and the rest (pinned on the trial)."""
         params, pinned = {}, {}
         for name, value in values.items():
@@ -128,16 +148,21 @@ class SearchSpace:
         return params, pinned
 
 
-def context_choices(model: ModelInfo, machine: Hardware) -> tuple[int, ...]:
+def context_choices(model: ModelInfo, machine: Hardware, floor: int = MIN_CONTEXT
+                    ) -> tuple[int, ...]:
+    """Powers of two from `floor` (itself first when it is none) up to what the model was
+    trained for and the memory budget holds; only the largest when the floor is above it."""
     budget = MEMORY_SHARE * machine.available_memory_bytes - model.size_bytes
-    choices = []
+    every = []
     n_ctx = MIN_CONTEXT
     while n_ctx <= max(MIN_CONTEXT, model.context_length):
-        if choices and n_ctx * model.kv_bytes_per_token > budget:
+        if every and n_ctx * model.kv_bytes_per_token > budget:
             break
-        choices.append(n_ctx)
+        every.append(n_ctx)
         n_ctx *= 2
-    return tuple(choices)
+    if floor >= every[-1]:
+        return (every[-1],)
+    return tuple(sorted({max(floor, MIN_CONTEXT), *(c for c in every if c > floor)}))
 
 
 def parse_fixes(fixes: list[str] | tuple[str, ...]) -> dict[str, object]:
@@ -155,9 +180,17 @@ def parse_fixes(fixes: list[str] | tuple[str, ...]) -> dict[str, object]:
 
 
 def build_space(model: ModelInfo, machine: Hardware, extended: bool = False,
-                fixed: dict[str, object] | None = None) -> SearchSpace:
+                fixed: dict[str, object] | None = None,
+                min_context: int = DEFAULT_MIN_CONTEXT) -> SearchSpace:
     fixed = dict(fixed or {})
     notes = [f"{name} pinned at {format_value(value)}" for name, value in fixed.items()]
+    choices = context_choices(model, machine, min_context)
+    floor = max(MIN_CONTEXT, min_context)
+    if choices[0] < floor:
+        why = ("the model's trained context" if choices[-1] >= model.context_length
+               else "what half the available memory holds beside the model")
+        notes.append(f"context window floor {floor} lowered to {choices[0]}: {why}")
+        floor = choices[0]
     gpu_layers = None
     if machine.can_offload:
         gpu_layers = (-1, model.n_layers + 1)
@@ -167,5 +200,5 @@ def build_space(model: ModelInfo, machine: Hardware, extended: bool = False,
                else "no GPU was found")
         notes.append(f"n_gpu_layers fixed at 0: {why}")
     return SearchSpace(n_threads=(1, machine.logical_cores),
-                       context_choices=context_choices(model, machine),
-                       gpu_layers=gpu_layers, extended=extended, fixed=fixed, notes=notes)
+                       context_choices=choices, gpu_layers=gpu_layers, extended=extended,
+                       fixed=fixed, notes=notes, min_context=floor)

@@ -39,6 +39,7 @@ from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, TrialEnded
 from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
+from autotune.search.warm import warm_starts
 from autotune.studies.liveness import process_identity
 from autotune.studies.records import (
     SCHEMA_VERSION,
@@ -125,10 +126,13 @@ def process_seed(seed: int | None, host: str) -> int:
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo,
                machine: Hardware, measurement: Measurement, space: SearchSpace,
-               seed: int | None) -> optuna.Study:
+               seed: int | None, warm_start: bool = True) -> optuna.Study:
     """Create the study, or resume it after checking it measured the same thing.
 
-    `seed` seeds this process's sampler as it is (see process_seed).
+    `seed` seeds this process's sampler as it is (see process_seed). A study created with
+    `warm_start` queues, after the baselines, the winners of earlier studies of similar
+    models on this kind of machine (see search.warm); `space.notes` says which. A resumed
+    study keeps the context choices it was created with (see fit_context).
     """
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
                                          n_startup_trials=STARTUP_TRIALS)
@@ -141,10 +145,13 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
                                   pruner=pruner)
         wait_for_record(study)  # another tuner of the fleet may be creating it right now
+        fit_context(study, space)
     else:
         # Its creator alone enqueues the baselines, before it writes the record that the
         # others wait for: two tuners starting together enqueue them once.
         enqueue_baselines(study, model, machine, space)
+        if warm_start:
+            enqueue_warm_starts(study, storage, model, machine, space)
     if not study.user_attrs:
         created = StudyRecord(model=model, hardware=machine, versions=versions(),
                               measurement=measurement.identity(), weights=measurement.weights,
@@ -169,6 +176,44 @@ def enqueue_baselines(study: optuna.Study, model: ModelInfo, machine: Hardware,
     for label, params, pinned in space.baselines(model, machine):
         if label not in labels:
             study.enqueue_trial(params, user_attrs=trial_attrs(label=label, pinned=pinned))
+
+
+def enqueue_warm_starts(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                        model: ModelInfo, machine: Hardware, space: SearchSpace) -> None:
+    """Queue earlier studies' winners after the baselines, and say so in `space.notes`."""
+    queued = [{**params, **pinned} for _, params, pinned in space.baselines(model, machine)]
+    found = warm_starts(storage, study.study_name, model, machine, space, queued)
+    for start in found:
+        study.enqueue_trial(start.params, user_attrs=trial_attrs(label=start.label,
+                                                                 pinned=start.pinned))
+    if found:
+        names = ", ".join(start.study for start in found)
+        space.notes.append(f"warm start: {len(found)} winner(s) of earlier studies of "
+                           f"similar models on this kind of machine queued after the "
+                           f"baselines (from {names})")
+
+
+def fit_context(study: optuna.Study, space: SearchSpace) -> None:
+    """Keep a resumed study's context choices: Optuna refuses a category whose choices
+    change within a study. A floor above some of them still holds: the objective runs no
+    window below it, and no such trial is a finalist; a floor below them cannot be met
+    in this study, and the notes say so."""
+    recorded = next((t.distributions["context_window"] for t in study.get_trials(deepcopy=False)
+                     if "context_window" in t.distributions), None)
+    choices = tuple(getattr(recorded, "choices", ()))
+    if not choices or choices == space.context_choices:
+        return
+    space.context_choices = tuple(int(c) for c in choices)
+    if all(c < space.min_context for c in space.context_choices):
+        space.min_context = space.context_choices[-1]
+    if space.context_choices[0] < space.min_context:
+        space.notes.append(f"this study's context choices go down to "
+                           f"{space.context_choices[0]} (as it was created); windows below "
+                           f"{space.min_context} are no longer measured or chosen")
+    elif space.context_choices[0] > space.min_context:
+        space.notes.append(f"this study's context choices start at "
+                           f"{space.context_choices[0]} (as it was created); a new study "
+                           "searches lower")
 
 
 def wait_for_record(study: optuna.Study, timeout_s: float = RECORD_WAIT_S) -> None:
@@ -228,6 +273,15 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         keep(trial.set_user_attr, trial_attrs(host=host, sampler_seed=sampler_seed,
                                               **process_identity()))
         settings = space.suggest(trial)
+        if settings.context_window < space.min_context:
+            # A resumed study's older, smaller choices: a broken promise, not measured.
+            why = (f"context window {settings.context_window} below the minimum "
+                   f"{space.min_context}")
+            keep(trial.set_user_attr, trial_attrs(reason=why,
+                                                  settings=settings.to_dict(), infeasible=why))
+            trial.set_constraint("failed", 0.0)
+            trial.set_constraint("below_min_context", 1.0)
+            return FAILED_SCORE_S
 
         total = len(measurement.workload.requests)
         reported = 0
@@ -258,10 +312,11 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
     return objective
 
 
-def feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    """Finished its workload without failing and without overflowing the context."""
+def feasible(trial: optuna.trial.FrozenTrial, study_name: str = "") -> bool:
+    """Finished its workload without failing and without overflowing the context (or
+    missing any other constraint); `study_name` names the study in a damaged-record error."""
     return (trial.state == optuna.trial.TrialState.COMPLETE
-            and TrialRecord.read(trial).status == Status.OK
+            and TrialRecord.read(trial, study_name).status == Status.OK
             and all(v <= 0 for v in trial.constraints.values()))
 
 

@@ -30,7 +30,7 @@ from autotune.search.confirm import BASELINE, Candidate, confirm
 from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, Started, Waiting
 from autotune.search.scoring import Weights
-from autotune.search.space import build_space
+from autotune.search.space import DEFAULT_MIN_CONTEXT, build_space
 from autotune.search.study import (
     Measurement,
     open_study,
@@ -38,7 +38,7 @@ from autotune.search.study import (
     ranked_feasible,
     search,
 )
-from autotune.studies import export, profiles
+from autotune.studies import export, profiles, window
 from autotune.studies.records import (
     ConfirmRun,
     Contender,
@@ -72,6 +72,8 @@ class TuneOptions:
     fmt: str = "shell"
     force: bool = False
     wait: bool = True
+    min_context: int = DEFAULT_MIN_CONTEXT  # no smaller window is a candidate
+    warm_start: bool = True  # a new study starts from earlier similar studies' winners
 
 
 def default_study_name(model_path: str, machine: Hardware,
@@ -91,14 +93,17 @@ def default_study_name(model_path: str, machine: Hardware,
     return visible(f"{stem}@{machine_class(machine).name}")
 
 
-def finalists(study: optuna.Study, count: int) -> list[Candidate]:
-    """The best `count` feasible trials with distinct settings, then the guide's defaults."""
+def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Candidate]:
+    """The best `count` feasible trials with distinct settings and a window of at least
+    `min_context` (a resumed study may hold smaller ones), then the guide's defaults."""
     chosen: list[Candidate] = []
     seen = set()
     for trial in ranked_feasible(study):
         kept = TrialRecord.read(trial, study.study_name)
         if kept.label == BASELINE or kept.settings is None:
             continue  # the guide's defaults are re-measured as the baseline anyway
+        if int(kept.settings.get("context_window", 0)) < min_context:  # type: ignore[call-overload]
+            continue
         key = tuple(sorted(kept.settings.items()))
         if key not in seen and len(chosen) < count:
             seen.add(key)
@@ -140,7 +145,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         export.check_writable(options.out, options.force)
     export.check_format(options.fmt)
     machine = detect()
-    space = build_space(model, machine, options.extended, options.fixed)
+    space = build_space(model, machine, options.extended, options.fixed, options.min_context)
     lock = MachineLock(wait=options.wait, on_wait=None if on_event is None else
                        lambda holder: on_event(Waiting(holder.describe())))
     measurement = Measurement(options.workload or builtin_workload(), options.tokens_per_request,
@@ -152,15 +157,18 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         name = options.study_name or default_study_name(model.path, machine,
                                                         study_names(storage))
         seed = process_seed(options.seed, machine.host)
-        study = open_study(name, storage, model, machine, measurement, space, seed)
+        study = open_study(name, storage, model, machine, measurement, space, seed,
+                           warm_start=options.warm_start)
     if on_event is not None:
         on_event(Started(study=name, storage=location(options.studies_dir, options.storage),
                          resumed=len(study.trials) > 2, notes=tuple(space.notes)))
     with costs.timing("search_s"):
         search(study, model, space, measurement, machine.host, options.trials,
                options.timeout_s, on_event, sampler_seed=seed)
-    points = profiles.points_of(study)
-    candidates = with_profiles(finalists(study, options.finalists), profiles.choose(points))
+    points = [p for p in profiles.points_of(study)  # a resumed study may hold smaller windows
+              if int(p.settings.get("context_window", 0)) >= space.min_context]  # type: ignore[call-overload]
+    candidates = with_profiles(finalists(study, options.finalists, space.min_context),
+                               profiles.choose(points))
     if len(candidates) == 1:
         raise MeasurementFailed(f"study {name!r}: no trial finished without failing or "
                             "overflowing the context, so there is nothing to confirm; see "
@@ -177,13 +185,14 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         label=winner.label, trial_number=winner.trial_number, settings=winner.settings,
         score_s=winner.median_score_s, mean_s=winner.median_mean_s,  # type: ignore[arg-type]
         improvement=outcome.improvement, confirmed=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        host=machine.host), profiles=kept))
+        host=machine.host, tie_break=outcome.tie_break), profiles=kept))
     text = export.export_text(study, fmt=options.fmt)
     written = export.write(options.out, text, options.force) if options.out else None
     best = Settings.from_dict(winner.settings).to_env(space.tuned_fields)
     runs = outcome.confirmation.runs
     baseline = outcome.confirmation.candidate(BASELINE)
     baseline_run, winner_run = representative(runs, BASELINE), representative(runs, winner.label)
+    chosen_window = int(winner.settings["context_window"])  # type: ignore[call-overload]
     return TuneReport(
         study_name=name, storage=location(options.studies_dir, options.storage),
         n_trials=len(study.trials), best=best,
@@ -194,4 +203,6 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                            baseline_run.stats if baseline_run else None),
         improvement=outcome.improvement, candidates=outcome.confirmation.candidates,
         notes=tuple(space.notes), out=str(written) if written else None, export=text,
-        costs=costs.parts(), profiles=tuple(kept.values()))
+        costs=costs.parts(), profiles=tuple(kept.values()),
+        context=window.holds(chosen_window, winner_run.stats if winner_run else None),
+        context_warning=window.warning(chosen_window) or "", tie_break=outcome.tie_break)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from autotune.errors import AutotuneError, Option
 from autotune.measure.settings import Settings, load_env_file
 from autotune.safe_text import visible
+from autotune.studies import window
 from autotune.studies.files import fsync_folder, replace_atomically, written_beside
 from autotune.studies.profiles import PROFILES, unconfirmed_profiles
 from autotune.studies.records import Improvement, Profile, StudyRecord, TrialRecord
@@ -63,6 +64,9 @@ class ExportHeader:
     score_s: float | None = None
     improvement: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # what the window holds (studies.window.holds), and its warning below the guide's
+    context: str = ""
+    context_warning: str = ""
 
 
 def shell_quote(value: str) -> str:
@@ -101,6 +105,10 @@ def render(settings: Settings, fields: tuple[str, ...], header: ExportHeader,
                              "consistency penalties)"))
     if header.improvement:
         lines.append(comment(f"improvement over the guide's defaults: {header.improvement}"))
+    if header.context:
+        lines.append(comment(header.context))
+    if header.context_warning:
+        lines.append(comment(f"WARNING: {header.context_warning}"))
     lines += [comment(note) for note in header.notes]
     if fmt == "shell":
         lines.append(comment("use: . ./jarvis.env   (then restart Jarvis)"))
@@ -247,6 +255,11 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
         settings = Settings.from_dict(winner.settings)
         score_s, improvement = winner.score_s, describe(winner.improvement)
         source = f"{study.study_name}, confirmed winner ({winner.label})"
+        runs = record.confirmation.runs if record.confirmation else ()
+        stats = next((r.stats for r in runs if r.label == winner.label
+                      and r.stats.tokens_per_turn), None)
+        if winner.tie_break:
+            notes = (*notes, winner.tie_break)
     else:
         trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
         kept = TrialRecord.read(trials[0], study.study_name) if trials else None
@@ -256,11 +269,14 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
         score_s = kept.score.total_s if kept.score else None
         improvement = ""
         source = f"{study.study_name}, trial {trial_number} ({kept.status})"
+        stats = kept.stats
     model, hardware = record.model, record.hardware
     header = ExportHeader(
         model=f"{model.name} ({os.path.basename(str(model.path))})",
         study=source, date=date or time.strftime("%Y-%m-%d %H:%M %Z"), score_s=score_s,
-        improvement=improvement, notes=tuple(notes))
+        improvement=improvement, notes=tuple(notes),
+        context=window.holds(settings.context_window, stats),
+        context_warning=window.warning(settings.context_window) or "")
     gpus = [g.index for g in hardware.gpus] if hardware.gpu_offload else []
     machine = machine_variables(settings, gpus, hardware.system)
     return render(settings, record.tuned_fields, header, machine, fmt)

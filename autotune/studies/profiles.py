@@ -68,7 +68,7 @@ def points_of(study: optuna.Study) -> list[Point]:
     """The study's feasible trials as points, the best run of each distinct setting."""
     best: dict[tuple, Point] = {}
     for trial in study.get_trials(deepcopy=False):
-        if not feasible(trial) or trial.value is None:
+        if not feasible(trial, study.study_name) or trial.value is None:
             continue
         kept = TrialRecord.read(trial, study.study_name)
         memory = memory_of(kept.stats)

@@ -88,6 +88,8 @@ class SpaceSummary:
     extended: bool = False
     fixed: dict[str, object] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    # the smallest window a candidate may have (None: a study made before the floor)
+    min_context: int | None = None
 
     @classmethod
     def from_dict(cls, data: object) -> SpaceSummary:
@@ -194,6 +196,8 @@ class Winner:
     improvement: Improvement | None
     confirmed: str = ""
     host: str = ""  # that ran the confirmation
+    # why a larger context window was chosen over the best median score ("" when it was not)
+    tie_break: str = ""
 
     @classmethod
     def from_dict(cls, data: object) -> Winner:
@@ -426,6 +430,11 @@ class TuneReport:
     export: str
     costs: dict[str, float] = field(default_factory=dict)  # where the wall time went, s
     profiles: tuple[Profile, ...] = ()
+    # what the winner's context window holds, a warning when it is below the guide's, and
+    # why a larger window was chosen in a tie (see studies.window, search.confirm)
+    context: str = ""
+    context_warning: str = ""
+    tie_break: str = ""
     kind: ClassVar[str] = "tune"
 
     def to_dict(self) -> dict[str, object]:
