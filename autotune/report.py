@@ -104,7 +104,19 @@ def print_findings(console: Console, findings: tuple[Finding, ...]) -> None:
     console.print("Diagnosis:")
     for finding in findings:
         console.print(f"  [bold]{terminal(finding.cause)}[/]: {terminal(finding.evidence)}.")
-        console.print(f"    fix: {terminal(finding.fix)}")
+        if finding.fix:
+            console.print(f"    {'try' if finding.tentative else 'fix'}: {terminal(finding.fix)}")
+        if finding.measured:
+            console.print(f"    measured: {terminal(finding.measured)}")
+
+
+def print_explanation(console: Console, lines: tuple[str, ...]) -> None:
+    """What each tuned setting bought, as the study measured it (studies.explain)."""
+    if not lines:
+        return
+    console.print("What each setting bought (mean latency per request, the study's trials):")
+    for line in lines:
+        console.print(f"  {terminal(line)}")
 
 
 def print_bench(console: Console, report: BenchReport) -> None:
@@ -122,7 +134,14 @@ def print_bench(console: Console, report: BenchReport) -> None:
         drift = ", ".join(f"pass {i + 1}: {m:.3f} s" for i, m in enumerate(stats.pass_mean_s))
         console.print(f"Per pass: {drift} (drift {stats.pass_drift:+.1%})")
     console.print(targets_table({"measured": stats}))
+    cost = report.cache_cost
+    if cost is not None:
+        console.print(f"Context cache: {cost.cache_s:.2f} s saving and restoring, about "
+                      f"{cost.saved_s:.2f} s of prompt evaluation saved "
+                      f"({cost.restored_tokens} tokens restored)")
     print_findings(console, report.findings)
+    if report.evidence_study:
+        console.print(f"Fixes checked against study {terminal(report.evidence_study)}.")
     others = stats.other_cpu_percent_mean
     if others is not None and others > BUSY_MACHINE_PERCENT:
         console.print(f"[yellow]Warning:[/] other processes used {others:.0f}% of a core "
@@ -142,6 +161,7 @@ def print_tune(console: Console, report: TuneReport) -> None:
                       "[/].")
     best = " ".join(f"{k}={v}" for k, v in report.best.items())
     console.print(f"Best: {terminal(best)}")
+    print_explanation(console, report.explanation)
     for note in report.notes:
         console.print(f"Note: {terminal(note)}")
     total = sum(report.costs.values())

@@ -4,11 +4,15 @@ trials on hand-made studies (pure logic), the context cache's cost on hand-made 
 from __future__ import annotations
 
 import doctest
+import json
+from pathlib import Path
 
 import optuna
 import pytest
-from conftest import keep_study_record, make_hardware
+from click.testing import CliRunner
+from conftest import QUICK_STUDY, keep_study_record, make_hardware
 
+from autotune.cli import cli
 from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure import diagnosis
 from autotune.measure.records import (
@@ -21,14 +25,17 @@ from autotune.measure.records import (
 from autotune.measure.settings import CORE_FIELDS, Settings
 from autotune.studies import explain
 from autotune.studies.records import Winner, keep, study_attrs, trial_attrs
+from autotune.studies.storage import open_storage
 
 DEFAULTS = dict(GUIDE_DEFAULTS)
 
 
-def study_of(*trials: tuple[dict, float | None], winner: int | None = None) -> optuna.Study:
-    """An in-memory study whose trials ran `settings` (changes to the guide's defaults) with
-    that mean latency (None: a trial that crashed), and `winner` its confirmed winner."""
-    study = optuna.create_study(study_name="hand-made")
+def study_of(*trials: tuple[dict, float | None], winner: int | None = None,
+             storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """A study (in memory, else in `storage`) whose trials ran `settings` (changes to the
+    guide's defaults) with that mean latency (None: a trial that crashed), and `winner` its
+    confirmed winner."""
+    study = optuna.create_study(study_name="hand-made", storage=storage)
     keep_study_record(study, tuned_fields=list(CORE_FIELDS))
     for changes, mean in trials:
         settings = {**DEFAULTS, **changes}
@@ -193,3 +200,74 @@ def test_turning_a_costly_cache_off_is_checked_against_the_study_too() -> None:
     (found,) = diagnose(Settings(n_threads=2), evidence=off_slower)
     assert found.cause == diagnosis.CACHE_COST and found.fix == ""
     assert "not recommended" in found.measured
+
+
+# --- the commands ------------------------------------------------------------------------
+
+def test_show_says_what_each_setting_bought(tmp_path: Path) -> None:
+    folder = tmp_path / "studies"
+    study_of(({}, 3.0), ({"n_threads": 2}, 2.09), winner=1,
+             storage=open_storage(folder))
+    done = CliRunner().invoke(cli, ["show", "hand-made", "--studies-dir", str(folder)])
+    assert done.exit_code == 0, done.output
+    assert ("n_threads 2 instead of 8: 0.91 s less per request (trial 1 against trial 0, "
+            "otherwise alike)") in done.output
+    done = CliRunner().invoke(cli, ["show", "hand-made", "--studies-dir", str(folder),
+                                    "--json"])
+    assert json.loads(done.output)["explanation"] == [
+        "n_threads 2 instead of 8: 0.91 s less per request (trial 1 against trial 0, "
+        "otherwise alike)"]
+
+
+def test_bench_refuses_an_unknown_study_before_measuring(tmp_path: Path,
+                                                         small_gguf: Path) -> None:
+    folder = tmp_path / "studies"
+    study_of(({}, 3.0), storage=open_storage(folder))
+    done = CliRunner().invoke(cli, ["bench", str(small_gguf), "--study", "nope",
+                                    "--studies-dir", str(folder)])
+    assert done.exit_code == 2
+    assert "no study named 'nope'" in done.output
+
+
+@pytest.mark.slow
+def test_bench_of_a_tuned_file_gives_no_advice_its_study_measured_slower(
+        model_path: Path, tiny_workload_file: Path, tmp_path: Path, run_cli) -> None:
+    """A real study measures the cache off and on, otherwise alike; bench of the cache-off
+    trial's export follows what the study measured, never advising the slower."""
+    studies = str(tmp_path / "studies")
+    common = ("--studies-dir", studies, "--study-name", "cache-study", "--workload",
+              str(tiny_workload_file), "--fix", "n_threads=2", *QUICK_STUDY)
+    done = run_cli(str(model_path), "--trials", "2", "--out", str(tmp_path / "first.env"),
+                   *common, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="cache-study", storage=open_storage(studies))
+    study.enqueue_trial({"context_window": 4096, "enable_context_cache": False})
+    done = run_cli(str(model_path), "--trials", "1", "--out", str(tmp_path / "second.env"),
+                   *common, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="cache-study", storage=open_storage(studies))
+    off = max(t.number for t in study.trials if t.params.get("enable_context_cache") is False)
+    done = run_cli("export", "cache-study", "--studies-dir", studies, "--trial", str(off),
+                   "--out", str(tmp_path / "off.env"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    settings = Settings.from_dict(study.trials[off].user_attrs["settings"])
+    on = explain.evidence_for(study, settings.to_dict()).best(
+        "enable_context_cache", lambda v: v is True)
+    assert on is not None and on.against == off and on.others == ()
+
+    done = run_cli("bench", str(model_path), "--env", str(tmp_path / "off.env"),
+                   "--workload", str(tiny_workload_file), "--tokens", "4",
+                   "--studies-dir", studies, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["evidence_study"] == "cache-study"
+    (misses,) = [f for f in report["findings"] if f["cause"] == "cache_misses"]
+    advice = " ".join(f["fix"] for f in report["findings"])
+    if on.delta_s > 0:
+        assert "ENABLE_CONTEXT_CACHE=true" not in advice
+        assert misses["fix"] == "" and misses["measured"].endswith("; not recommended")
+        assert f"trial {on.trial} against trial {off}" in misses["measured"]
+    else:
+        assert misses["fix"] == "export JARVIS_ENABLE_CONTEXT_CACHE=true"
+    print(f"cache on against off (trial {on.trial} against {off}): {on.delta_s:+.3f} s; "
+          f"finding: {misses}")

@@ -39,6 +39,7 @@ from autotune.search.study import (
     search,
 )
 from autotune.studies import export
+from autotune.studies.explain import explanation
 from autotune.studies.records import (
     ConfirmRun,
     Contender,
@@ -176,4 +177,4 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                            baseline_run.stats if baseline_run else None),
         improvement=outcome.improvement, candidates=outcome.confirmation.candidates,
         notes=tuple(space.notes), out=str(written) if written else None, export=text,
-        costs=costs.parts())
+        costs=costs.parts(), explanation=explanation(study))

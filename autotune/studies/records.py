@@ -379,6 +379,8 @@ class TuneReport:
     out: str | None
     export: str
     costs: dict[str, float] = field(default_factory=dict)  # where the wall time went, s
+    # what each tuned setting bought, measured (studies.explain), one line each
+    explanation: tuple[str, ...] = ()
     kind: ClassVar[str] = "tune"
 
     def to_dict(self) -> dict[str, object]:
