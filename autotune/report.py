@@ -49,6 +49,8 @@ METRICS = (
     ("time to first token", "ttft_mean_s", seconds),
     ("queue wait", "queue_mean_s", seconds),
     ("cache save/restore", "cache_mean_s", seconds),
+    ("cache save/restore, total", "cache_total_s", seconds),
+    ("prompt evaluation it saved", "cache_saved_s", seconds),
     ("tokens / s", "tokens_per_s", number),
     ("cache hit rate", "cache_hit_rate", percent),
     ("reloads (context overflow)", "reloads", str),
@@ -155,6 +157,12 @@ def print_tune(console: Console, report: TuneReport) -> None:
     console.print(metrics_table(columns, title=f"Study {terminal(report.study_name)}: "
                                 f"{report.n_trials} trials"))
     console.print(targets_table(columns))
+    for name, stats in columns.items():
+        if (stats.cache_total_s is not None and stats.cache_saved_s is not None
+                and stats.cache_total_s > stats.cache_saved_s):
+            console.print(f"{terminal(name)}: the context cache cost {stats.cache_total_s:.2f} s "
+                          f"to save and restore and saved about {stats.cache_saved_s:.2f} s of "
+                          "prompt evaluation.")
     improvement = report.improvement
     if improvement:
         console.print(f"Against the guide's defaults: [bold]{terminal(improvement.describe())}"

@@ -128,15 +128,17 @@ def test_the_module_example_runs() -> None:
 # --- the context cache's cost ------------------------------------------------------------
 
 def request(prompt: int, reused: int, ttft: float, cache: float,
-            source: str = "none") -> RequestRecord:
+            source: str = "none", restored: int = 0) -> RequestRecord:
     return RequestRecord(id="r", index=0, latency_s=ttft + 0.1, rss_bytes=0,
                          prompt_tokens=prompt, reused_tokens=reused, ttft_s=ttft,
-                         cache_s=cache, reuse_source=source if reused else "none")
+                         cache_s=cache, reuse_source=source if reused else "none",
+                         restored_tokens=restored)
 
 
-# a prompt token costs 1 ms afresh; the follow-ups restore 100 tokens each from the cache
+# a prompt token costs 1 ms afresh; the follow-ups restore 150 tokens each from the cache,
+# of which the live context held 50 already
 COSTLY = (request(200, 0, 0.2, 0.15), request(300, 0, 0.3, 0.15),
-          request(250, 100, 0.16, 0.3, "cache"), request(260, 100, 0.17, 0.3, "cache"))
+          request(250, 150, 0.16, 0.3, "cache", 100), request(260, 150, 0.17, 0.3, "cache", 100))
 
 
 def test_cache_cost_weighs_save_and_restore_against_prompt_evaluation() -> None:
@@ -150,7 +152,7 @@ def test_cache_cost_weighs_save_and_restore_against_prompt_evaluation() -> None:
 def test_live_reuse_is_no_saving_of_the_cache_and_no_cache_no_cost() -> None:
     live = (request(200, 0, 0.2, 0.0), request(250, 100, 0.16, 0.0, "live"))
     assert diagnosis.cache_cost(live) is None
-    cheap = (request(200, 0, 0.2, 0.001), request(250, 150, 0.06, 0.002, "cache"))
+    cheap = (request(200, 0, 0.2, 0.001), request(250, 150, 0.06, 0.002, "cache", 150))
     cost = diagnosis.cache_cost(cheap)
     assert cost is not None and not cost.costs_more
 
@@ -271,3 +273,31 @@ def test_bench_of_a_tuned_file_gives_no_advice_its_study_measured_slower(
         assert misses["fix"] == "export JARVIS_ENABLE_CONTEXT_CACHE=true"
     print(f"cache on against off (trial {on.trial} against {off}): {on.delta_s:+.3f} s; "
           f"finding: {misses}")
+
+
+def test_a_trials_statistics_keep_the_caches_cost_and_saving() -> None:
+    from autotune.measure.records import TrialResult
+    from autotune.measure.stats import summarize
+
+    stats = summarize(TrialResult(status=Status.OK, requests=list(COSTLY)))
+    assert stats.cache_total_s == pytest.approx(0.9)
+    assert stats.cache_saved_s == pytest.approx(0.2)
+    assert summarize(TrialResult(status=Status.OK)).cache_total_s is None
+
+
+@pytest.mark.slow
+def test_a_one_entry_cache_on_the_real_model_costs_more_than_it_saves(
+        model_path: Path, tiny_workload) -> None:
+    """Two conversations take turns: a one-entry cache holds the other one's context, so it
+    saves and never restores (the live context already holds the shared system prompt)."""
+    from autotune.measure.bench import bench
+
+    report = bench(model_path, Settings(n_threads=2, max_cache_size=1), tiny_workload,
+                   tokens_per_request=4)
+    cost = report.cache_cost
+    assert cost is not None and cost.restored_tokens == 0 and cost.costs_more
+    assert report.stats.cache_total_s == pytest.approx(cost.cache_s)
+    (found,) = [f for f in report.findings if f.cause == diagnosis.CACHE_COST]
+    assert found.evidence.startswith(f"the context cache cost {cost.cache_s:.2f} s to save and "
+                                     "restore and saved about 0.00 s of prompt evaluation")
+    print(found.evidence)

@@ -18,13 +18,11 @@ recommendation (`Finding.tentative`).
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from collections.abc import Callable, Sequence
 
 from autotune.guide import CV_LIMIT, HIT_RATE_MIN, MEAN_LIMIT_S, SPIKE_LIMIT_S
 from autotune.measure.hardware import Hardware
 from autotune.measure.records import (
-    CacheCost,
     Finding,
     RequestRecord,
     Status,
@@ -34,6 +32,7 @@ from autotune.measure.records import (
     TrialStats,
 )
 from autotune.measure.settings import Settings
+from autotune.measure.stats import cache_cost
 
 FIRST_REQUEST_FACTOR = 3.0
 GROWTH_LIMIT_BYTES = 16 * 1024 * 1024
@@ -66,22 +65,6 @@ def targets(summary: TrialStats) -> dict[str, Target]:
         "memory_stable": target("no memory growth over time (under 16 MiB per pass)", growth,
                                 None if growth is None else growth < GROWTH_LIMIT_BYTES),
     }
-
-
-def cache_cost(requests: Sequence[RequestRecord]) -> CacheCost | None:
-    """The context cache's cost against the prompt evaluation it saved; None when the cache
-    did nothing, or no request that reused nothing shows what a prompt token costs."""
-    cache_s = sum(r.cache_s for r in requests)
-    restored = sum(r.reused_tokens for r in requests if r.reuse_source == "cache")
-    if cache_s <= 0 and not restored:
-        return None
-    fresh = [r.ttft_s / r.prompt_tokens for r in requests
-             if r.reused_tokens == 0 and r.prompt_tokens > 0 and r.ttft_s > 0]
-    if not fresh:
-        return None
-    per_token = statistics.median(fresh)
-    return CacheCost(cache_s=cache_s, restored_tokens=restored, per_token_s=per_token,
-                     saved_s=restored * per_token)
 
 
 def diagnose(summary: TrialStats, status: Status, probe: ThreadProbe | None,

@@ -145,6 +145,8 @@ class RequestRecord:
     reload: bool = False  # the context overflowed and history was dropped
     dropped_turns: int = 0
     cache_s: float = 0.0  # time spent saving and restoring the context cache
+    # tokens the cache restored beyond those the live context already held: what it saved
+    restored_tokens: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -298,6 +300,9 @@ class TrialStats:
     cache_hit_rate: float | None = None
     rss_growth_bytes_per_pass: float | None = None
     mean_s: float | None = None
+    # the context cache: saving and restoring, summed; the prompt evaluation it saved
+    cache_total_s: float | None = None
+    cache_saved_s: float | None = None
     p50_s: float | None = None
     p95_s: float | None = None
     p99_s: float | None = None
@@ -369,8 +374,8 @@ class CacheCost:
     """What the context cache cost a trial against the prompt evaluation it saved.
 
     `per_token_s` is the median of ttft_s / prompt_tokens over the requests that reused
-    nothing; `saved_s` is the tokens restored from the cache times that (an upper bound:
-    some of them the live context would have held anyway).
+    nothing; `saved_s` is that times the tokens the cache restored beyond those the live
+    context already held (a request's `restored_tokens`).
     """
 
     cache_s: float  # saving and restoring, summed over the trial's requests
