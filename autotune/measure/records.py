@@ -385,7 +385,8 @@ class CacheCost:
 
     @property
     def costs_more(self) -> bool:
-        return self.cache_s > self.saved_s
+        """Cost more than it saved, by at least the 0.01 s that a report can show."""
+        return self.cache_s - self.saved_s >= 0.01
 
 
 @dataclass(frozen=True)
