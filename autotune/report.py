@@ -159,7 +159,7 @@ def print_tune(console: Console, report: TuneReport) -> None:
     console.print(targets_table(columns))
     for name, stats in columns.items():
         if (stats.cache_total_s is not None and stats.cache_saved_s is not None
-                and stats.cache_total_s > stats.cache_saved_s):
+                and stats.cache_total_s - stats.cache_saved_s >= 0.01):
             console.print(f"{terminal(name)}: the context cache cost {stats.cache_total_s:.2f} s "
                           f"to save and restore and saved about {stats.cache_saved_s:.2f} s of "
                           "prompt evaluation.")

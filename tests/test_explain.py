@@ -301,3 +301,26 @@ def test_a_one_entry_cache_on_the_real_model_costs_more_than_it_saves(
     assert found.evidence.startswith(f"the context cache cost {cost.cache_s:.2f} s to save and "
                                      "restore and saved about 0.00 s of prompt evaluation")
     print(found.evidence)
+
+
+def test_a_setting_the_space_fixed_is_no_choice_to_explain() -> None:
+    from autotune.studies.records import SpaceSummary
+
+    study = study_of(({"n_gpu_layers": 0}, 3.0), ({"n_gpu_layers": 0, "n_threads": 2}, 2.0),
+                     winner=1)
+    keep(study.set_user_attr, study_attrs(space=SpaceSummary(
+        n_threads=(1, 4), context_window=(1024, 4096), n_gpu_layers=None,
+        max_cache_size=(1, 100), fixed={"n_gpu_layers": 0})))
+    assert explain.explanation(study) == (
+        "n_threads 2 instead of 8: 1.00 s less per request (trial 1 against trial 0, "
+        "otherwise alike)",)
+
+
+def test_a_trial_without_the_cache_has_no_cache_cost() -> None:
+    from autotune.measure.records import TrialResult
+    from autotune.measure.stats import summarize
+
+    tiny_timings = [request(200, 0, 0.2, 0.000001), request(250, 100, 0.1, 0.000001, "live")]
+    stats = summarize(TrialResult(status=Status.OK, requests=tiny_timings,
+                                  settings={"enable_context_cache": False}))
+    assert stats.cache_total_s is None and stats.cache_saved_s is None

@@ -38,7 +38,8 @@ def summarize(result: TrialResult) -> TrialStats:
         other_cpu_percent_mean=result.other_cpu_percent_mean,
         reloads=result.reloads, cache_hit_rate=rate([r.cache_hit for r in requests]),
         rss_growth_bytes_per_pass=growth_per_pass(result.pass_rss_bytes),
-        **cache_columns(cache_cost(requests)))
+        **cache_columns(cache_cost(requests)
+                        if result.settings.get("enable_context_cache", True) else None))
     if not latencies:
         return TrialStats(**common)
     mean = statistics.fmean(latencies)

@@ -102,7 +102,8 @@ def against(trials: Sequence[Measured], reference: Measured, fields: Sequence[st
 
 def bought(study: optuna.Study, record: StudyRecord | None = None) -> list[Bought]:
     """For each tuned setting where the confirmed winner differs from the guide's defaults,
-    what the study measured of it; empty without a winner that is one of its trials."""
+    what the study measured of it (a setting the space fixed is no choice of the winner's);
+    empty without a winner that is one of its trials."""
     record = record or StudyRecord.read(study)
     winner = record.winner
     if winner is None or winner.trial_number is None:
@@ -110,10 +111,11 @@ def bought(study: optuna.Study, record: StudyRecord | None = None) -> list[Bough
     trials = finished(study)
     reference = next((t for t in trials if t.number == winner.trial_number), None)
     fields = list(record.tuned_fields)
+    fixed = record.space.fixed if record.space else {}
     found = []
     for name in fields:
         default, value = GUIDE_DEFAULTS.get(name), winner.settings.get(name)
-        if default is None or value is None or value == default:
+        if default is None or value is None or value == default or name in fixed:
             continue
         comparison = (None if reference is None
                       else against(trials, reference, fields, name, default))
