@@ -22,6 +22,7 @@ from rich.progress import (
 from autotune.errors import AutotuneError, Option
 from autotune.measure import bench as bench_lib
 from autotune.measure.machine_lock import Holder, MachineLock
+from autotune.measure.records import StudyEvidence
 from autotune.measure.settings import Settings, load_env_file
 from autotune.measure.workload import load_workload
 from autotune.report import BUSY_MACHINE_PERCENT, print_bench, print_tune
@@ -105,7 +106,7 @@ def say_waiting(holder: Holder) -> None:
 
 
 def study_evidence(study_name: str | None, env_file: str | None, settings: Settings,
-                   studies_dir: str | None, storage: str | None):
+                   studies_dir: str | None, storage: str | None) -> StudyEvidence | None:
     """What a kept study measured, for bench's diagnosis: --study NAME (which must exist),
     else the study the --env file's header names, when the storage holds it (None if not)."""
     from autotune.studies.explain import evidence_for
