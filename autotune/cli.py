@@ -22,6 +22,7 @@ from rich.progress import (
 from autotune.errors import AutotuneError, Option
 from autotune.measure import bench as bench_lib
 from autotune.measure.machine_lock import Holder, MachineLock
+from autotune.measure.records import StudyEvidence
 from autotune.measure.settings import Settings, load_env_file
 from autotune.measure.workload import load_workload
 from autotune.report import BUSY_MACHINE_PERCENT, print_bench, print_tune
@@ -104,6 +105,43 @@ def say_waiting(holder: Holder) -> None:
                       "(one measurement at a time; --no-wait exits instead)", markup=False)
 
 
+def study_evidence(study_name: str | None, env_file: str | None, settings: Settings,
+                   studies_dir: str | None, storage: str | None) -> StudyEvidence | None:
+    """What a kept study measured, for bench's diagnosis: --study NAME (which must exist),
+    else the study the --env file's header names, when the storage holds it (None if not)."""
+    from autotune.studies.explain import evidence_for
+    from autotune.studies.export import named_study
+    from autotune.studies.storage import load_study, study_names
+
+    if study_name is not None:
+        loaded = load_study(study_name, open_studies(studies_dir, storage))
+        return evidence_for(loaded, settings.to_dict())
+    named = named_study(env_file) if env_file else None
+    if named is None:
+        return None
+    try:
+        where = open_studies(studies_dir, storage)
+        found = named in study_names(where)
+    except AutotuneError:
+        found = False
+    if not found:
+        err_console.print(f"note: {visible(env_file)} names study {visible(repr(named), 80)}, "
+                          "which this storage does not hold; the diagnosis is not checked "
+                          "against it", markup=False)
+        return None
+    return evidence_for(load_study(named, where), settings.to_dict())
+
+
+def storage_options(command: Callable) -> Callable:
+    """--studies-dir and --storage, the same on every command that reads or writes studies."""
+    command = click.option("--storage", metavar="URL",
+                           help="Any Optuna storage URL (sqlite:///x.db, postgresql://...) or "
+                                "a journal file path, instead of --studies-dir.")(command)
+    return click.option("--studies-dir", metavar="DIR",
+                        help=f"Folder of the embedded study journal  [default: "
+                             f"${STUDIES_ENV}, else studies]")(command)
+
+
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autotune")
 def cli() -> None:
@@ -148,9 +186,15 @@ def out_console() -> Console:
 @click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(1),
               help="Wall-clock limit for the trial, seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--study", "study_name", metavar="NAME",
+              help="Check the diagnosis's fixes against what this kept study measured  "
+                   "[default: the study named in the --env file's header, when the storage "
+                   "holds it]")
+@storage_options
 @no_wait_option
 def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, clients: int,
           workload_file: str | None, tokens: int, timeout: float, as_json: bool,
+          study_name: str | None, studies_dir: str | None, storage: str | None,
           no_wait: bool) -> None:
     """Latency test of one configuration of the backend (the guide's test_latency.py).
 
@@ -163,6 +207,11 @@ def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, c
       autotune bench model.gguf --iterations 5     # drift and memory growth over 5 passes
       autotune bench model.gguf --env jarvis.env   # the settings a tuning run wrote
       autotune bench model.gguf --concurrent --json
+      autotune bench model.gguf --env jarvis.env --study MODEL@CLASS --studies-dir studies
+
+    A fix that a study measured slower is not advised: the diagnosis says what the study
+    measured instead (the study is --study, else the one the --env file's header names).
+    Without a study, turning on a setting that is off is something to try and measure.
 
     Exit status: 0 measured, 1 the trial itself failed (or --no-wait found the machine
     busy), 2 bad input.
@@ -170,27 +219,19 @@ def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, c
     settings = settings_from(env_file)
     workload = load_workload(workload_file)
     clients = clients if concurrent else 1
+    evidence = study_evidence(study_name, env_file, settings, studies_dir, storage)
     with progress_bar("bench", len(workload.requests) * iterations) as advance:
         report = bench_lib.bench(model, settings, workload, iterations=iterations,
                                  clients=clients, tokens_per_request=tokens,
                                  timeout_s=timeout, on_request=advance,
-                                 lock=MachineLock(wait=not no_wait, on_wait=say_waiting))
+                                 lock=MachineLock(wait=not no_wait, on_wait=say_waiting),
+                                 evidence=evidence)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         print_bench(out_console(), report)
     if not report.ok:
         raise click.exceptions.Exit(1)
-
-
-def storage_options(command: Callable) -> Callable:
-    """--studies-dir and --storage, the same on every command that reads or writes studies."""
-    command = click.option("--storage", metavar="URL",
-                           help="Any Optuna storage URL (sqlite:///x.db, postgresql://...) or "
-                                "a journal file path, instead of --studies-dir.")(command)
-    return click.option("--studies-dir", metavar="DIR",
-                        help=f"Folder of the embedded study journal  [default: "
-                             f"${STUDIES_ENV}, else studies]")(command)
 
 
 def studies_folder(studies_dir: str | None, storage: str | None) -> str | None:
@@ -415,7 +456,14 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
       autotune show MODEL@CLASS --plots plots/ --plot-format png
       autotune show MODEL@CLASS --json
     """
-    from autotune.report import front_table, importance_table, seconds, trials_table
+    from autotune.report import (
+        front_table,
+        importance_table,
+        print_explanation,
+        seconds,
+        trials_table,
+    )
+    from autotune.studies.explain import explanation
     from autotune.studies.profiles import front, points_of, unconfirmed_profiles
     from autotune.studies.records import StudyRecord, output
     from autotune.studies.storage import load_study
@@ -439,6 +487,7 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
                                      importance_evaluator=importance.evaluator,
                                      importance_caveats=importance.caveats,
                                      winner=record.winner, front=line, profiles=profiles,
+                                     explanation=explanation(loaded, record),
                                      plots=[str(p) for p in written]),
                               indent=2, default=str))
         return
@@ -455,6 +504,7 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
     if record.winner:
         console.print(f"Confirmed winner: {terminal(record.winner.label)}, score "
                       f"{terminal(seconds(record.winner.score_s))}")
+        print_explanation(console, explanation(loaded, record))
     for path in written:
         console.print(f"Wrote {terminal(path)}")
 

@@ -50,6 +50,8 @@ METRICS = (
     ("time to first token", "ttft_mean_s", seconds),
     ("queue wait", "queue_mean_s", seconds),
     ("cache save/restore", "cache_mean_s", seconds),
+    ("cache save/restore, total", "cache_total_s", seconds),
+    ("prompt evaluation it saved", "cache_saved_s", seconds),
     ("tokens / s", "tokens_per_s", number),
     ("cache hit rate", "cache_hit_rate", percent),
     ("reloads (context overflow)", "reloads", str),
@@ -105,7 +107,19 @@ def print_findings(console: Console, findings: tuple[Finding, ...]) -> None:
     console.print("Diagnosis:")
     for finding in findings:
         console.print(f"  [bold]{terminal(finding.cause)}[/]: {terminal(finding.evidence)}.")
-        console.print(f"    fix: {terminal(finding.fix)}")
+        if finding.fix:
+            console.print(f"    {'try' if finding.tentative else 'fix'}: {terminal(finding.fix)}")
+        if finding.measured:
+            console.print(f"    measured: {terminal(finding.measured)}")
+
+
+def print_explanation(console: Console, lines: tuple[str, ...]) -> None:
+    """What each tuned setting bought, as the study measured it (studies.explain)."""
+    if not lines:
+        return
+    console.print("What each setting bought (mean latency per request, the study's trials):")
+    for line in lines:
+        console.print(f"  {terminal(line)}")
 
 
 def print_bench(console: Console, report: BenchReport) -> None:
@@ -123,7 +137,14 @@ def print_bench(console: Console, report: BenchReport) -> None:
         drift = ", ".join(f"pass {i + 1}: {m:.3f} s" for i, m in enumerate(stats.pass_mean_s))
         console.print(f"Per pass: {drift} (drift {stats.pass_drift:+.1%})")
     console.print(targets_table({"measured": stats}))
+    cost = report.cache_cost
+    if cost is not None:
+        console.print(f"Context cache: {cost.cache_s:.2f} s saving and restoring, about "
+                      f"{cost.saved_s:.2f} s of prompt evaluation saved "
+                      f"({cost.restored_tokens} tokens restored)")
     print_findings(console, report.findings)
+    if report.evidence_study:
+        console.print(f"Fixes checked against study {terminal(report.evidence_study)}.")
     others = stats.other_cpu_percent_mean
     if others is not None and others > BUSY_MACHINE_PERCENT:
         console.print(f"[yellow]Warning:[/] other processes used {others:.0f}% of a core "
@@ -137,6 +158,12 @@ def print_tune(console: Console, report: TuneReport) -> None:
     console.print(metrics_table(columns, title=f"Study {terminal(report.study_name)}: "
                                 f"{report.n_trials} trials"))
     console.print(targets_table(columns))
+    for name, stats in columns.items():
+        if (stats.cache_total_s is not None and stats.cache_saved_s is not None
+                and stats.cache_total_s - stats.cache_saved_s >= 0.01):
+            console.print(f"{terminal(name)}: the context cache cost {stats.cache_total_s:.2f} s "
+                          f"to save and restore and saved about {stats.cache_saved_s:.2f} s of "
+                          "prompt evaluation.")
     improvement = report.improvement
     if improvement:
         console.print(f"Against the guide's defaults: [bold]{terminal(improvement.describe())}"
@@ -152,6 +179,7 @@ def print_tune(console: Console, report: TuneReport) -> None:
                       "--min-context 4096 to keep the guide's window).")
     if report.tie_break:
         console.print(f"Tie: {terminal(report.tie_break)}.")
+    print_explanation(console, report.explanation)
     for note in report.notes:
         console.print(f"Note: {terminal(note)}")
     total = sum(report.costs.values())

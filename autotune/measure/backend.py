@@ -82,6 +82,7 @@ class Served:
     reload: bool
     dropped_turns: int
     cache_s: float
+    restored_tokens: int = 0  # restored from the cache beyond what the live context held
 
 
 class Backend:
@@ -163,12 +164,14 @@ class Backend:
         tokens, dropped = self.fit(list(request.messages), n_tokens)
         live = common_prefix(self.llm.input_ids[: self.llm.n_tokens], tokens)
         reused, source = live, "live" if live else "none"
+        restored = 0
         cache_started = time.perf_counter()
         if self.cache is not None:
             key, cached = self.cache.longest(tokens)
             if key is not None and cached > live:
                 self.llm.load_state(self.cache.take(key))
                 reused, source = cached, "cache"
+                restored = cached - live
         cache_s = time.perf_counter() - cache_started
         previous = self.last_prompt.get(request.conversation)
         hit = None if previous is None else reused >= common_prefix(previous, tokens)
@@ -192,7 +195,7 @@ class Backend:
             prompt_tokens=len(tokens), reused_tokens=min(reused, len(tokens)),
             generated=generated, ttft_s=ttft, service_s=time.perf_counter() - started,
             cache_hit=hit, reuse_source=source, reload=dropped > 0, dropped_turns=dropped,
-            cache_s=cache_s)
+            cache_s=cache_s, restored_tokens=min(restored, len(tokens)))
 
     def _suppress_end(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         scores[self.banned] = -np.inf

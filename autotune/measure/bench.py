@@ -14,10 +14,10 @@ import os
 from collections.abc import Callable
 
 from autotune.measure import hardware as hw
-from autotune.measure.diagnosis import diagnose, targets
+from autotune.measure.diagnosis import cache_cost, diagnose, targets
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import inspect_model
-from autotune.measure.records import BenchReport, RequestRecord
+from autotune.measure.records import BenchReport, RequestRecord, StudyEvidence
 from autotune.measure.settings import Settings
 from autotune.measure.stats import summarize
 from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
@@ -30,13 +30,15 @@ def bench(model_path: str | os.PathLike[str], settings: Settings,
           workload: Workload | None = None, iterations: int = 1, clients: int = 1,
           tokens_per_request: int = DEFAULT_TOKENS, timeout_s: float = 1800.0,
           on_request: Callable[[RequestRecord], bool] | None = None,
-          machine: hw.Hardware | None = None, lock: MachineLock | None = None
-          ) -> BenchReport:
+          machine: hw.Hardware | None = None, lock: MachineLock | None = None,
+          evidence: StudyEvidence | None = None) -> BenchReport:
     """Measure one configuration and return the report: statistics, targets, diagnosis.
 
     `iterations` passes over the workload (memory growth per pass is the leak check);
     `clients` > 1 sends requests from that many threads at once to one backend. The trial
     waits for any other measurement on the machine first (`lock`, by default waiting).
+    `evidence`, what a kept study measured (`autotune.studies.explain.evidence_for`), keeps
+    the diagnosis from advising a change that the study measured slower.
     """
     model = inspect_model(model_path)
     machine = machine or hw.detect()
@@ -51,9 +53,11 @@ def bench(model_path: str | os.PathLike[str], settings: Settings,
     return BenchReport(
         status=result.status, reason=result.reason, stats=summary, targets=targets(summary),
         findings=tuple(diagnose(summary, result.status, result.thread_probe, settings,
-                                machine)),
+                                machine, result.requests, evidence)),
         settings=settings.to_env(), model=model, hardware=machine,
         workload=workload.describe(), iterations=iterations, clients=clients,
         tokens_per_request=tokens_per_request, thread_probe=result.thread_probe,
         stderr_tail=result.stderr_tail if not result.ok else "",
-        requests=tuple(result.requests))
+        requests=tuple(result.requests),
+        cache_cost=cache_cost(result.requests) if settings.enable_context_cache else None,
+        evidence_study=evidence.study if evidence else "")

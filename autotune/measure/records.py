@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -145,6 +145,8 @@ class RequestRecord:
     reload: bool = False  # the context overflowed and history was dropped
     dropped_turns: int = 0
     cache_s: float = 0.0  # time spent saving and restoring the context cache
+    # tokens the cache restored beyond those the live context already held: what it saved
+    restored_tokens: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -298,6 +300,9 @@ class TrialStats:
     cache_hit_rate: float | None = None
     rss_growth_bytes_per_pass: float | None = None
     mean_s: float | None = None
+    # the context cache: saving and restoring, summed; the prompt evaluation it saved
+    cache_total_s: float | None = None
+    cache_saved_s: float | None = None
     p50_s: float | None = None
     p95_s: float | None = None
     p99_s: float | None = None
@@ -355,11 +360,79 @@ class Target:
 
 @dataclass(frozen=True)
 class Finding:
-    """A spike cause the measurements show, its evidence, and the fix."""
+    """A spike cause the measurements show, its evidence, and the fix.
+
+    `fix` is empty when a study measured the change slower (`measured` says what it
+    measured); `tentative` marks a fix nobody measured yet: something to try with
+    `autotune bench`, not a recommendation.
+    """
 
     cause: str
     evidence: str
     fix: str
+    measured: str = ""
+    tentative: bool = False
+
+
+@dataclass(frozen=True)
+class CacheCost:
+    """What the context cache cost a trial against the prompt evaluation it saved.
+
+    `per_token_s` is the median of ttft_s / prompt_tokens over the requests that reused
+    nothing; `saved_s` is that times the tokens the cache restored beyond those the live
+    context already held (a request's `restored_tokens`).
+    """
+
+    cache_s: float  # saving and restoring, summed over the trial's requests
+    restored_tokens: int
+    per_token_s: float
+    saved_s: float
+
+    @property
+    def costs_more(self) -> bool:
+        """Cost more than it saved, by at least the 0.01 s that a report can show."""
+        return self.cache_s - self.saved_s >= 0.01
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One other value of one setting, as a study measured it against a trial.
+
+    `delta_s` is the trial with `value` (`trial`) minus the trial compared with
+    (`against`), in mean latency per request: positive, the value was slower. `others`
+    names the other settings in which the two trials differed (empty: otherwise alike).
+    """
+
+    field: str
+    value: object
+    delta_s: float
+    trial: int
+    against: int
+    others: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """`n_threads=2 0.91 s faster per request (trial 3 against trial 0, otherwise alike)`"""
+        from autotune.measure.settings import format_value
+
+        way = "slower" if self.delta_s > 0 else "faster"
+        alike = ("otherwise alike" if not self.others
+                 else "also differing in " + ", ".join(self.others))
+        return (f"{self.field}={format_value(self.value)} {abs(self.delta_s):.2f} s {way} per "
+                f"request (trial {self.trial} against trial {self.against}, {alike})")
+
+
+@dataclass(frozen=True)
+class StudyEvidence:
+    """What a kept study measured of the settings a diagnosis might change: plain data,
+    built in `autotune.studies.explain`, so that the measure layer never reads a study."""
+
+    study: str
+    alternatives: tuple[Alternative, ...] = ()
+
+    def best(self, field: str, accept: Callable[[object], bool]) -> Alternative | None:
+        """The fastest measured alternative of `field` whose value `accept`s; None if none."""
+        found = [a for a in self.alternatives if a.field == field and accept(a.value)]
+        return min(found, key=lambda a: a.delta_s, default=None)
 
 
 @dataclass(frozen=True)
@@ -381,6 +454,8 @@ class BenchReport:
     thread_probe: ThreadProbe | None
     stderr_tail: str
     requests: tuple[RequestRecord, ...]
+    cache_cost: CacheCost | None = None
+    evidence_study: str = ""  # the study the diagnosis checked its fixes against
     kind: ClassVar[str] = "bench"
 
     @property

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 
 from autotune.guide import SPIKE_LIMIT_S
-from autotune.measure.records import RequestRecord, TrialResult, TrialStats
+from autotune.measure.records import CacheCost, RequestRecord, TrialResult, TrialStats
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -38,7 +38,9 @@ def summarize(result: TrialResult) -> TrialStats:
         other_cpu_percent_mean=result.other_cpu_percent_mean,
         reloads=result.reloads, cache_hit_rate=rate([r.cache_hit for r in requests]),
         rss_growth_bytes_per_pass=growth_per_pass(result.pass_rss_bytes),
-        **conversation_sizes(requests))
+        **conversation_sizes(requests),
+        **cache_columns(cache_cost(requests)
+                        if result.settings.get("enable_context_cache", True) else None))
     if not latencies:
         return TrialStats(**common)
     mean = statistics.fmean(latencies)
@@ -88,8 +90,29 @@ def conversation_sizes(requests: Sequence[RequestRecord]) -> dict[str, float | i
             "tokens_per_turn": sum(filled.values()) / sum(turns.values())}
 
 
+def cache_columns(cost: CacheCost | None) -> dict[str, float | None]:
+    return {"cache_total_s": cost.cache_s if cost else None,
+            "cache_saved_s": cost.saved_s if cost else None}
+
+
 def growth_per_pass(rss: Sequence[int]) -> float | None:
     """Resident memory growth per pass after the first (the leak check); None for one pass."""
     if len(rss) < 2:
         return None
     return (rss[-1] - rss[0]) / (len(rss) - 1)
+
+
+def cache_cost(requests: Sequence[RequestRecord]) -> CacheCost | None:
+    """The context cache's cost against the prompt evaluation it saved; None when the cache
+    did nothing, or no request that reused nothing shows what a prompt token costs."""
+    cache_s = sum(r.cache_s for r in requests)
+    restored = sum(r.restored_tokens for r in requests)
+    if cache_s <= 0 and not restored:
+        return None
+    fresh = [r.ttft_s / r.prompt_tokens for r in requests
+             if r.reused_tokens == 0 and r.prompt_tokens > 0 and r.ttft_s > 0]
+    if not fresh:
+        return None
+    per_token = statistics.median(fresh)
+    return CacheCost(cache_s=cache_s, restored_tokens=restored, per_token_s=per_token,
+                     saved_s=restored * per_token)

@@ -99,6 +99,7 @@ def serve(backend: Backend, emit: Emitter, request: Request, n_tokens: int, pass
         generated=served.generated, cache_hit=served.cache_hit,
         reuse_source=served.reuse_source, reload=served.reload,
         dropped_turns=served.dropped_turns, cache_s=round(served.cache_s, 6),
+        restored_tokens=served.restored_tokens,
         rss_bytes=emit.rss()))
 
 

@@ -39,6 +39,7 @@ from autotune.search.study import (
     search,
 )
 from autotune.studies import export, profiles, window
+from autotune.studies.explain import explanation
 from autotune.studies.records import (
     ConfirmRun,
     Contender,
@@ -205,4 +206,5 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         notes=tuple(space.notes), out=str(written) if written else None, export=text,
         costs=costs.parts(), profiles=tuple(kept.values()),
         context=window.holds(chosen_window, winner_run.stats if winner_run else None),
-        context_warning=window.warning(chosen_window) or "", tie_break=outcome.tie_break)
+        context_warning=window.warning(chosen_window) or "", tie_break=outcome.tie_break,
+        explanation=explanation(study))

@@ -435,6 +435,8 @@ class TuneReport:
     context: str = ""
     context_warning: str = ""
     tie_break: str = ""
+    # what each tuned setting bought, measured (studies.explain), one line each
+    explanation: tuple[str, ...] = ()
     kind: ClassVar[str] = "tune"
 
     def to_dict(self) -> dict[str, object]:
