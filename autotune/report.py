@@ -136,6 +136,7 @@ def print_tune(console: Console, report: TuneReport) -> None:
     console.print(metrics_table(columns, title=f"Study {terminal(report.study_name)}: "
                                 f"{report.n_trials} trials"))
     console.print(targets_table(columns))
+    print_goals(console, report)
     improvement = report.improvement
     if improvement:
         console.print(f"Against the guide's defaults: [bold]{terminal(improvement.describe())}"
@@ -152,6 +153,22 @@ def print_tune(console: Console, report: TuneReport) -> None:
     if report.out:
         out = terminal(report.out)
         console.print(f"Wrote {out}: run `. {out}` and restart Jarvis.")
+
+
+def print_goals(console: Console, report: TuneReport) -> None:
+    """What the study minimised, the winner against the defaults on it, and the targets."""
+    from autotune.search.goals import Objective
+
+    objective = Objective(report.objective)
+    winner, baseline = report.winner.objective_value, report.baseline.objective_value
+    console.print(f"Objective: {objective.describe()}: winner {seconds(winner)}, "
+                  f"{DEFAULTS_LABEL} {seconds(baseline)} (medians over the confirmation "
+                  "rounds).")
+    if report.targets:
+        defaults = ("missed " + "; ".join(report.baseline.missed) if report.baseline.missed
+                    else "met them")
+        console.print(f"Targets: {terminal(', '.join(report.targets))}: the winner met them; "
+                      f"the {DEFAULTS_LABEL} {terminal(defaults)}.")
 
 
 # (label, study-summary column, formatter): the rows of `autotune compare`.

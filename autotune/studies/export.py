@@ -62,6 +62,7 @@ class ExportHeader:
     score_s: float | None = None
     improvement: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    goals: str = ""  # `objective: p95 latency; targets: p95<=1.5s` (studies with goals)
 
 
 def shell_quote(value: str) -> str:
@@ -98,6 +99,8 @@ def render(settings: Settings, fields: tuple[str, ...], header: ExportHeader,
     if isinstance(header.score_s, (int, float)) and not isinstance(header.score_s, bool):
         lines.append(comment(f"score: {header.score_s:.3f} s (mean latency + spike and "
                              "consistency penalties)"))
+    if header.goals:
+        lines.append(comment(header.goals))
     if header.improvement:
         lines.append(comment(f"improvement over the guide's defaults: {header.improvement}"))
     lines += [comment(note) for note in header.notes]
@@ -249,7 +252,8 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
     header = ExportHeader(
         model=f"{model.name} ({os.path.basename(str(model.path))})",
         study=source, date=date or time.strftime("%Y-%m-%d %H:%M %Z"), score_s=score_s,
-        improvement=improvement, notes=tuple(notes))
+        improvement=improvement, notes=tuple(notes),
+        goals=record.goals.describe() if record.goals else "")
     gpus = [g.index for g in hardware.gpus] if hardware.gpu_offload else []
     machine = machine_variables(settings, gpus, hardware.system)
     return render(settings, record.tuned_fields, header, machine, fmt)
