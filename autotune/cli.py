@@ -217,7 +217,7 @@ def print_event(progress: Progress, task: int, event: ProgressEvent) -> None:
             log(f"  note: {terminal(note)}")
     elif isinstance(event, TrialEnded):
         if event.value is not None:
-            value = f"score {event.value:.3f} s"
+            value = f"{event.objective} {event.value:.3f} s"
         elif event.infeasible:
             value = f"infeasible, {terminal(event.infeasible)}"
         else:

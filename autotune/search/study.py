@@ -320,7 +320,8 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
                 params={**trial.params, **kept.pinned}, label=kept.label,
                 best=best.value if best else None,
                 other_cpu_percent=kept.stats.other_cpu_percent_mean if kept.stats else None,
-                elapsed_s=time.monotonic() - started))
+                elapsed_s=time.monotonic() - started,
+                objective=str(measurement.goals.objective)))
 
     try:
         study.optimize(objective_for(model, space, measurement, host, sampler_seed),
