@@ -210,14 +210,16 @@ def study_of(folder: Path) -> optuna.Study:
 @pytest.mark.slow
 def test_a_p95_target_that_rules_out_the_defaults_is_met_by_the_winner(
         model_path: Path, tiny_workload_file: Path, tmp_path: Path, run_cli: Run) -> None:
+    # 8 threads on a 2-core machine are slower than 1, quiet (the threads contend) or busy
+    # (other processes hold a core, and 2 threads wait on each other); measured here first
     defaults = bench_p95(run_cli, model_path, tiny_workload_file, tmp_path, 8)
-    two = bench_p95(run_cli, model_path, tiny_workload_file, tmp_path, 2)
-    if defaults < 1.5 * two:
-        pytest.skip(f"this machine is too busy to separate 8 threads (p95 {defaults:.2f} s) "
-                    f"from 2 (p95 {two:.2f} s): other processes take the cores")
-    limit = (defaults * two) ** 0.5
+    one = bench_p95(run_cli, model_path, tiny_workload_file, tmp_path, 1)
+    if defaults < 1.5 * one:
+        pytest.skip(f"8 threads (p95 {defaults:.2f} s) not clearly slower than 1 (p95 "
+                    f"{one:.2f} s) on this machine now: no target separates them")
+    limit = (defaults * one) ** 0.5
     done = tune(run_cli, model_path, tiny_workload_file, tmp_path, "--trials", "3",
-                "--fix", "n_threads=2", "--objective", "p95", "--target", f"p95<={limit:.3f}s",
+                "--fix", "n_threads=1", "--objective", "p95", "--target", f"p95<={limit:.3f}s",
                 "--study-name", "tail")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -229,7 +231,7 @@ def test_a_p95_target_that_rules_out_the_defaults_is_met_by_the_winner(
     assert f"# objective: p95 latency; targets: p95<={limit:.3f}s\n" in header
     # the study's values are p95s; resuming it for another objective is refused
     again = tune(run_cli, model_path, tiny_workload_file, tmp_path, "--trials", "1",
-                 "--fix", "n_threads=2", "--objective", "mean", "--study-name", "tail",
+                 "--fix", "n_threads=1", "--objective", "mean", "--study-name", "tail",
                  "--force")
     assert again.returncode == 2
     assert again.stderr.count("\n") == 1 and "pass --study-name" in again.stderr
