@@ -167,8 +167,8 @@ def print_goals(console: Console, report: TuneReport) -> None:
     if report.targets:
         defaults = ("missed " + "; ".join(report.baseline.missed) if report.baseline.missed
                     else "met them")
-        console.print(f"Targets: {terminal(', '.join(report.targets))}: the winner met them; "
-                      f"the {DEFAULTS_LABEL} {terminal(defaults)}.")
+        console.print(f"Targets ({terminal(', '.join(report.targets))}): the winner met every "
+                      f"one; the {DEFAULTS_LABEL} {terminal(defaults)}.")
 
 
 # (label, study-summary column, formatter): the rows of `autotune compare`.
