@@ -258,7 +258,7 @@ def print_event(progress: Progress, task: int, event: ProgressEvent) -> None:
             log(f"  note: {terminal(note)}")
     elif isinstance(event, TrialEnded):
         if event.value is not None:
-            value = f"score {event.value:.3f} s"
+            value = f"{event.objective} {event.value:.3f} s"
         elif event.infeasible:
             value = f"infeasible, {terminal(event.infeasible)}"
         else:
@@ -329,6 +329,24 @@ def check_study_name(name: str | None) -> None:
               type=click.FloatRange(0), help="Score weight of std/mean above 0.5.")
 @click.option("--trial-timeout", default=300.0, show_default=True, type=click.FloatRange(1),
               help="Wall-clock limit of one trial, seconds.")
+@click.option("--objective", type=click.Choice(["score", "p95", "p99", "ttft", "mean"]),
+              default="score", show_default=True,
+              help="What the study minimises and confirmation picks the winner by: score "
+                   "(mean latency + spike and consistency penalties), p95 or p99 latency, "
+                   "ttft (mean time to first token) or mean latency. Pruning: score and "
+                   "mean compare each request's latency with the best trial's (Wilcoxon), "
+                   "ttft each request's time to first token; p95 and p99 are no per-request "
+                   "quantity, so a trial is stopped only once its final percentile must "
+                   "exceed the best feasible trial's, whatever its remaining requests take.")
+@click.option("--target", "targets", multiple=True, metavar="METRIC<=LIMIT",
+              help="A limit the winner must meet, e.g. 'p95<=1.5s' or 'ttft_p95<300ms' "
+                   "(repeatable; metrics mean, p50, p95, p99, max, ttft_p95 in s or ms, cv "
+                   "without a unit). A trial that misses one is infeasible; when none meets "
+                   "them, nothing is written and the exit status is 1.")
+@click.option("--max-memory", metavar="SIZE", help="Budget for the worker's peak resident "
+              "memory, e.g. 6GiB or 800MB (B, KiB, MiB, GiB, KB, MB, GB).")
+@click.option("--max-gpu-memory", metavar="SIZE", help="Budget for the worker's peak GPU "
+              "memory, e.g. 10GiB (noted as not applying on a machine without GPU offload).")
 @click.option("--study-name", help="Study to create or resume  [default: MODEL@CLASS, the "
               "kind of machine, shared by every host of that kind]")
 @storage_options
@@ -344,8 +362,10 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
          extended: bool, fixes: tuple[str, ...], min_context: int, no_warm_start: bool,
          finalists: int, rounds: int,
          spike_weight: float, spike_factor: float, cv_weight: float, trial_timeout: float,
-         study_name: str | None, studies_dir: str | None, storage: str | None, out: str,
-         fmt: str, force: bool, as_json: bool, no_wait: bool) -> None:
+         objective: str, targets: tuple[str, ...], max_memory: str | None,
+         max_gpu_memory: str | None, study_name: str | None, studies_dir: str | None,
+         storage: str | None, out: str, fmt: str, force: bool, as_json: bool,
+         no_wait: bool) -> None:
     """Find the fastest steady JARVIS_* settings for MODEL on this machine.
 
     Runs an Optuna study (each candidate a latency trial in its own process), re-measures
@@ -359,20 +379,26 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
       autotune model.gguf --fix n_threads=4 --format dotenv --out jarvis.conf
       autotune model.gguf --min-context 8192         # promise longer conversations
       autotune model.gguf --study-name fresh --no-warm-start
+      autotune model.gguf --objective p95 --target 'p95<=1.5s' --study-name fast-tail
+      autotune model.gguf --max-memory 6GiB --target 'ttft_p95<300ms' --study-name laptop
 
-    Exit status: 0 written, 1 no trial or finalist finished (or --no-wait found the
-    machine busy), 2 bad input.
+    A study keeps its objective, targets and budgets: resuming it with others is refused
+    (give another --study-name).
+
+    Exit status: 0 written, 1 no trial or finalist finished or met the targets (or
+    --no-wait found the machine busy), 2 bad input.
     """
     from autotune.search.tune import TuneOptions
     from autotune.search.tune import tune as tune_lib
 
     check_study_name(study_name)
+    goals = goals_from(objective, targets, max_memory, max_gpu_memory)
     options = TuneOptions(
         trials=trials, timeout_s=timeout, seed=seed, workload=load_workload(workload_file),
         tokens_per_request=tokens, clients=clients if concurrent else 1, extended=extended,
         fixed=parse_fixes(fixes), finalists=finalists, rounds=rounds,
         weights=Weights(spike_weight=spike_weight, spike_factor=spike_factor,
-                        cv_weight=cv_weight),
+                        cv_weight=cv_weight), goals=goals,
         trial_timeout_s=trial_timeout, study_name=study_name,
         studies_dir=studies_folder(studies_dir, storage),
         storage=storage, out=out, fmt=fmt, force=force, wait=not no_wait,
@@ -388,6 +414,18 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         print_tune(out_console(), report)
+
+
+def goals_from(objective: str, targets: tuple[str, ...], max_memory: str | None,
+               max_gpu_memory: str | None):
+    """The tune command's goals; a bad target or size is one line, exit status 2."""
+    from autotune.search.goals import Goals, Objective, Target, parse_size
+
+    return Goals(objective=Objective(objective),
+                 targets=tuple(Target.parse(t) for t in targets),
+                 max_memory_bytes=parse_size(max_memory) if max_memory else None,
+                 max_gpu_memory_bytes=(parse_size(max_gpu_memory, "max_gpu_memory")
+                                       if max_gpu_memory else None))
 
 
 def open_studies(studies_dir: str | None, storage: str | None):

@@ -164,6 +164,7 @@ def print_tune(console: Console, report: TuneReport) -> None:
             console.print(f"{terminal(name)}: the context cache cost {stats.cache_total_s:.2f} s "
                           f"to save and restore and saved about {stats.cache_saved_s:.2f} s of "
                           "prompt evaluation.")
+    print_goals(console, report)
     improvement = report.improvement
     if improvement:
         console.print(f"Against the guide's defaults: [bold]{terminal(improvement.describe())}"
@@ -190,6 +191,22 @@ def print_tune(console: Console, report: TuneReport) -> None:
     if report.out:
         out = terminal(report.out)
         console.print(f"Wrote {out}: run `. {out}` and restart Jarvis.")
+
+
+def print_goals(console: Console, report: TuneReport) -> None:
+    """What the study minimised, the winner against the defaults on it, and the targets."""
+    from autotune.search.goals import Objective
+
+    objective = Objective(report.objective)
+    winner, baseline = report.winner.objective_value, report.baseline.objective_value
+    console.print(f"Objective: {objective.describe()}: winner {seconds(winner)}, "
+                  f"{DEFAULTS_LABEL} {seconds(baseline)} (medians over the confirmation "
+                  "rounds).")
+    if report.targets:
+        defaults = ("missed " + "; ".join(report.baseline.missed) if report.baseline.missed
+                    else "met them")
+        console.print(f"Targets ({terminal(', '.join(report.targets))}): the winner met every "
+                      f"one; the {DEFAULTS_LABEL} {terminal(defaults)}.")
 
 
 # (label, study-summary column, formatter): the rows of `autotune compare`.

@@ -58,7 +58,8 @@ def run(label: str, round_no: int, value: float, rss: int, number: int | None) -
 
 def result(label: str, number: int | None, context: int, value: float) -> CandidateResult:
     return CandidateResult(label=label, trial_number=number, settings=settings(context),
-                           runs=2, ok_runs=2, median_score_s=value, median_mean_s=value)
+                           runs=2, ok_runs=2, median_score_s=value, median_mean_s=value,
+                           median_objective=value)
 
 
 def test_kept_profiles_carry_confirmed_medians_and_mark_the_rest_unconfirmed() -> None:

@@ -17,19 +17,26 @@ a smaller one that is no measurably faster only breaks it sooner. "Cannot tell a
 median score within TIE_MARGIN (3%) of the best: two runs of one configuration differ by
 more than that (8% in the median on the recorded 2-core grid, benchmarks/results/
 grid-small.json), so no ranking inside it is real. The report says when this decided.
+
+With goals (goals.py), the winner has the lowest median of the study's objective instead,
+among the candidates whose medians over the rounds meet every target and budget; the
+guide's defaults are measured as the comparison all the same, and win only if they meet
+them too. The improvement stays the ratio of mean latencies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from autotune.measure.records import TrialResult
+from autotune.measure.records import TrialResult, TrialStats
 from autotune.measure.settings import Settings
 from autotune.measure.stats import summarize
 from autotune.search.events import ConfirmEnded, OnEvent
+from autotune.search.goals import METRICS, Goals
 from autotune.search.scoring import Weights, score
 from autotune.search.space import BASELINE_LABEL
 from autotune.studies.records import CandidateResult, Confirmation, ConfirmRun, Improvement
@@ -59,7 +66,7 @@ class Outcome:
 
 def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResult],
             rounds: int, weights: Weights, seed: int | None = None,
-            on_event: OnEvent | None = None) -> Outcome:
+            on_event: OnEvent | None = None, goals: Goals | None = None) -> Outcome:
     """Run every candidate once per round, shuffled; return runs, per-candidate and winner.
 
     `measure` runs one trial of the given settings (alone on the machine) and returns it.
@@ -79,52 +86,73 @@ def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResu
                              latencies={r.index: r.latency_s for r in result.requests})
             runs.append(run)
             if on_event is not None:
+                value = (goals or Goals()).objective.value(run.stats, run.score)
                 on_event(ConfirmEnded(done=len(runs), total=total, label=candidate.label,
                                       status=result.status,
-                                      value=run.score.total_s if run.score else None))
-    return decide(candidates, runs, seed)
+                                      value=value if run.score else None))
+    return decide(candidates, runs, seed, goals)
 
 
-def decide(candidates: list[Candidate], runs: list[ConfirmRun], seed: int | None = None
-           ) -> Outcome:
+def decide(candidates: list[Candidate], runs: list[ConfirmRun], seed: int | None = None,
+           goals: Goals | None = None) -> Outcome:
     """The winner and the improvement over the defaults, from finished runs alone."""
+    goals = goals or Goals()
     table = []
     for candidate in candidates:
         mine = [r for r in runs if r.label == candidate.label]
         ok = [r for r in mine if r.score is not None]
+        typical = median_stats(goals, [r.stats for r in ok])
         table.append(CandidateResult(
             label=candidate.label, trial_number=candidate.trial_number,
             settings=candidate.settings.to_dict(), runs=len(mine), ok_runs=len(ok),
             median_score_s=statistics.median(r.score.total_s for r in ok) if ok else None,
-            median_mean_s=statistics.median(r.stats.mean_s for r in ok) if ok else None))
+            median_mean_s=statistics.median(r.stats.mean_s for r in ok) if ok else None,
+            median_objective=median_of([goals.objective.value(r.stats, r.score)
+                                        for r in ok]),
+            missed=goals.missed(typical) if typical else ()))
     confirmation = Confirmation(tuple(runs), tuple(table))
-    complete = [row for row in table if row.complete]
-    if not complete:
+    eligible = [row for row in table if row.complete and not row.missed]
+    if not eligible:
         return Outcome(confirmation, None, None)
-    best = min(complete, key=lambda row: row.median_score_s)
-    winner, why = larger_window_in_a_tie(complete, best)
+    best = min(eligible, key=lambda row: row.median_objective)  # type: ignore[arg-type,return-value]
+    winner, why = larger_window_in_a_tie(eligible, best)
     return Outcome(confirmation, winner, improvement(runs, winner.label, seed), why)
 
 
-def larger_window_in_a_tie(complete: list[CandidateResult], best: CandidateResult
+def larger_window_in_a_tie(eligible: list[CandidateResult], best: CandidateResult
                            ) -> tuple[CandidateResult, str]:
     """The finalist with the largest window among those within TIE_MARGIN of `best`'s
-    median score (the guide's defaults are the reference, not an alternative), and why."""
+    median value (the guide's defaults are the reference, not an alternative), and why."""
 
     def window(row: CandidateResult) -> int:
         return int(row.settings.get("context_window", 0))  # type: ignore[call-overload]
 
-    limit = best.median_score_s * (1 + TIE_MARGIN)  # type: ignore[operator]
-    ties = [row for row in complete if row.label != BASELINE and window(row) > window(best)
-            and row.median_score_s <= limit]  # type: ignore[operator]
+    limit = best.median_objective * (1 + TIE_MARGIN)  # type: ignore[operator]
+    ties = [row for row in eligible if row.label != BASELINE and window(row) > window(best)
+            and row.median_objective <= limit]  # type: ignore[operator]
     if not ties:
         return best, ""
-    chosen = min(ties, key=lambda row: (-window(row), row.median_score_s))
+    chosen = min(ties, key=lambda row: (-window(row), row.median_objective))
     return chosen, (f"{chosen.label} (context window {window(chosen)}) chosen over "
-                    f"{best.label} ({window(best)}): median scores {chosen.median_score_s:.3f} s "
-                    f"and {best.median_score_s:.3f} s are within {TIE_MARGIN:.0%}, which "
+                    f"{best.label} ({window(best)}): median values {chosen.median_objective:.3f} s "
+                    f"and {best.median_objective:.3f} s are within {TIE_MARGIN:.0%}, which "
                     "repeated runs cannot tell apart, and the larger window holds longer "
                     "conversations")
+
+
+def median_of(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def median_stats(goals: Goals, runs: list[TrialStats]) -> TrialStats | None:
+    """A candidate's statistics as its limits are judged: each limited one's median over
+    its rounds (the rest as its first run had them)."""
+    if not runs:
+        return None
+    fields = {METRICS[t.metric].stat for t in goals.limits}
+    return dataclasses.replace(runs[0], **{
+        name: median_of([getattr(r, name) for r in runs]) for name in fields})
 
 
 def improvement(runs: list[ConfirmRun], winner: str, seed: int | None = None

@@ -38,6 +38,7 @@ class TrialEnded:
     best: float | None
     other_cpu_percent: float | None
     elapsed_s: float
+    objective: str = "score"  # what `value` and `best` are (goals.Objective)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,14 @@ memory, timeout, load failure) complete with a constraint violation: TPE then le
 avoid that region, and no failure is mistaken for a fast configuration.
 
 Pruner: Optuna's WilcoxonPruner. Every request of the workload has a fixed index, and the
-trial reports each request's latency at that index as it arrives, so the pruner compares
-request for request with the best trial and stops a candidate that is clearly worse. The
-worker is killed at once.
+trial reports each request's latency (its time to first token, for the `ttft` objective) at
+that index as it arrives, so the pruner compares request for request with the best trial
+and stops a candidate that is clearly worse. The worker is killed at once. A tail objective
+(p95, p99) is no per-request quantity: its trial is stopped only once its final percentile
+must exceed the best feasible trial's (goals.tail_certainly_worse), with no test at all.
+
+Constraints: besides "failed" and "context_overflow", each target and memory budget of the
+study's goals (goals.py) is one, `measured - limit`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
 from autotune.measure.workload import Workload
 from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, TrialEnded
+from autotune.search.goals import Goals, tail_certainly_worse
 from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
 from autotune.search.warm import warm_starts
@@ -75,6 +81,7 @@ class Measurement:
     clients: int = 1
     trial_timeout_s: float = 300.0
     weights: Weights = field(default_factory=Weights)
+    goals: Goals = field(default_factory=Goals)  # what the study minimises, and its limits
     lock: MachineLock = field(default_factory=MachineLock, compare=False)
     costs: Costs = field(default_factory=Costs, compare=False)  # what its trials cost
 
@@ -155,12 +162,14 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo
     if not study.user_attrs:
         created = StudyRecord(model=model, hardware=machine, versions=versions(),
                               measurement=measurement.identity(), weights=measurement.weights,
+                              goals=measurement.goals,
                               created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                               machine_class=machine_class(machine))
         keep(study.set_user_attr, created.attrs())
     else:
         check_same(name, StudyRecord.read(study), model, machine, measurement)
-        keep(study.set_user_attr, study_attrs(schema=SCHEMA_VERSION))  # what it writes now
+        # what it writes now (a study older than goals had the default ones)
+        keep(study.set_user_attr, study_attrs(goals=measurement.goals, schema=SCHEMA_VERSION))
     keep(study.set_user_attr, study_attrs(space=space.describe(),
                                           tuned_fields=space.tuned_fields))
     fail_orphaned_trials(study, storage, machine.host)
@@ -251,17 +260,31 @@ def check_same(name: str, recorded: StudyRecord, model: ModelInfo, machine: Hard
     if recorded.measurement != measurement.identity():
         raise AutotuneError(f"study {name!r} measured another workload or request shape; "
                             "pass ", Option("study_name"), " to start a new study")
+    check_same_goals(name, recorded.goals or Goals(), measurement.goals)
 
 
-def record(trial: optuna.Trial, result: TrialResult, weights: Weights) -> float | None:
-    """Store what a trial measured on it; return its score (None when it did not finish)."""
+def check_same_goals(name: str, recorded: Goals, ours: Goals) -> None:
+    """A resumed study keeps its objective (its values are of that quantity) and limits."""
+    if recorded != ours:
+        raise AutotuneError(f"study {name!r} was tuned for {recorded.describe()}, not "
+                            f"{ours.describe()}; pass ", Option("study_name"),
+                            " to start a new study for these goals")
+
+
+def record(trial: optuna.Trial, result: TrialResult, weights: Weights,
+           goals: Goals | None = None) -> float | None:
+    """Store what a trial measured on it; return its value under the goals' objective
+    (the score by default; None when it did not finish)."""
     parts = score(result.latencies, weights) if result.ok else None
     failed_tail = result.stderr_tail[-1500:] if result.status.failed else ""
+    stats = summarize(result)
     outcome = trial_attrs(status=result.status, reason=result.reason[:500],
-                          stats=summarize(result), latencies=result.latencies,
+                          stats=stats, latencies=result.latencies,
                           settings=result.settings, score=parts, stderr_tail=failed_tail)
     keep(trial.set_user_attr, {k: v for k, v in outcome.items() if v is not None and v != ""})
-    return parts.total_s if parts else None
+    if parts is None:
+        return None
+    return (goals or Goals()).objective.value(stats, parts)
 
 
 def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement,
@@ -284,19 +307,25 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
             return FAILED_SCORE_S
 
         total = len(measurement.workload.requests)
-        reported = 0
+        objective = measurement.goals.objective
+        best = best_feasible(trial.study) if objective.tail is not None else None
+        seen: list[float] = []
 
         def on_request(event: RequestRecord) -> bool:
-            nonlocal reported
-            reported += 1
-            trial.report(event.latency_s, event.index)
-            return reported < total and trial.should_prune()  # a finished trial is kept
+            seen.append(objective.per_request(event))
+            trial.report(seen[-1], event.index)
+            if len(seen) >= total:
+                return False  # a finished trial is kept
+            if objective.tail is None:
+                return trial.should_prune()
+            return best is not None and tail_certainly_worse(seen, total, objective.tail,
+                                                             best.value)
 
         # A tuner that held the machine may have been killed while we waited for it.
         result = measurement.run(model, settings, on_request,
                                  before=lambda: fail_orphaned_trials(trial.study, trial.storage,
                                                                     host))
-        value = record(trial, result, measurement.weights)
+        value = record(trial, result, measurement.weights, measurement.goals)
         if result.status == Status.PRUNED:
             raise optuna.TrialPruned(result.reason)
         trial.set_constraint("failed", 0.0 if value is not None else 1.0)
@@ -304,17 +333,23 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         # generation setting would: however fast, it is not a candidate.
         reloads = result.reloads
         trial.set_constraint("context_overflow", float(reloads))
-        if reloads:
-            keep(trial.set_user_attr, trial_attrs(
-                infeasible=f"context overflow: {reloads} request(s) dropped history"))
+        why = [f"context overflow: {reloads} request(s) dropped history"] if reloads else []
+        if value is not None:
+            stats = summarize(result)
+            for name, excess in measurement.goals.constraints(stats).items():
+                trial.set_constraint(name, excess)
+            why += [f"missed {m}" for m in measurement.goals.missed(stats)]
+        if why:
+            keep(trial.set_user_attr, trial_attrs(infeasible="; ".join(why)))
         return FAILED_SCORE_S if value is None else value
 
     return objective
 
 
 def feasible(trial: optuna.trial.FrozenTrial, study_name: str = "") -> bool:
-    """Finished its workload without failing and without overflowing the context (or
-    missing any other constraint); `study_name` names the study in a damaged-record error."""
+    """Finished its workload without failing, without overflowing the context, and within
+    every target and budget of the study; `study_name` names the study in a damaged-record
+    error."""
     return (trial.state == optuna.trial.TrialState.COMPLETE
             and TrialRecord.read(trial, study_name).status == Status.OK
             and all(v <= 0 for v in trial.constraints.values()))
@@ -340,7 +375,8 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
                 params={**trial.params, **kept.pinned}, label=kept.label,
                 best=best.value if best else None,
                 other_cpu_percent=kept.stats.other_cpu_percent_mean if kept.stats else None,
-                elapsed_s=time.monotonic() - started))
+                elapsed_s=time.monotonic() - started,
+                objective=str(measurement.goals.objective)))
 
     try:
         study.optimize(objective_for(model, space, measurement, host, sampler_seed),

@@ -22,13 +22,15 @@ from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.hardware import Hardware, detect, machine_class
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import inspect_model
+from autotune.measure.records import Status
 from autotune.measure.settings import Settings
 from autotune.measure.trial import DEFAULT_TOKENS
 from autotune.measure.workload import Workload, builtin_workload
 from autotune.safe_text import visible
-from autotune.search.confirm import BASELINE, Candidate, confirm
+from autotune.search.confirm import BASELINE, Candidate, confirm, median_stats
 from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, Started, Waiting
+from autotune.search.goals import Goals, closest
 from autotune.search.scoring import Weights
 from autotune.search.space import DEFAULT_MIN_CONTEXT, build_space
 from autotune.search.study import (
@@ -41,6 +43,7 @@ from autotune.search.study import (
 from autotune.studies import export, profiles, window
 from autotune.studies.explain import explanation
 from autotune.studies.records import (
+    Confirmation,
     ConfirmRun,
     Contender,
     TrialRecord,
@@ -65,6 +68,7 @@ class TuneOptions:
     finalists: int = 3
     rounds: int = 2
     weights: Weights = field(default_factory=Weights)
+    goals: Goals = field(default_factory=Goals)
     trial_timeout_s: float = 300.0
     study_name: str | None = None
     studies_dir: str | None = None
@@ -150,8 +154,8 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     lock = MachineLock(wait=options.wait, on_wait=None if on_event is None else
                        lambda holder: on_event(Waiting(holder.describe())))
     measurement = Measurement(options.workload or builtin_workload(), options.tokens_per_request,
-                              options.clients, options.trial_timeout_s, options.weights, lock,
-                              costs)
+                              options.clients, options.trial_timeout_s, options.weights,
+                              options.goals, lock, costs)
     with costs.timing("setup_s"):
         storage = open_storage(options.studies_dir, options.storage,
                                longest_trial_s=options.trial_timeout_s)
@@ -160,9 +164,10 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         seed = process_seed(options.seed, machine.host)
         study = open_study(name, storage, model, machine, measurement, space, seed,
                            warm_start=options.warm_start)
+    notes = (*space.notes, *options.goals.notes(machine.gpu_offload))
     if on_event is not None:
         on_event(Started(study=name, storage=location(options.studies_dir, options.storage),
-                         resumed=len(study.trials) > 2, notes=tuple(space.notes)))
+                         resumed=len(study.trials) > 2, notes=notes))
     with costs.timing("search_s"):
         search(study, model, space, measurement, machine.host, options.trials,
                options.timeout_s, on_event, sampler_seed=seed)
@@ -170,14 +175,22 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
               if int(p.settings.get("context_window", 0)) >= space.min_context]  # type: ignore[call-overload]
     candidates = with_profiles(finalists(study, options.finalists, space.min_context),
                                profiles.choose(points))
+    if len(candidates) == 1 and options.goals.limits:
+        raise MeasurementFailed(f"study {name!r}: {unmet_in_search(study, options.goals)}; "
+                                "nothing confirmed, nothing written")
     if len(candidates) == 1:
         raise MeasurementFailed(f"study {name!r}: no trial finished without failing or "
                             "overflowing the context, so there is nothing to confirm; see "
                             f"`autotune show {name}`")
     with costs.timing("confirmation_s"):
         outcome = confirm(candidates, lambda s: measurement.run(model, s), options.rounds,
-                          options.weights, options.seed, on_event)
+                          options.weights, options.seed, on_event, options.goals)
     winner = outcome.winner
+    if winner is None and options.goals.limits and any(
+            c.complete for c in outcome.confirmation.candidates):
+        raise MeasurementFailed(f"study {name!r}: "
+                                f"{unmet_in_confirmation(outcome.confirmation, options.goals)}"
+                                " (medians over the confirmation rounds); nothing written")
     if winner is None:
         raise MeasurementFailed(f"study {name!r}: no finalist finished every confirmation "
                                 "round")
@@ -186,7 +199,8 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         label=winner.label, trial_number=winner.trial_number, settings=winner.settings,
         score_s=winner.median_score_s, mean_s=winner.median_mean_s,  # type: ignore[arg-type]
         improvement=outcome.improvement, confirmed=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        host=machine.host, tie_break=outcome.tie_break), profiles=kept))
+        host=machine.host, tie_break=outcome.tie_break,
+        objective_value=winner.median_objective), profiles=kept))
     text = export.export_text(study, fmt=options.fmt)
     written = export.write(options.out, text, options.force) if options.out else None
     best = Settings.from_dict(winner.settings).to_env(space.tuned_fields)
@@ -198,13 +212,40 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         study_name=name, storage=location(options.studies_dir, options.storage),
         n_trials=len(study.trials), best=best,
         winner=Contender(winner.label, best, winner.median_score_s,
-                         winner_run.stats if winner_run else None, winner.trial_number),
+                         winner_run.stats if winner_run else None, winner.trial_number,
+                         winner.median_objective, winner.missed),
         baseline=Contender(BASELINE, Settings(**GUIDE_DEFAULTS).to_env(space.tuned_fields),
                            baseline.median_score_s if baseline else None,
-                           baseline_run.stats if baseline_run else None),
+                           baseline_run.stats if baseline_run else None, None,
+                           baseline.median_objective if baseline else None,
+                           baseline.missed if baseline else ()),
         improvement=outcome.improvement, candidates=outcome.confirmation.candidates,
-        notes=tuple(space.notes), out=str(written) if written else None, export=text,
+        notes=notes, out=str(written) if written else None, export=text,
         costs=costs.parts(), profiles=tuple(kept.values()),
         context=window.holds(chosen_window, winner_run.stats if winner_run else None),
         context_warning=window.warning(chosen_window) or "", tie_break=outcome.tie_break,
-        explanation=explanation(study))
+        explanation=explanation(study), objective=str(options.goals.objective),
+        targets=tuple(t.describe() for t in options.goals.limits))
+
+
+def unmet_in_search(study: optuna.Study, goals: Goals) -> str:
+    """No trial met the goals' limits: which came closest, by what (see goals.closest)."""
+    measured = []
+    for trial in study.get_trials(deepcopy=False):
+        kept = TrialRecord.read(trial, study.study_name)
+        others = {k: v for k, v in trial.constraints.items() if not k.startswith("target:")}
+        if (trial.state == optuna.trial.TrialState.COMPLETE and kept.stats is not None
+                and kept.status == Status.OK and all(v <= 0 for v in others.values())):
+            measured.append((f"trial {trial.number}", kept.stats))
+    return closest(goals, measured)
+
+
+def unmet_in_confirmation(confirmation: Confirmation, goals: Goals) -> str:
+    """No finalist (nor the guide's defaults) met the limits in confirmation: the closest."""
+    measured = []
+    for candidate in confirmation.candidates:
+        stats = median_stats(goals, [r.stats for r in confirmation.runs
+                                     if r.label == candidate.label and r.score is not None])
+        if candidate.complete and stats is not None:
+            measured.append((candidate.label, stats))
+    return closest(goals, measured, where="finalist")

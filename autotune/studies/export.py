@@ -67,6 +67,7 @@ class ExportHeader:
     # what the window holds (studies.window.holds), and its warning below the guide's
     context: str = ""
     context_warning: str = ""
+    goals: str = ""  # `objective: p95 latency; targets: p95<=1.5s` (studies with goals)
 
 
 def shell_quote(value: str) -> str:
@@ -103,6 +104,8 @@ def render(settings: Settings, fields: tuple[str, ...], header: ExportHeader,
     if isinstance(header.score_s, (int, float)) and not isinstance(header.score_s, bool):
         lines.append(comment(f"score: {header.score_s:.3f} s (mean latency + spike and "
                              "consistency penalties)"))
+    if header.goals:
+        lines.append(comment(header.goals))
     if header.improvement:
         lines.append(comment(f"improvement over the guide's defaults: {header.improvement}"))
     if header.context:
@@ -276,7 +279,8 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
         study=source, date=date or time.strftime("%Y-%m-%d %H:%M %Z"), score_s=score_s,
         improvement=improvement, notes=tuple(notes),
         context=window.holds(settings.context_window, stats),
-        context_warning=window.warning(settings.context_window) or "")
+        context_warning=window.warning(settings.context_window) or "",
+        goals=record.goals.describe() if record.goals else "")
     gpus = [g.index for g in hardware.gpus] if hardware.gpu_offload else []
     machine = machine_variables(settings, gpus, hardware.system)
     return render(settings, record.tuned_fields, header, machine, fmt)

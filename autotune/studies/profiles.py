@@ -142,20 +142,22 @@ def confirmed_as(point: Point, confirmation: Confirmation) -> CandidateResult | 
 
 def profile_of(name: str, result: CandidateResult | None, confirmation: Confirmation,
                point: Point | None) -> Profile:
-    """A profile from its search point and its confirmation result (when it completed)."""
-    confirmed = result is not None and result.complete and result.median_score_s is not None
+    """A profile from its search point and its confirmation result: confirmed when it
+    finished every round and its medians met every target and budget of the study."""
+    confirmed = (result is not None and result.complete and not result.missed
+                 and result.median_objective is not None)
     runs = [r for r in confirmation.runs
             if confirmed and r.label == result.label and r.score is not None]  # type: ignore[union-attr]
     memories = sorted(m for m in (memory_of(r.stats) for r in runs) if m is not None)
     confirmed_memory = memories[(len(memories) - 1) // 2] if memories else None
     if point is None:  # a winner that was no search point: the guide's defaults
-        assert result is not None and result.median_score_s is not None
-        point = Point(result.trial_number, result.median_score_s, confirmed_memory or 0,
+        assert result is not None and result.median_objective is not None
+        point = Point(result.trial_number, result.median_objective, confirmed_memory or 0,
                       dict(result.settings))
     return Profile(name=name, trial_number=point.trial_number, settings=dict(point.settings),
                    value_s=point.value_s, memory_bytes=point.memory_bytes,
                    confirmed=confirmed,
-                   confirmed_value_s=result.median_score_s if confirmed else None,  # type: ignore[union-attr]
+                   confirmed_value_s=result.median_objective if confirmed else None,  # type: ignore[union-attr]
                    confirmed_memory_bytes=confirmed_memory, rounds=len(runs),
                    label=result.label if confirmed else "")  # type: ignore[union-attr]
 

@@ -15,6 +15,10 @@ Schema versions (`SCHEMA_VERSION`), checked whenever a study is read:
      Added later without a new version, since a reader that does not know them ignores
      them: the study's `machine_class` (a study without it belongs to its host alone) and
      each trial's `sampler_seed`, the host that confirmed the winner.
+  3. the study's `goals` (goals.py): its objective, targets and memory budgets. A trial's
+     value is the objective's quantity, which need not be the score: an autotune that
+     reads only 1 and 2 refuses the study rather than rank its values as scores. Studies
+     of 1 and 2 read with the default goals (the score, no targets).
 
 Example:
     >>> schema_of({"model": {}, "versions": {"schema": "1"}}), schema_of({"model": {}, "schema": 2})
@@ -43,12 +47,13 @@ from autotune.measure.records import (
     from_mapping,
 )
 from autotune.safe_text import visible
+from autotune.search.goals import Goals
 from autotune.search.scoring import Score, Weights
 
 if TYPE_CHECKING:
     import optuna
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 OLDEST_SCHEMA = 1
 
 
@@ -162,6 +167,14 @@ class CandidateResult:
     ok_runs: int
     median_score_s: float | None
     median_mean_s: float | None
+    # the median over its rounds of the study's objective, and of each limit it missed
+    # there (a candidate that missed one cannot win); absent before goals (schema 3)
+    median_objective: float | None = None
+    missed: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: object) -> CandidateResult:
+        return from_mapping(cls, data, {"missed": tuple})
 
     @property
     def complete(self) -> bool:
@@ -178,7 +191,7 @@ class Confirmation:
     def from_dict(cls, data: object) -> Confirmation:
         return from_mapping(cls, data, {
             "runs": lambda rows: tuple(ConfirmRun.from_dict(r) for r in rows),
-            "candidates": lambda rows: tuple(from_mapping(CandidateResult, r) for r in rows)})
+            "candidates": lambda rows: tuple(CandidateResult.from_dict(r) for r in rows)})
 
     def candidate(self, label: str) -> CandidateResult | None:
         return next((c for c in self.candidates if c.label == label), None)
@@ -198,6 +211,7 @@ class Winner:
     host: str = ""  # that ran the confirmation
     # why a larger context window was chosen over the best median score ("" when it was not)
     tie_break: str = ""
+    objective_value: float | None = None  # median over the rounds (schema 3 and later)
 
     @classmethod
     def from_dict(cls, data: object) -> Winner:
@@ -272,12 +286,15 @@ class StudyRecord:
     machine_class: HardwareClass | None = None
     # The front's fastest, knee and leanest, written with the winner (studies/profiles.py).
     profiles: dict[str, Profile] | None = None
+    # What the study minimises and its limits; None: a study older than goals (the score).
+    goals: Goals | None = None
 
     # The attributes written when a study is created, in this order (`schema` last: a tuner
     # joining a study being created waits for it); `space` and `tuned_fields` on every
     # run, `confirmation` and `winner` once a winner is confirmed.
     CREATED: ClassVar[tuple[str, ...]] = ("model", "hardware", "versions", "measurement",
-                                          "weights", "created", "machine_class", "schema")
+                                          "weights", "created", "machine_class", "goals",
+                                          "schema")
 
     @classmethod
     def read(cls, study: optuna.Study) -> StudyRecord:
@@ -306,7 +323,8 @@ class StudyRecord:
                 "weights": lambda d: from_mapping(Weights, d),
                 "space": SpaceSummary.from_dict, "tuned_fields": tuple,
                 "confirmation": Confirmation.from_dict, "winner": Winner.from_dict,
-                "machine_class": HardwareClass.from_dict, "profiles": from_profiles})
+                "machine_class": HardwareClass.from_dict, "profiles": from_profiles,
+                "goals": Goals.from_dict})
         except (RecordError, TypeError, ValueError) as err:
             raise StudyFormatError(f"study {shown}: its record cannot be read "
                                    f"({visible(err, 120)})") from None
@@ -411,6 +429,8 @@ class Contender:
     score_s: float | None
     stats: TrialStats | None  # of its confirmation run with the median score
     trial_number: int | None = None
+    objective_value: float | None = None  # median over its confirmation rounds
+    missed: tuple[str, ...] = ()  # the study's limits it missed there
 
 
 @dataclass(frozen=True)
@@ -437,6 +457,8 @@ class TuneReport:
     tie_break: str = ""
     # what each tuned setting bought, measured (studies.explain), one line each
     explanation: tuple[str, ...] = ()
+    objective: str = "score"  # what the study minimised and the winner was chosen by
+    targets: tuple[str, ...] = ()  # its targets and memory budgets, as `p95<=1.5s`
     kind: ClassVar[str] = "tune"
 
     def to_dict(self) -> dict[str, object]:

@@ -69,7 +69,9 @@ def trial_row(trial: optuna.trial.FrozenTrial, study_name: str = "") -> dict[str
     row: dict[str, object] = {
         "trial": trial.number, "state": trial.state.name, "status": kept.status,
         "reason": kept.reason, "label": kept.label, "trial_host": kept.host,
-        "score_s": trial.value if kept.status == Status.OK else None,
+        # the trial's value is its study's objective, the score only by default
+        "score_s": kept.score.total_s if kept.status == Status.OK and kept.score else None,
+        "value": trial.value if kept.status == Status.OK else None,
         "infeasible": kept.infeasible,
         "started": trial.datetime_start,
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
@@ -122,7 +124,9 @@ def summary_row(study: optuna.Study) -> dict[str, object]:
         "pruned": statuses.count(Status.PRUNED),
         "failed": sum(s is not None and s.failed for s in statuses),
         "best_trial": best.number if best else None,
-        "best_score_s": best.value if best else None,
+        "objective": str(record.goals.objective) if record.goals else "score",
+        "best_value": best.value if best else None,
+        "best_score_s": best_kept.score.total_s if best_kept and best_kept.score else None,
         "best_mean_s": best_kept.stats.mean_s if best_kept and best_kept.stats else None,
         "winner": winner.label if winner else None,
         "winner_score_s": winner.score_s if winner else None,
