@@ -7,6 +7,8 @@ markup in it prints literally and control characters show as escapes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
@@ -15,6 +17,9 @@ from autotune.measure.diagnosis import targets
 from autotune.measure.records import STAT_NAMES, BenchReport, Finding, Status, TrialStats
 from autotune.safe_text import terminal
 from autotune.studies.records import TuneReport
+
+if TYPE_CHECKING:
+    from autotune.search.check import CheckReport
 
 
 def seconds(value: object) -> str:
@@ -152,6 +157,14 @@ def print_tune(console: Console, report: TuneReport) -> None:
     if report.out:
         out = terminal(report.out)
         console.print(f"Wrote {out}: run `. {out}` and restart Jarvis.")
+
+
+def print_check(console: Console, report: CheckReport) -> None:
+    """The verdict in one line, then what changed since the study, one note a line."""
+    style = "green" if report.holds else "red"
+    console.print(f"[{style}]{terminal(report.verdict)}[/]", soft_wrap=True)
+    for note in report.notes:
+        console.print(f"  note: {terminal(note)}", soft_wrap=True)
 
 
 # (label, study-summary column, formatter): the rows of `autotune compare`.
