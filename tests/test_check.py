@@ -62,6 +62,12 @@ def test_without_a_study_it_holds_only_when_measurably_faster() -> None:
     assert verdict(None, None) == (False, None)
 
 
+def test_a_study_that_never_showed_the_file_faster_is_no_bar_the_defaults_clear() -> None:
+    recorded = improvement(1.36, low=0.83, high=2.08)
+    assert verdict(improvement(1.05, low=0.71), recorded) == (False, 1.0)
+    assert verdict(improvement(1.5, low=1.2), recorded) == (True, 1.0)
+
+
 def test_what_changed_since_the_study_is_noted() -> None:
     study = optuna.create_study()
     keep_study_record(study, tuned_fields=list(CORE_FIELDS),
@@ -188,3 +194,12 @@ def test_a_study_of_another_library_and_model_file_is_noted(
     assert "the model file differs from the study's" in notes
     assert "no confirmed winner" in notes
     assert report["tokens_per_request"] == 4  # the hand-made study's
+
+
+def test_the_modules_examples_run() -> None:
+    import doctest
+
+    import autotune.search.check as module
+
+    result = doctest.testmod(module, raise_on_error=False, report=True)
+    assert result.attempted > 0 and result.failed == 0

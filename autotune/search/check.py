@@ -180,18 +180,28 @@ def measurement_notes(record: StudyRecord, measurement: Measurement,
     return notes
 
 
+def recorded_low(recorded: Improvement | None) -> float | None:
+    """The low end of a recorded improvement's spread: its interval's, else its lowest
+    round's (a study confirmed before intervals); None without one."""
+    if recorded is None:
+        return None
+    return recorded.low if recorded.low is not None else recorded.speedup_min
+
+
 def verdict(fresh: Improvement | None, recorded: Improvement | None
             ) -> tuple[bool, float | None]:
     """Whether it holds, and the speedup it had to reach.
 
-    With a recorded improvement: the re-measured speedup at or above the recorded
-    interval's low end (its lowest round, for a study without an interval). Without: the
-    re-measured interval's low end above 1 (its lowest round, when it has no interval).
+    With a recorded improvement: the re-measured speedup at or above the low end of the
+    recorded spread. Without one, or with one whose low end is not above 1 (the study
+    itself never showed the file measurably faster, and the defaults would hold against
+    it): the re-measured interval's low end above 1 (its lowest round, without an
+    interval).
     """
     if fresh is None:
         return False, None
-    if recorded is not None:
-        need = recorded.low if recorded.low is not None else recorded.speedup_min
+    need = recorded_low(recorded)
+    if need is not None and need > 1.0:
         return fresh.speedup >= need, need
     low = fresh.low if fresh.low is not None else fresh.speedup_min
     return low > 1.0, 1.0
@@ -210,18 +220,18 @@ def say(file: str, holds: bool, fresh: Improvement | None, recorded: Improvement
     if fresh.low is not None and fresh.high is not None:
         measured += f", {fresh.confidence:.0%} within {fresh.low:.2f}x-{fresh.high:.2f}x"
     measured += ")"
-    if recorded is not None:
-        spread = (f"{recorded.confidence:.0%} within {recorded.low:.2f}x-{recorded.high:.2f}x"
-                  if recorded.low is not None and recorded.high is not None
-                  else f"{recorded.speedup_min:.2f}x-{recorded.speedup_max:.2f}x over rounds")
-        against = (f"the low end of what study {visible(study, 120)} recorded "
-                   f"({recorded.speedup:.2f}x, {spread})")
-        if holds:
-            return f"holds: {shown}: {measured}; at or above {need:.2f}x, {against}"
-        return f"does not hold: {shown}: {measured}; below {need:.2f}x, {against}"
-    if holds:
-        return f"holds: {shown}: {measured}; measurably faster"
-    return f"does not hold: {shown}: {measured}; not measurably faster"
+    head = f"holds: {shown}: {measured}; " if holds else f"does not hold: {shown}: {measured}; "
+    if recorded is None:
+        return head + ("measurably faster" if holds else "not measurably faster")
+    spread = (f"{recorded.confidence:.0%} within {recorded.low:.2f}x-{recorded.high:.2f}x"
+              if recorded.low is not None and recorded.high is not None
+              else f"{recorded.speedup_min:.2f}x-{recorded.speedup_max:.2f}x over rounds")
+    what = f"study {visible(study, 120)} recorded {recorded.speedup:.2f}x ({spread})"
+    if need <= (recorded_low(recorded) or 0.0):
+        where = "at or above" if holds else "below"
+        return head + f"{where} {need:.2f}x, the low end of what {what}"
+    return head + ("measurably faster" if holds else "not measurably faster") + (
+        f"; {what}, never measurably faster itself")
 
 
 def first_failure(runs: tuple[ConfirmRun, ...]) -> str | None:
