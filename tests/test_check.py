@@ -15,7 +15,7 @@ from conftest import QUICK_STUDY, keep_study_record, make_hardware
 from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.hardware import machine_class
 from autotune.measure.settings import CORE_FIELDS, Settings
-from autotune.search.check import changes, verdict
+from autotune.search.check import CheckOptions, changes, find_study, verdict
 from autotune.studies import export
 from autotune.studies.records import Improvement, StudyRecord
 from autotune.studies.storage import open_storage
@@ -82,6 +82,29 @@ def test_what_changed_since_the_study_is_noted() -> None:
     assert "the model file differs from the study's" in text
     assert "physical cores: 8, not 2" in text
     assert "no confirmed winner" in text
+
+
+def test_a_study_the_header_names_is_found_and_a_missing_one_is_a_note(tmp_path: Path
+                                                                      ) -> None:
+    hand_made_study(tmp_path / "studies", "known@box")
+    for name in ("known@box", "gone@box"):
+        write_export(tmp_path / f"{name}.env", Settings(n_threads=2), f"{name}, trial 1 (ok)")
+    found, record, notes = find_study(tmp_path / "known@box.env",
+                                      CheckOptions(studies_dir=str(tmp_path / "studies")))
+    assert (found, record.measurement.tokens_per_request, notes) == ("known@box", 4, [])
+    for folder in ("studies", "nowhere"):  # no such study; no storage at all
+        found, record, (note,) = find_study(tmp_path / "gone@box.env",
+                                            CheckOptions(studies_dir=str(tmp_path / folder)))
+        assert (found, record) == (None, None)
+        assert note.startswith("study 'gone@box', named in the file's header, is not in ")
+
+
+def test_a_study_the_header_names_that_cannot_be_read_is_a_note(tmp_path: Path) -> None:
+    hand_made_study(tmp_path / "studies", "new@box", schema=99)
+    write_export(tmp_path / "jarvis.env", Settings(n_threads=2), "new@box, trial 1 (ok)")
+    _, record, (note,) = find_study(tmp_path / "jarvis.env",
+                                    CheckOptions(studies_dir=str(tmp_path / "studies")))
+    assert record is None and "written by a newer autotune" in note
 
 
 # --- bad input: one line, exit 2, before anything is measured ---------------------------

@@ -46,6 +46,7 @@ from autotune.studies.records import (
     CandidateResult,
     ConfirmRun,
     Improvement,
+    StudyFormatError,
     StudyRecord,
     output,
 )
@@ -126,11 +127,18 @@ def find_study(file: str | os.PathLike[str], options: CheckOptions
     try:
         storage = open_storage(options.studies_dir, options.storage, create=False)
         return name, StudyRecord.read(load_study(name, storage)), []
-    except AutotuneError as err:
+    except StudyFormatError as err:
         if named:
             raise
-        return None, None, [f"study {name!r} named in the file's header cannot be read "
-                            f"({err}): no recorded spread to hold it against"]
+        why = str(err)
+    except AutotuneError:
+        if named:
+            raise
+        why = (f"study {visible(repr(name), 120)}, named in the file's header, is not in "
+               f"{location(options.studies_dir, options.storage)}")
+    return None, None, [f"{why}: no recorded spread to hold the file against; checked "
+                        "against the guide's defaults alone (it holds when measurably "
+                        "faster)"]
 
 
 def changes(record: StudyRecord, model: ModelInfo, machine: HardwareClass,
