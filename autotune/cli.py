@@ -110,7 +110,8 @@ def cli() -> None:
     """Measure, don't guess: tune a local GGUF assistant backend's JARVIS_* settings.
 
     `autotune MODEL.gguf` runs the tuner (the `tune` command); `autotune bench MODEL.gguf`
-    measures one configuration; `compare`, `show` and `export` read kept studies.
+    measures one configuration; `compare`, `show` and `export` read kept studies;
+    `autotune check FILE MODEL` says whether a tuned file still beats the guide's defaults.
     """
     quiet_libraries()
 
