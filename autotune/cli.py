@@ -148,7 +148,8 @@ def cli() -> None:
     """Measure, don't guess: tune a local GGUF assistant backend's JARVIS_* settings.
 
     `autotune MODEL.gguf` runs the tuner (the `tune` command); `autotune bench MODEL.gguf`
-    measures one configuration; `compare`, `show` and `export` read kept studies.
+    measures one configuration; `compare`, `show` and `export` read kept studies;
+    `autotune check FILE MODEL` says whether a tuned file still beats the guide's defaults.
     """
     quiet_libraries()
 
@@ -583,6 +584,72 @@ def export_command(study: str, studies_dir: str | None, storage: str | None,
         click.echo(f"Wrote {visible(out)}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+@cli.command(name="check")
+@click.argument("file")
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(1),
+              help="Interleaved rounds of the file and the guide's defaults.")
+@click.option("--tokens", type=click.IntRange(1), default=None,
+              help="Tokens generated per request  [default: the study's, else "
+                   f"{bench_lib.DEFAULT_TOKENS}]")
+@click.option("--workload", "workload_file", metavar="FILE",
+              help="Conversations as JSONL (default: the built-in assistant workload); "
+                   "pass the study's own, if it was tuned on one.")
+@click.option("--trial-timeout", default=300.0, show_default=True, type=click.FloatRange(1),
+              help="Wall-clock limit of one run, seconds.")
+@click.option("--study", "study_name", metavar="NAME",
+              help="The study to hold the file against  [default: the one its header names]")
+@storage_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
+@no_wait_option
+def check_command(file: str, model: str, rounds: int, tokens: int | None,
+                  workload_file: str | None, trial_timeout: float, study_name: str | None,
+                  studies_dir: str | None, storage: str | None, as_json: bool,
+                  no_wait: bool) -> None:
+    """Does a tuned FILE still beat the guide's defaults on MODEL, here and now?
+
+    Re-measures FILE (an export script `autotune MODEL` or `autotune export` wrote) and
+    the guide's defaults, interleaved over --rounds, and says in one line whether the
+    improvement holds: at or above the low end of the spread its study recorded (the
+    study its header names, or --study), or, with no study to be found, measurably
+    faster than the defaults. It notes when llama-cpp-python, the model file or the kind
+    of machine changed since the study, and when FILE differs from the study's winner.
+    What to run after an upgrade, or from cron.
+
+    \b
+    Examples:
+      autotune check jarvis.env model.gguf              # after upgrading llama-cpp-python
+      autotune check jarvis.env model.gguf --rounds 4   # a tighter answer, twice the time
+      autotune check jarvis.conf model.gguf --study MODEL@CLASS --storage sqlite:///s.db
+      0 4 * * 1 autotune check ~/jarvis.env ~/models/m.gguf --no-wait --json >> check.log
+
+    Exit status: 0 it holds, 1 it does not (or a run failed, or --no-wait found the
+    machine busy), 2 bad input.
+    """
+    from autotune.report import print_check
+    from autotune.search.check import CheckOptions
+    from autotune.search.check import check as check_lib
+
+    options = CheckOptions(
+        rounds=rounds, tokens_per_request=tokens,
+        workload=load_workload(workload_file) if workload_file else None,
+        trial_timeout_s=trial_timeout, study_name=study_name,
+        studies_dir=studies_folder(studies_dir, storage), storage=storage, wait=not no_wait)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                        transient=True, disable=not err_console.is_terminal)
+    with progress:
+        task = progress.add_task(f"checking 0/{2 * rounds}", total=2 * rounds)
+        report = check_lib(file, model, options,
+                           on_event=lambda event: print_event(progress, task, event))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_check(out_console(), report)
+    if not report.holds:
+        raise click.exceptions.Exit(1)
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ markup in it prints literally and control characters show as escapes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
@@ -16,6 +18,9 @@ from autotune.measure.records import STAT_NAMES, BenchReport, Finding, Status, T
 from autotune.measure.settings import BY_FIELD
 from autotune.safe_text import terminal
 from autotune.studies.records import Profile, TuneReport
+
+if TYPE_CHECKING:
+    from autotune.search.check import CheckReport
 
 
 def seconds(value: object) -> str:
@@ -207,6 +212,14 @@ def print_goals(console: Console, report: TuneReport) -> None:
                     else "met them")
         console.print(f"Targets ({terminal(', '.join(report.targets))}): the winner met every "
                       f"one; the {DEFAULTS_LABEL} {terminal(defaults)}.")
+
+
+def print_check(console: Console, report: CheckReport) -> None:
+    """The verdict in one line, then what changed since the study, one note a line."""
+    style = "green" if report.holds else "red"
+    console.print(f"[{style}]{terminal(report.verdict)}[/]", soft_wrap=True)
+    for note in report.notes:
+        console.print(f"  note: {terminal(note)}", soft_wrap=True)
 
 
 # (label, study-summary column, formatter): the rows of `autotune compare`.
