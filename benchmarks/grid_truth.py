@@ -43,7 +43,7 @@ from autotune.measure.records import TrialResult
 from autotune.measure.settings import Settings
 from autotune.measure.workload import builtin_workload, load_workload
 from autotune.search.scoring import Weights, score
-from autotune.search.space import build_space
+from autotune.search.space import MIN_CONTEXT, build_space
 from autotune.search.study import Measurement, versions
 
 FORMAT = "autotune-grid"
@@ -255,7 +255,9 @@ def main(argv: list[str] | None = None) -> None:
 
     model = inspect_model(args.model or demo_model_path())
     machine = detect()
-    space = build_space(model, machine)
+    # the whole range, as `--min-context 512` searches it: the tuner's default floor is a
+    # promise to the user, and the grid measures what lies below it too
+    space = build_space(model, machine, min_context=MIN_CONTEXT)
     workload = load_workload(args.workload) if args.workload else builtin_workload()
     measurement = Measurement(workload, tokens_per_request=tokens)
     cells = grid_cells(space, space.baselines(model, machine), contexts, cache_sizes,

@@ -43,11 +43,11 @@ def speed(settings: dict) -> float:
 
 def synthetic_grid(repeats: int = 3, seed: int = 0) -> dict:
     grid_truth = load("grid_truth")
-    from autotune.search.space import build_space
+    from autotune.search.space import MIN_CONTEXT, build_space
 
     machine = make_hardware(logical_cores=2, physical_cores=2)
     model = make_model()  # trained on 8192: the advice's 8192 window lies beside the grid
-    space = build_space(model, machine)
+    space = build_space(model, machine, min_context=MIN_CONTEXT)  # the whole range
     cells = grid_truth.grid_cells(space, space.baselines(model, machine), (1024, 4096),
                                   (1, 100))
     rng = random.Random(seed)
