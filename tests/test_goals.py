@@ -187,6 +187,9 @@ def test_resuming_with_other_goals_is_refused() -> None:
 
 # --- real studies ----------------------------------------------------------------------
 
+TAIL_TOKENS = "16"  # tokens a request in the tail test: 8 threads' contention shows
+
+
 def tune(run_cli: Run, model: Path, workload: Path, folder: Path, *extra: str
          ) -> subprocess.CompletedProcess[str]:
     return run_cli(str(model), "--studies-dir", str(folder / "studies"), "--workload",
@@ -195,7 +198,7 @@ def tune(run_cli: Run, model: Path, workload: Path, folder: Path, *extra: str
 
 
 def bench_p95(run_cli: Run, model: Path, workload: Path, folder: Path, threads: int) -> float:
-    done = run_cli("bench", str(model), "--workload", str(workload), "--tokens", "4",
+    done = run_cli("bench", str(model), "--workload", str(workload), "--tokens", TAIL_TOKENS,
                    "--json", cwd=folder, env={"JARVIS_N_THREADS": str(threads)})
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["stats"]["p95_s"]
@@ -211,14 +214,14 @@ def study_of(folder: Path) -> optuna.Study:
 def test_a_p95_target_that_rules_out_the_defaults_is_met_by_the_winner(
         model_path: Path, tiny_workload_file: Path, tmp_path: Path, run_cli: Run) -> None:
     # 8 threads on a 2-core machine are slower than 1, quiet (the threads contend) or busy
-    # (other processes hold a core, and 2 threads wait on each other); measured here first
+    # (other processes hold a core, and 2 threads wait on each other): at 16 tokens a
+    # request, 2.6x at the p95 on a quiet machine. Measured here first.
     defaults = bench_p95(run_cli, model_path, tiny_workload_file, tmp_path, 8)
     one = bench_p95(run_cli, model_path, tiny_workload_file, tmp_path, 1)
-    if defaults < 1.5 * one:
-        pytest.skip(f"8 threads (p95 {defaults:.2f} s) not clearly slower than 1 (p95 "
-                    f"{one:.2f} s) on this machine now: no target separates them")
+    assert defaults > 1.5 * one, f"8 threads p95 {defaults:.2f} s, 1 thread {one:.2f} s"
     limit = (defaults * one) ** 0.5
     done = tune(run_cli, model_path, tiny_workload_file, tmp_path, "--trials", "3",
+                "--tokens", TAIL_TOKENS,
                 "--fix", "n_threads=1", "--objective", "p95", "--target", f"p95<={limit:.3f}s",
                 "--study-name", "tail")
     assert done.returncode == 0, done.stderr
@@ -231,6 +234,7 @@ def test_a_p95_target_that_rules_out_the_defaults_is_met_by_the_winner(
     assert f"# objective: p95 latency; targets: p95<={limit:.3f}s\n" in header
     # the study's values are p95s; resuming it for another objective is refused
     again = tune(run_cli, model_path, tiny_workload_file, tmp_path, "--trials", "1",
+                 "--tokens", TAIL_TOKENS,
                  "--fix", "n_threads=1", "--objective", "mean", "--study-name", "tail",
                  "--force")
     assert again.returncode == 2
@@ -244,7 +248,8 @@ def test_a_memory_budget_below_the_defaults_peak_keeps_every_feasible_trial_unde
     # 1024 at ~260 MiB, 512 at ~221 MiB; seed 1 on host goals-test samples 1024 third
     budget = 290 * MiB
     done = tune(run_cli, model_path, tiny_workload_file, tmp_path, "--trials", "3",
-                "--fix", "n_threads=2", "--max-memory", "290MiB", "--seed", "1")
+                "--fix", "n_threads=2", "--max-memory", "290MiB", "--seed", "1",
+                "--min-context", "512")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["targets"] == ["peak memory<=290 MiB"]

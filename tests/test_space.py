@@ -154,3 +154,12 @@ def test_the_baselines_lie_inside_the_space_at_or_above_its_floor(model: ModelIn
     for _label, params, _pinned in space.baselines(model, machine()):
         assert params["context_window"] in space.context_choices
         assert params["context_window"] >= space.min_context
+
+
+def test_a_window_pinned_below_the_floor_is_refused_until_the_floor_is_lowered(
+        model: ModelInfo) -> None:
+    machine = make_hardware()
+    with pytest.raises(AutotuneError, match="below the context window's floor 4096"):
+        build_space(model, machine, fixed={"context_window": 1024})
+    space = build_space(model, machine, fixed={"context_window": 1024}, min_context=1024)
+    assert space.fixed["context_window"] == 1024

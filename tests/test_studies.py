@@ -127,12 +127,12 @@ def test_show_lists_trials_and_writes_its_plots(two_studies: Path, tmp_path: Pat
     assert "guide defaults" in done.stdout and "Confirmed winner" in done.stdout
     written = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert written == [f"tiny-study-{k}.html" for k in
-                       ("optimization_history", "parallel_coordinate", "slice")]
+                       ("front", "optimization_history", "parallel_coordinate", "slice")]
     png = run_cli("show", "tiny-study", "--studies-dir", str(two_studies / "studies"),
                   "--plots", str(tmp_path / "png"), "--plot-format", "png", "--json",
                   cwd=two_studies)
     report = json.loads(png.stdout)
-    assert len(report["trials"]) == 3 and len(report["plots"]) == 3
+    assert len(report["trials"]) == 3 and len(report["plots"]) == 4
     assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in report["plots"])
 
 

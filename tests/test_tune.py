@@ -175,6 +175,7 @@ def test_a_context_that_drops_history_is_never_the_winner(model_path: Path, tmp_
                                                            run_cli: Run) -> None:
     # The built-in workload overflows 512 tokens on its last turns: fast, but it forgets.
     done = run_cli(str(model_path), "--trials", "2", "--fix", "context_window=512",
+                   "--min-context", "512",
                    "--studies-dir", str(tmp_path / "studies"), "--out", str(tmp_path / "j.env"),
                    *QUICK, cwd=tmp_path)
     assert done.returncode == 1

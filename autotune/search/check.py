@@ -269,7 +269,7 @@ def check(file: str | os.PathLike[str], model_path: str | os.PathLike[str],
     weights = record.weights if record else Weights()
     measurement = Measurement(options.workload or builtin_workload(), tokens,
                               record.measurement.clients if record else 1,
-                              options.trial_timeout_s, weights, lock, costs)
+                              options.trial_timeout_s, weights, lock=lock, costs=costs)
     if record is not None:
         notes += changes(record, model, machine_class(detect()), settings, llama_cpp_version())
         notes += measurement_notes(record, measurement, options.tokens_per_request is not None)

@@ -191,6 +191,11 @@ def build_space(model: ModelInfo, machine: Hardware, extended: bool = False,
                else "what half the available memory holds beside the model")
         notes.append(f"context window floor {floor} lowered to {choices[0]}: {why}")
         floor = choices[0]
+    pinned = fixed.get("context_window")
+    if isinstance(pinned, int) and pinned < floor:
+        raise AutotuneError(Option("fixes", f"context_window={pinned}"), " is below the "
+                            f"context window's floor {floor}; pass ",
+                            Option("min_context", pinned), " as well to measure it")
     gpu_layers = None
     if machine.can_offload:
         gpu_layers = (-1, model.n_layers + 1)

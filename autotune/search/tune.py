@@ -155,7 +155,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                        lambda holder: on_event(Waiting(holder.describe())))
     measurement = Measurement(options.workload or builtin_workload(), options.tokens_per_request,
                               options.clients, options.trial_timeout_s, options.weights,
-                              options.goals, lock, costs)
+                              options.goals, lock=lock, costs=costs)
     with costs.timing("setup_s"):
         storage = open_storage(options.studies_dir, options.storage,
                                longest_trial_s=options.trial_timeout_s)

@@ -243,7 +243,12 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
     notes = record.space.notes if record.space else ()
     if profile is not None:
         chosen = profile_to_export(study, record, trial_number, profile)
-        settings, score_s = Settings.from_dict(chosen.settings), chosen.shown_value_s
+        settings = Settings.from_dict(chosen.settings)
+        scored = record.goals is None or record.goals.objective == "score"
+        score_s = chosen.shown_value_s if scored else None  # else the note gives its value
+        stats = next((TrialRecord.read(t, study.study_name).stats
+                      for t in study.get_trials(deepcopy=False)
+                      if t.number == chosen.trial_number), None)
         is_winner = record.winner is not None and chosen.label == record.winner.label
         improvement = (describe(record.winner.improvement)
                        if is_winner and record.winner is not None else "")
