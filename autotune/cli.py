@@ -531,7 +531,8 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
                               indent=2, default=str))
         return
     console = out_console()
-    console.print(trials_table(rows, list(record.tuned_fields)))
+    objective = str(record.goals.objective) if record.goals else "score"
+    console.print(trials_table(rows, list(record.tuned_fields), objective))
     if scores:
         console.print(importance_table(scores, importance.evaluator))
         for caveat in importance.caveats:

@@ -278,17 +278,22 @@ def present(value: object, fmt) -> str:
     return terminal(fmt(value))
 
 
-def trials_table(trials: list[dict], fields: list[str]) -> Table:
-    """A study's trials: outcome, score, latency, and the settings each tried."""
-    table = Table(title="Trials")
-    for name in ("#", "status", "score", "mean", "p95", *fields):
+def trials_table(trials: list[dict], fields: list[str], objective: str = "score") -> Table:
+    """A study's trials: outcome, score (and the study's own objective, when it is another),
+    latency, and the settings each tried."""
+    table = Table(title="Trials" if objective == "score" else
+                  f"Trials (the study minimises {terminal(objective)})")
+    value = () if objective == "score" else (f"value ({terminal(objective)})",)
+    for name in ("#", "status", *value, "score", "mean", "p95", *fields):
         table.add_column(name, justify="right" if name != "status" else "left")
     for row in trials:
         status = row["status"] or row["state"].lower()
         if row.get("label"):
             status += f" ({row['label']})"
-        table.add_row(str(row["trial"]), terminal(status), present(row["score_s"], seconds),
-                      present(row["mean_s"], seconds), present(row["p95_s"], seconds),
+        values = (present(row["value"], seconds),) if value else ()
+        table.add_row(str(row["trial"]), terminal(status), *values,
+                      present(row["score_s"], seconds), present(row["mean_s"], seconds),
+                      present(row["p95_s"], seconds),
                       *(present(row.get(f), str) for f in fields))
     return table
 

@@ -99,7 +99,7 @@ def test_a_trial_gets_one_constraint_per_limit_and_says_what_it_missed() -> None
     assert constraints["target:cv"] > 0  # a strict limit reached exactly is missed
     assert constraints["target:memory"] == -50 * MiB
     assert constraints["target:gpu_memory"] == 0.0  # not measured: no GPU
-    assert goals.missed(stats) == ("p95 1.25 s (0.25 s over p95<=1s)",
+    assert goals.missed(stats) == ("p95 1.250 s (0.250 s over p95<=1s)",
                                    "cv 0.5 (1.11e-16 over cv<0.5)")
     assert goals.describe() == ("objective: score (mean latency + spike and consistency "
                                 "penalties); targets: p95<=1s, cv<0.5, peak memory<=300 MiB, "
@@ -117,7 +117,7 @@ def test_the_closest_candidate_is_named_with_its_margin() -> None:
     goals = Goals(targets=(Target.parse("p95<=0.3s"),))
     measured = [("trial 2", TrialStats(p95_s=0.9)), ("trial 4", TrialStats(p95_s=0.41))]
     assert closest(goals, measured) == ("no trial met p95<=0.3s: closest was trial 4, p95 "
-                                        "0.41 s (0.11 s over p95<=0.3s)")
+                                        "0.410 s (0.110 s over p95<=0.3s)")
     assert "no trial finished" in closest(goals, [])
 
 

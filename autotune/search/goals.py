@@ -145,7 +145,7 @@ class Target:
         if self.unit == "B":
             return size_text(value)
         if self.unit == "s":
-            return f"{value:g}s" if compact else f"{value:.3g} s"
+            return f"{value:g}s" if compact else f"{value:.3f} s"
         return f"{value:g}" if compact else f"{value:.3g}"
 
     def measured(self, stats: TrialStats) -> float | None:
@@ -165,7 +165,7 @@ class Target:
         return over
 
     def missed(self, stats: TrialStats) -> str | None:
-        """`p95 0.41 s (0.11 s over p95<=0.3s)` when missed, else None."""
+        """`p95 0.410 s (0.110 s over p95<=0.3s)` when missed, else None."""
         over = self.excess(stats)
         if over <= 0:
             return None
