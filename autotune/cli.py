@@ -540,7 +540,7 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
     else:
         console.print("Parameter importance: needs at least 3 finished trials that differ.")
     if line:
-        console.print(front_table(line, profiles))
+        console.print(front_table(line, profiles, record.tuned_fields))
     if record.winner:
         console.print(f"Confirmed winner: {terminal(record.winner.label)}, score "
                       f"{terminal(seconds(record.winner.score_s))}")

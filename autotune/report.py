@@ -15,7 +15,7 @@ from rich.table import Table
 from autotune.guide import DEFAULTS_LABEL
 from autotune.measure.diagnosis import targets
 from autotune.measure.records import STAT_NAMES, BenchReport, Finding, Status, TrialStats
-from autotune.measure.settings import BY_FIELD
+from autotune.measure.settings import BY_FIELD, BY_NAME, format_value
 from autotune.safe_text import terminal
 from autotune.studies.records import Profile, TuneReport
 
@@ -177,7 +177,8 @@ def print_tune(console: Console, report: TuneReport) -> None:
     best = " ".join(f"{k}={v}" for k, v in report.best.items())
     console.print(f"Best: {terminal(best)}")
     if report.profiles:
-        console.print(profiles_table(report.profiles))
+        fields = [BY_NAME[name].field for name in report.best if name in BY_NAME]
+        console.print(profiles_table(report.profiles, fields))
     if report.context:
         console.print(f"The {terminal(report.context)}.")
     if report.context_warning:
@@ -307,13 +308,14 @@ def importance_table(scores: dict[str, float], evaluator: str) -> Table:
     return table
 
 
-def short_settings(settings: dict[str, object]) -> str:
-    """`N_THREADS=2 MODEL_CONTEXT_WINDOW=4096 ...`: a configuration in one cell."""
-    return " ".join(f"{BY_FIELD[k].name.removeprefix('JARVIS_')}={v}"
-                    for k, v in settings.items() if k in BY_FIELD)
+def short_settings(settings: dict[str, object], fields: tuple[str, ...] | list[str]) -> str:
+    """`MODEL_CONTEXT_WINDOW=4096 N_THREADS=2 ...`: the tuned `fields` of a configuration."""
+    return " ".join(f"{BY_FIELD[k].name.removeprefix('JARVIS_')}={format_value(settings[k])}"
+                    for k in fields if k in settings and k in BY_FIELD)
 
 
-def profiles_table(profiles: tuple[Profile, ...] | list[Profile]) -> Table:
+def profiles_table(profiles: tuple[Profile, ...] | list[Profile],
+                   fields: tuple[str, ...] | list[str]) -> Table:
     """The study's profiles: `autotune export STUDY --profile NAME` writes each."""
     table = Table(title="Profiles (autotune export STUDY --profile NAME)")
     for column in ("profile", "configuration", "latency", "peak memory", "confirmed"):
@@ -322,14 +324,16 @@ def profiles_table(profiles: tuple[Profile, ...] | list[Profile]) -> Table:
     for profile in profiles:
         where = profile.label or f"trial {profile.trial_number}"
         confirmed = (f"yes, {profile.rounds} round{'s' if profile.rounds != 1 else ''}"
-                     if profile.confirmed else "no: one search run")
-        table.add_row(profile.name, terminal(f"{where}: {short_settings(profile.settings)}"),
+                     if profile.confirmed else f"no: {profile.search_run}")
+        table.add_row(profile.name,
+                      terminal(f"{where}: {short_settings(profile.settings, fields)}"),
                       seconds(profile.shown_value_s), mebibytes(profile.shown_memory_bytes),
                       confirmed)
     return table
 
 
-def front_table(points: list, profiles: dict[str, Profile]) -> Table:
+def front_table(points: list, profiles: dict[str, Profile],
+                fields: tuple[str, ...] | list[str]) -> Table:
     """The feasible trials no other beats on both latency and peak memory."""
     table = Table(title="Latency against peak memory: the front (fastest first)")
     for column in ("trial", "value", "peak memory", "profile", "configuration"):
@@ -337,7 +341,10 @@ def front_table(points: list, profiles: dict[str, Profile]) -> Table:
     for point in points:
         names = ", ".join(n for n, p in profiles.items()
                           if p.trial_number == point.trial_number)
-        table.add_row(str(point.trial_number), seconds(point.value_s),
+        value = seconds(point.value_s)
+        if point.estimated_from:
+            value = f"~{value} (pruned: {point.estimated_from} requests)"
+        table.add_row(str(point.trial_number), value,
                       mebibytes(point.memory_bytes), names,
-                      terminal(short_settings(point.settings)))
+                      terminal(short_settings(point.settings, fields)))
     return table

@@ -50,6 +50,27 @@ def test_the_knee_is_the_point_nearest_the_ideal_corner() -> None:
     assert choose(line)["balanced"].trial_number == 1
 
 
+def test_a_pruned_trial_may_be_lean_or_balanced_but_never_fast() -> None:
+    whole = Point(0, 1.0, 2000 * MIB)
+    quick_guess = Point(1, 0.8, 1900 * MIB, estimated_from=5)  # looked faster, was pruned
+    lean_guess = Point(2, 1.4, 300 * MIB, estimated_from=6)
+    chosen = choose([whole, quick_guess, lean_guess])
+    assert chosen["fast"] == whole
+    assert chosen["lean"] == lean_guess
+    assert choose([quick_guess]) == {}  # no whole measurement: no profile
+
+
+def test_an_estimated_profile_says_so_until_confirmed() -> None:
+    points = [Point(3, 0.70, 400 * MIB, settings(8192)),
+              Point(6, 0.95, 200 * MIB, settings(512, threads=1), estimated_from=5)]
+    winner = result("trial 3", 3, 8192, 0.72)
+    confirmation = Confirmation(runs=(run("trial 3", 0, 0.71, 410 * MIB, 3),),
+                                candidates=(winner,))
+    lean = kept_profiles(points, confirmation, winner)["lean"]
+    assert not lean.confirmed and lean.estimated_from == 5
+    assert "estimated from the 5 requests its pruned trial ran" in lean.describe()
+
+
 def run(label: str, round_no: int, value: float, rss: int, number: int | None) -> ConfirmRun:
     return ConfirmRun(round=round_no, label=label, status=Status.OK, reason="",
                       trial_number=number, settings={}, score=score([value]),

@@ -13,6 +13,11 @@ strictly better in one. From the front:
 A profile that saves less than `MIN_SAVING` of `fast`'s memory is `fast` itself: a few
 megabytes are within what one run to the next varies, and not worth a slower reply.
 
+The pruner stops a candidate slower than the best, whatever its memory, so a pruned trial
+stands on the front too, its value estimated from the requests it ran (`pruned_estimate`);
+`fast` is always a whole measurement, and `balanced` and `lean` are re-measured whole in
+confirmation before they are called confirmed.
+
 Example:
     >>> points = [Point(0, 1.0, 400), Point(1, 1.1, 300), Point(2, 2.0, 200),
     ...           Point(3, 1.5, 450)]  # 3 is slower and heavier than 0: not on the front
@@ -33,17 +38,21 @@ import optuna
 
 from autotune.measure.records import TrialStats
 from autotune.measure.settings import Settings
+from autotune.search.goals import Goals
+from autotune.search.scoring import Weights, score
 from autotune.search.space import BASELINE_LABEL
 from autotune.search.study import feasible
 from autotune.studies.records import (
     CandidateResult,
     Confirmation,
     Profile,
+    StudyRecord,
     TrialRecord,
 )
 
 PROFILES = ("fast", "balanced", "lean")
 MIN_SAVING = 0.05
+ESTIMATE_REQUESTS = 4  # a pruned trial's requests, at least, to stand on the front
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,8 @@ class Point:
     memory_bytes: int
     settings: dict[str, object] = field(default_factory=dict, compare=False)
     label: str = field(default="", compare=False)  # a baseline's, e.g. `guide defaults`
+    # 0: measured whole; else the requests a pruned trial ran before it was stopped
+    estimated_from: int = field(default=0, compare=False)
 
 
 def memory_of(stats: TrialStats | None) -> int | None:
@@ -65,20 +76,46 @@ def memory_of(stats: TrialStats | None) -> int | None:
 
 
 def points_of(study: optuna.Study) -> list[Point]:
-    """The study's feasible trials as points, the best run of each distinct setting."""
+    """The study's feasible trials as points, and its pruned ones as estimates; the best
+    run of each distinct setting, a whole one before an estimate."""
+    record = StudyRecord.read(study)
+    goals = record.goals or Goals()
     best: dict[tuple, Point] = {}
     for trial in study.get_trials(deepcopy=False):
-        if not feasible(trial, study.study_name) or trial.value is None:
-            continue
         kept = TrialRecord.read(trial, study.study_name)
         memory = memory_of(kept.stats)
         if kept.settings is None or memory is None:
             continue
+        if feasible(trial, study.study_name) and trial.value is not None:
+            point = Point(trial.number, trial.value, memory, dict(kept.settings),
+                          kept.label or "")
+        elif (value := pruned_estimate(trial, kept, goals, record.weights)) is not None:
+            point = Point(trial.number, value, memory, dict(kept.settings), kept.label or "",
+                          estimated_from=len(kept.latencies))
+        else:
+            continue
         key = tuple(sorted(kept.settings.items()))
-        point = Point(trial.number, trial.value, memory, dict(kept.settings), kept.label or "")
-        if key not in best or point.value_s < best[key].value_s:
+        if key not in best or (point.estimated_from, point.value_s) < (
+                best[key].estimated_from, best[key].value_s):
             best[key] = point
     return list(best.values())
+
+
+def pruned_estimate(trial: optuna.trial.FrozenTrial, kept: TrialRecord, goals: Goals,
+                    weights: Weights) -> float | None:
+    """A pruned trial's value from the requests it ran, when they are enough to go on
+    (`ESTIMATE_REQUESTS`) and broke no limit of the study; None otherwise.
+
+    The pruner stops a candidate that is slower than the best, which says nothing of its
+    memory: a leaner, somewhat slower configuration is pruned as readily as a bad one. So
+    pruned trials stand on the front as estimates, and a profile chosen from one is
+    re-measured whole in confirmation before it is called confirmed.
+    """
+    if (trial.state != optuna.trial.TrialState.PRUNED or kept.stats is None
+            or len(kept.latencies) < ESTIMATE_REQUESTS or kept.stats.reloads
+            or goals.missed(kept.stats)):
+        return None
+    return goals.objective.value(kept.stats, score(kept.latencies, weights))
 
 
 def front(points: Iterable[Point]) -> list[Point]:
@@ -92,16 +129,21 @@ def front(points: Iterable[Point]) -> list[Point]:
 
 
 def choose(points: Iterable[Point]) -> dict[str, Point]:
-    """The three profiles of the front; empty when there is no point."""
-    line = front(points)
-    if not line:
+    """The three profiles: `fast` the fastest whole measurement, `lean` and `balanced`
+    from the front's points leaner than it (estimates included); empty without a point."""
+    points = list(points)
+    whole = [p for p in points if not p.estimated_from]
+    if not whole:
         return {}
-    fast, lean = line[0], line[-1]
-    value_span = (lean.value_s - fast.value_s) or 1.0
-    memory_span = (fast.memory_bytes - lean.memory_bytes) or 1
-    knee = min(line, key=lambda p: (math.hypot((p.value_s - fast.value_s) / value_span,
-                                               (p.memory_bytes - lean.memory_bytes)
-                                               / memory_span), p.value_s))
+    fast = min(whole, key=lambda p: (p.value_s, p.memory_bytes))
+    line = [fast, *(p for p in front(points) if p.memory_bytes < fast.memory_bytes)]
+    values, memories = [p.value_s for p in line], [p.memory_bytes for p in line]
+    value_span = (max(values) - min(values)) or 1.0
+    memory_span = (max(memories) - min(memories)) or 1
+    lean = min(line, key=lambda p: (p.memory_bytes, p.value_s))
+    knee = min(line, key=lambda p: (math.hypot((p.value_s - min(values)) / value_span,
+                                               (p.memory_bytes - min(memories)) / memory_span),
+                                    p.value_s))
     return {"fast": fast, "balanced": worth(knee, fast), "lean": worth(lean, fast)}
 
 
@@ -159,12 +201,14 @@ def profile_of(name: str, result: CandidateResult | None, confirmation: Confirma
                    confirmed=confirmed,
                    confirmed_value_s=result.median_objective if confirmed else None,  # type: ignore[union-attr]
                    confirmed_memory_bytes=confirmed_memory, rounds=len(runs),
-                   label=result.label if confirmed else "")  # type: ignore[union-attr]
+                   label=result.label if confirmed else "",  # type: ignore[union-attr]
+                   estimated_from=point.estimated_from)
 
 
 def unconfirmed_profiles(study: optuna.Study) -> dict[str, Profile]:
     """The profiles of a study that kept none (tuned before profiles, or not confirmed):
     the front of its search trials, each unconfirmed."""
     return {name: Profile(name=name, trial_number=p.trial_number, settings=dict(p.settings),
-                          value_s=p.value_s, memory_bytes=p.memory_bytes)
+                          value_s=p.value_s, memory_bytes=p.memory_bytes,
+                          estimated_from=p.estimated_from)
             for name, p in choose(points_of(study)).items()}

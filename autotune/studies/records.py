@@ -236,6 +236,8 @@ class Profile:
     confirmed_memory_bytes: int | None = None
     rounds: int = 0
     label: str = ""  # the candidate it was confirmed as: `trial 7`, `guide defaults`
+    # its search numbers' requests when its trial was pruned (an estimate); 0: a whole run
+    estimated_from: int = 0
 
     @property
     def shown_value_s(self) -> float:
@@ -246,12 +248,17 @@ class Profile:
         memory = self.confirmed_memory_bytes
         return memory if memory is not None else self.memory_bytes
 
+    @property
+    def search_run(self) -> str:
+        return (f"estimated from the {self.estimated_from} requests its pruned trial ran"
+                if self.estimated_from else "measured once in the search")
+
     def describe(self) -> str:
         """One line: `lean: trial 4, 0.812 s, peak memory 212 MiB, confirmed over 2 rounds`."""
         where = self.label or (f"trial {self.trial_number}" if self.trial_number is not None
                                else "")
         how = (f"confirmed over {self.rounds} round{'s' if self.rounds != 1 else ''}"
-               if self.confirmed else "unconfirmed: measured once in the search")
+               if self.confirmed else f"unconfirmed: {self.search_run}")
         return (f"{self.name}: {where}, {self.shown_value_s:.3f} s, peak memory "
                 f"{self.shown_memory_bytes / 2**20:.0f} MiB, {how}")
 
