@@ -171,6 +171,15 @@ def test_a_cache_that_costs_more_than_it_saves_is_a_finding_with_both_numbers() 
     assert found.fix == "export JARVIS_ENABLE_CONTEXT_CACHE=false" and not found.tentative
 
 
+def test_a_bigger_cache_is_only_something_to_measure_when_the_cache_costs_more() -> None:
+    misses, cost = diagnose(Settings(n_threads=2, max_cache_size=4), hit=0.5)
+    assert (misses.cause, cost.cause) == ("cache_misses", diagnosis.CACHE_COST)
+    assert misses.tentative and "costs more than it saves" in misses.fix
+    assert not misses.fix.startswith("raise")
+    (cheap_misses,) = diagnose(Settings(n_threads=2, max_cache_size=4), (), hit=0.5)
+    assert cheap_misses.fix == "raise JARVIS_MAX_CACHE_SIZE above 4"
+
+
 def test_without_a_study_turning_the_cache_on_is_something_to_measure() -> None:
     (found,) = diagnose(Settings(n_threads=2, enable_context_cache=False), (), hit=0.0)
     assert found.cause == "cache_misses" and found.tentative

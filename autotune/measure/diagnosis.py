@@ -95,6 +95,7 @@ def diagnose(summary: TrialStats, status: Status, probe: ThreadProbe | None,
                      "context and dropped history to re-evaluate",
             fix=f"export JARVIS_MODEL_CONTEXT_WINDOW={settings.context_window * 2} (or more)"),
             evidence, "context_window", lambda v: v > settings.context_window))  # type: ignore[operator]
+    cost = cache_cost(requests) if settings.enable_context_cache else None
     hit = summary.cache_hit_rate
     if hit is not None and hit <= HIT_RATE_MIN:
         misses = Finding(
@@ -106,11 +107,18 @@ def diagnose(summary: TrialStats, status: Status, probe: ThreadProbe | None,
                 misses, fix="JARVIS_ENABLE_CONTEXT_CACHE=true, measured with `autotune bench`",
                 tentative=True), evidence, "enable_context_cache", lambda v: v is True,
                 measured_fix="export JARVIS_ENABLE_CONTEXT_CACHE=true"))
+        elif cost is not None and cost.costs_more:
+            # a larger cache restores more, but each restore already costs more than it saves
+            found.append(weigh(dataclasses.replace(
+                misses, fix=f"JARVIS_MAX_CACHE_SIZE above {settings.max_cache_size}, measured "
+                "with `autotune bench` (the cache already costs more than it saves)",
+                tentative=True), evidence, "max_cache_size",
+                lambda v: v > settings.max_cache_size,  # type: ignore[operator]
+                measured_fix=f"raise JARVIS_MAX_CACHE_SIZE above {settings.max_cache_size}"))
         else:
             found.append(weigh(dataclasses.replace(
                 misses, fix=f"raise JARVIS_MAX_CACHE_SIZE above {settings.max_cache_size}"),
                 evidence, "max_cache_size", lambda v: v > settings.max_cache_size))  # type: ignore[operator]
-    cost = cache_cost(requests) if settings.enable_context_cache else None
     if cost is not None and cost.costs_more:
         found.append(weigh(Finding(
             cause=CACHE_COST,
