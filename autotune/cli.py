@@ -510,8 +510,11 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
 
     loaded = load_study(study, open_studies(studies_dir, storage))
     record = StudyRecord.read(loaded)
-    line = front(points_of(loaded))
     profiles = record.profiles or unconfirmed_profiles(loaded)
+    points = points_of(loaded)
+    chosen = {p.trial_number for p in profiles.values()}  # the winner need not be on it
+    line = sorted({*front(points), *(p for p in points if p.trial_number in chosen)},
+                  key=lambda p: (p.value_s, p.memory_bytes))
     rows = [trial_row(t, study) for t in loaded.get_trials(deepcopy=False)]
     importance = importance_report(loaded)
     scores = importance.scores

@@ -334,8 +334,10 @@ def profiles_table(profiles: tuple[Profile, ...] | list[Profile],
 
 def front_table(points: list, profiles: dict[str, Profile],
                 fields: tuple[str, ...] | list[str]) -> Table:
-    """The feasible trials no other beats on both latency and peak memory."""
-    table = Table(title="Latency against peak memory: the front (fastest first)")
+    """The feasible trials no other beats on both latency and peak memory, and the
+    profiles' (a winner chosen for its larger window need not be on the front)."""
+    table = Table(title="Latency against peak memory: the front and the profiles (fastest "
+                  "first)")
     for column in ("trial", "value", "peak memory", "profile", "configuration"):
         table.add_column(column, justify="right" if column != "configuration" else "left")
     for point in points:

@@ -101,6 +101,19 @@ def test_kept_profiles_carry_confirmed_medians_and_mark_the_rest_unconfirmed() -
     assert "unconfirmed" in lean.describe() and "confirmed over 2 rounds" in fast.describe()
 
 
+def test_a_winner_that_was_not_the_searchs_fastest_anchors_the_front() -> None:
+    # the search's fastest (trial 8, 4096) lost confirmation to trial 4 (8192, a larger
+    # window in a tie): trial 8 is still leaner than the winner, so it is the lean profile
+    points = [Point(4, 1.07, 360 * MIB, settings(8192)), Point(8, 0.98, 270 * MIB, settings(4096))]
+    winner = result("trial 4", 4, 8192, 1.02)
+    confirmation = Confirmation(
+        runs=(run("trial 4", 0, 1.09, 361 * MIB, 4), run("trial 8", 0, 1.11, 271 * MIB, 8)),
+        candidates=(winner, result("trial 8", 8, 4096, 1.03)))
+    kept = kept_profiles(points, confirmation, winner)
+    assert (kept["fast"].trial_number, kept["lean"].trial_number) == (4, 8)
+    assert kept["lean"].confirmed and kept["balanced"].trial_number in (4, 8)
+
+
 def test_a_winner_that_is_no_search_point_is_still_the_fast_profile() -> None:
     defaults = result("guide defaults", None, 4096, 2.0)
     confirmation = Confirmation(runs=(run("guide defaults", 0, 2.0, 250 * MIB, None),),

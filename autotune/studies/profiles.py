@@ -128,14 +128,15 @@ def front(points: Iterable[Point]) -> list[Point]:
     return kept
 
 
-def choose(points: Iterable[Point]) -> dict[str, Point]:
-    """The three profiles: `fast` the fastest whole measurement, `lean` and `balanced`
-    from the front's points leaner than it (estimates included); empty without a point."""
+def choose(points: Iterable[Point], fast: Point | None = None) -> dict[str, Point]:
+    """The three profiles: `fast` the fastest whole measurement (or the given one: the
+    confirmed winner), `lean` and `balanced` from the front's points leaner than it
+    (estimates included); empty without a point."""
     points = list(points)
     whole = [p for p in points if not p.estimated_from]
-    if not whole:
+    if fast is None and not whole:
         return {}
-    fast = min(whole, key=lambda p: (p.value_s, p.memory_bytes))
+    fast = fast or min(whole, key=lambda p: (p.value_s, p.memory_bytes))
     line = [fast, *(p for p in front(points) if p.memory_bytes < fast.memory_bytes)]
     values, memories = [p.value_s for p in line], [p.memory_bytes for p in line]
     value_span = (max(values) - min(values)) or 1.0
@@ -156,13 +157,16 @@ def kept_profiles(points: list[Point], confirmation: Confirmation,
                   winner: CandidateResult) -> dict[str, Profile]:
     """The profiles to keep once confirmation has run: `fast` is the confirmed winner;
     `balanced` and `lean` carry their confirmed medians when they were re-measured."""
-    chosen = choose(points)
     own = next((p for p in points if p.trial_number == winner.trial_number), None)
     fast = profile_of("fast", winner, confirmation, own)
+    # the front is read from the winner: the search's fastest may not have won confirmation
+    anchor = own or Point(fast.trial_number, fast.shown_value_s, fast.shown_memory_bytes,
+                          dict(fast.settings))
+    chosen = choose(points, anchor)
     found = {"fast": fast}
     for name in PROFILES[1:]:
         point = chosen.get(name)
-        if point is None or point is chosen.get("fast"):
+        if point is None or point is anchor:
             found[name] = dataclasses.replace(fast, name=name)
             continue
         result = confirmed_as(point, confirmation)
