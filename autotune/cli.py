@@ -616,10 +616,11 @@ def check_command(file: str, model: str, rounds: int, tokens: int | None,
 
     Re-measures FILE (an export script `autotune MODEL` or `autotune export` wrote) and
     the guide's defaults, interleaved over --rounds, and says in one line whether the
-    improvement holds: at or above the low end of the spread its study recorded (the
-    study its header names, or --study), or, with no study to be found, measurably
-    faster than the defaults. It notes when llama-cpp-python, the model file or the kind
-    of machine changed since the study, and when FILE differs from the study's winner.
+    improvement holds: its re-measured interval still reaches the low end of the spread
+    its study recorded (the study its header names, or --study) and the file is
+    measurably faster than the defaults; with no study to be found, measurably faster.
+    It notes when llama-cpp-python, the model file or the kind of machine changed since
+    the study, and when FILE differs from the study's winner.
     What to run after an upgrade, or from cron.
 
     \b

@@ -44,16 +44,21 @@ def hand_made_study(folder: Path, name: str, **changes: object) -> None:
 
 # --- the verdict and the notes: pure logic --------------------------------------------
 
-def test_it_holds_at_or_above_the_recorded_low_end_and_not_below() -> None:
+def test_it_holds_while_its_interval_reaches_the_recorded_low_end() -> None:
     recorded = improvement(2.5, low=2.0, high=3.0)
-    assert verdict(improvement(2.0, low=1.5), recorded) == (True, 2.0)
-    assert verdict(improvement(1.99, low=1.5), recorded) == (False, 2.0)
+    assert verdict(improvement(1.9, low=1.5, high=2.0), recorded) == (True, 2.0)
+    assert verdict(improvement(1.7, low=1.4, high=1.99), recorded) == (False, 2.0)
+    # a median just under the recorded interval is one fresh A/B in twenty, not a change
+    assert verdict(improvement(2.07, low=1.74, high=2.42), improvement(2.44, 2.11, 2.75)) \
+        == (True, 2.11)
+    # reaching it is not enough when the file is no longer measurably faster at all
+    assert verdict(improvement(1.3, low=0.9, high=2.1), recorded) == (False, 2.0)
 
 
 def test_an_older_study_without_an_interval_is_held_to_its_lowest_round() -> None:
     recorded = improvement(2.5, low=None)  # speedup_min 2.3
-    assert verdict(improvement(2.4, low=2.0), recorded) == (True, 2.3)
-    assert verdict(improvement(2.2, low=2.0), recorded) == (False, 2.3)
+    assert verdict(Improvement(2.2, 2.0, 2.3, 2), recorded) == (True, 2.3)
+    assert verdict(Improvement(2.1, 2.0, 2.2, 2), recorded) == (False, 2.3)
 
 
 def test_without_a_study_it_holds_only_when_measurably_faster() -> None:

@@ -3,8 +3,9 @@
 The file and the guide's defaults are re-measured against each other, interleaved in
 rounds (the confirmation's own `confirm`), and the speedup (the median over rounds of the
 defaults' mean latency over the file's) is held against what the study recorded: it holds
-when it reaches the low end of the recorded interval (the lowest round's ratio, for a study
-confirmed before intervals). Without a study to compare with, or with one whose own
+when its own interval reaches the low end of the recorded one (the lowest round's ratio,
+for a study confirmed before intervals) and stays above 1x: two estimates, each with its
+noise, that still agree. Without a study to compare with, or with one whose own
 interval reaches down to 1x (it never showed the file faster, and the defaults themselves
 would clear that bar), it holds when the file is measurably faster now: the re-measured
 interval's low end above 1. What changed since the
@@ -200,20 +201,24 @@ def recorded_low(recorded: Improvement | None) -> float | None:
 
 def verdict(fresh: Improvement | None, recorded: Improvement | None
             ) -> tuple[bool, float | None]:
-    """Whether it holds, and the speedup it had to reach.
+    """Whether it holds, and the speedup the re-measurement had to reach.
 
-    With a recorded improvement: the re-measured speedup at or above the low end of the
-    recorded spread. Without one, or with one whose low end is not above 1 (the study
+    With a recorded improvement: the re-measured interval (its highest round, without one)
+    reaches the low end of the recorded spread, and its own low end is above 1. Both are
+    estimates with their noise; the file no longer holds when the two disagree, not when a
+    fresh median lands a little under the recorded interval, as one in twenty would.
+    Without a recorded improvement, or with one whose low end is not above 1 (the study
     itself never showed the file measurably faster, and the defaults would hold against
     it): the re-measured interval's low end above 1 (its lowest round, without an
     interval).
     """
     if fresh is None:
         return False, None
+    low = fresh.low if fresh.low is not None else fresh.speedup_min
     need = recorded_low(recorded)
     if need is not None and need > 1.0:
-        return fresh.speedup >= need, need
-    low = fresh.low if fresh.low is not None else fresh.speedup_min
+        reach = fresh.high if fresh.high is not None else fresh.speedup_max
+        return reach >= need and low > 1.0, need
     return low > 1.0, 1.0
 
 
@@ -238,8 +243,11 @@ def say(file: str, holds: bool, fresh: Improvement | None, recorded: Improvement
               else f"{recorded.speedup_min:.2f}x-{recorded.speedup_max:.2f}x over rounds")
     what = f"study {visible(study, 120)} recorded {recorded.speedup:.2f}x ({spread})"
     if need <= (recorded_low(recorded) or 0.0):
-        where = "at or above" if holds else "below"
-        return head + f"{where} {need:.2f}x, the low end of what {what}"
+        reach = fresh.high if fresh.high is not None else fresh.speedup_max
+        where = ("reaching" if reach >= need else "entirely below") + f" {need:.2f}x"
+        if not holds and reach >= need:
+            where = "not measurably faster than the defaults"
+        return head + f"{where}, the low end of what {what}"
     return head + ("measurably faster" if holds else "not measurably faster") + (
         f"; {what}, never measurably faster itself")
 
