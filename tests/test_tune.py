@@ -134,6 +134,8 @@ def test_same_command_again_resumes_the_study(first_run, model_path: Path,
                    "--out", str(folder / "jarvis.env"), "--force",
                    "--workload", str(tiny_workload_file), *QUICK, cwd=folder)
     assert done.returncode == 0, done.stderr
+    assert first_run[2].stderr.startswith("starting study ")  # its queued baselines aside
+    assert done.stderr.startswith("resuming study ")
     again = json.loads(done.stdout)
     assert again["study_name"] == summary["study_name"]
     assert again["n_trials"] == 6

@@ -167,7 +167,8 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     notes = (*space.notes, *options.goals.notes(machine.gpu_offload))
     if on_event is not None:
         on_event(Started(study=name, storage=location(options.studies_dir, options.storage),
-                         resumed=len(study.trials) > 2, notes=notes))
+                         resumed=any(t.state != optuna.trial.TrialState.WAITING
+                                     for t in study.trials), notes=notes))
     with costs.timing("search_s"):
         search(study, model, space, measurement, machine.host, options.trials,
                options.timeout_s, on_event, sampler_seed=seed)
