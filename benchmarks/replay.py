@@ -61,7 +61,7 @@ from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
 from autotune.search.study import Measurement, feasible, open_study, search
 from autotune.search.tune import finalists
-from autotune.studies.records import Winner, keep, study_attrs
+from autotune.studies.records import TrialRecord, Winner, keep, study_attrs
 
 RESULTS = Path(__file__).parent / "results"
 NEAR = 0.05  # "within 5% of the optimum"
@@ -264,6 +264,7 @@ class Strategy:
     trials: int | None = None  # None: --trials
     confirm: bool = True
     warm_start: bool = False  # an earlier confirmed study of another seed in the storage
+    reuse_repeats: bool = True  # a configuration measured whole is not measured again
 
 
 class NoBaselines(SearchSpace):
@@ -288,6 +289,7 @@ STRATEGIES = {
     "optimus": Strategy("optimus", sampler=lambda seed: optuna.samplers.TPESampler(seed=seed),
                         pruner=optuna.pruners.NopPruner, baselines=False, repeats=3,
                         trials=45, confirm=False),
+    "measure-repeats": Strategy("measure-repeats", reuse_repeats=False),
     "warm-start": Strategy("warm-start", warm_start=True),
     "warm-start-no-baselines": Strategy("warm-start-no-baselines", baselines=False,
                                         warm_start=True),
@@ -316,7 +318,8 @@ def run_study(grid: Grid, strategy: Strategy, seed: int, trials: int, budget: in
     measurement = ReplayMeasurement(grid.workload(), grid.doc["tokens_per_request"],
                                     weights=Weights(**grid.doc["weights"]), grid=grid,
                                     rng=random.Random(seed * 7919 + 17),
-                                    repeats=strategy.repeats)
+                                    repeats=strategy.repeats,
+                                    reuse_repeats=strategy.reuse_repeats)
     storage = optuna.storages.InMemoryStorage()
     if strategy.warm_start:
         earlier_study(grid, storage, seed + EARLIER_SEED, budget)
@@ -382,22 +385,38 @@ def earlier_study(grid: Grid, storage: optuna.storages.BaseStorage, seed: int,
 
 
 def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> dict:
-    """Per trial: cumulative time and the regret of the best feasible trial so far."""
+    """Per trial: cumulative time and the regret of the best feasible trial so far.
+
+    A repeat of a configuration measured whole (study.repeat_of) replays nothing: it takes
+    no measuring time and stands in the earlier trial's cell.
+    """
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    if len(trials) != len(measurement.log):
-        raise RuntimeError(f"{len(trials)} trials but {len(measurement.log)} replayed runs")
+    repeats = {t.number: int(label.rsplit(" ", 1)[1]) for t in trials
+               if (label := TrialRecord.read(t).label or "").startswith(study_module.REPEAT_LABEL)}
+    if len(trials) - len(repeats) != len(measurement.log):
+        raise RuntimeError(f"{len(trials)} trials, {len(repeats)} repeats, but "
+                           f"{len(measurement.log)} replayed runs")
+    runs = iter(measurement.log)
+    cell_of: dict[int, int] = {}
     elapsed, best_value, best_cell = 0.0, math.inf, None
-    times, regrets, pruned = [], [], 0
-    for trial, run in zip(trials, measurement.log, strict=True):
-        elapsed += run.time_s
+    times, regrets, cells, pruned = [], [], [], 0
+    for trial in trials:
+        if trial.number in repeats:
+            cell = cell_of[repeats[trial.number]]
+        else:
+            run = next(runs)
+            cell = run.cell
+            elapsed += run.time_s
+        cell_of[trial.number] = cell
         if trial.state == optuna.trial.TrialState.PRUNED:
             pruned += 1
         if feasible(trial) and trial.value < best_value:
-            best_value, best_cell = trial.value, run.cell
+            best_value, best_cell = trial.value, cell
         times.append(elapsed)
         regrets.append(grid.regret(best_cell))
-    return {"times": times, "regrets": regrets, "pruned": pruned,
-            "cells": [r.cell for r in measurement.log]}
+        cells.append(cell)
+    return {"times": times, "regrets": regrets, "pruned": pruned, "cells": cells,
+            "repeats": len(repeats)}
 
 
 def run_grid(grid: Grid, seed: int) -> dict:

@@ -9,6 +9,7 @@ import random
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from autotune.measure.records import RequestRecord, Status
@@ -163,6 +164,20 @@ def test_strategies_differ_where_they_should(grid) -> None:
     assert nop["pruned"] == 0
     whole = replay.run_grid(grid, seed=0)
     assert len(whole["regrets"]) == 12 and whole["regrets"][-1] < 0.1  # the product only
+
+
+def test_a_repeated_configuration_costs_no_replayed_time(grid) -> None:
+    replay = load("replay")
+    # without pruning every trial runs whole, so a configuration sampled again is a repeat
+    whole = replay.Strategy("reuse", pruner=optuna.pruners.NopPruner)
+    again = replay.Strategy("again", pruner=optuna.pruners.NopPruner, reuse_repeats=False)
+    reused = replay.run_study(grid, whole, seed=2, trials=30, budget=6)
+    measured = replay.run_study(grid, again, seed=2, trials=30, budget=6)
+    assert len(reused["regrets"]) == len(measured["regrets"]) == 30
+    assert reused["repeats"] > 0 and measured["repeats"] == 0
+    assert reused["times"][-1] < measured["times"][-1]
+    steps = [b - a for a, b in zip(reused["times"], reused["times"][1:], strict=False)]
+    assert steps.count(0.0) >= reused["repeats"] - 1  # a repeat (after the first) is free
 
 
 def test_main_writes_json_markdown_and_png(tmp_path) -> None:

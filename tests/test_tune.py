@@ -289,3 +289,29 @@ def test_a_second_study_starts_from_the_first_ones_winner_unless_told_not_to(
     assert labels("second")[2] == "warm start: first"  # right after the two baselines
     tune("cold", "--no-warm-start")
     assert labels("cold")[2] is None
+
+
+def test_a_configuration_measured_whole_is_not_measured_again(model_path: Path,
+                                                              tiny_workload, tmp_path: Path
+                                                              ) -> None:
+    from autotune.measure.hardware import detect
+    from autotune.measure.model import inspect_model
+    from autotune.search.space import build_space
+    from autotune.search.study import Measurement, open_study, search
+
+    model, machine = inspect_model(model_path), detect()
+    space = build_space(model, machine, fixed={"n_threads": 2}, min_context=512)
+    measurement = Measurement(tiny_workload, tokens_per_request=4)
+    study = open_study("repeats", open_storage(tmp_path / "studies"), model, machine,
+                       measurement, space, 0, warm_start=False)
+    study.pruner = optuna.pruners.NopPruner()  # so the first of the two runs whole
+    same = {"context_window": 1024, "enable_context_cache": False}
+    study.enqueue_trial(same)
+    study.enqueue_trial(same)
+    search(study, model, space, measurement, machine.host, trials=4, timeout_s=None)
+    first, again = study.trials[2], study.trials[3]
+    kept = TrialRecord.read(again)
+    assert kept.label == "repeat of trial 2" and again.value == first.value
+    assert kept.latencies == TrialRecord.read(first).latencies
+    assert again.constraints == first.constraints
+    assert measurement.costs.trials == 3  # the repeat ran no worker
