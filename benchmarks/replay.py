@@ -288,7 +288,7 @@ STRATEGIES = {
     "gp": Strategy("gp", sampler=gp_sampler, pruner=optuna.pruners.NopPruner),
     "optimus": Strategy("optimus", sampler=lambda seed: optuna.samplers.TPESampler(seed=seed),
                         pruner=optuna.pruners.NopPruner, baselines=False, repeats=3,
-                        trials=45, confirm=False),
+                        trials=45, confirm=False, reuse_repeats=False),  # as Optuna alone
     "measure-repeats": Strategy("measure-repeats", reuse_repeats=False),
     "warm-start": Strategy("warm-start", warm_start=True),
     "warm-start-no-baselines": Strategy("warm-start-no-baselines", baselines=False,
