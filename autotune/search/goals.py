@@ -252,6 +252,7 @@ def closest(goals: Goals, measured: Sequence[tuple[str, TrialStats]], where: str
     wanted = ", ".join(t.describe() for t in goals.limits)
     if not measured:
         return f"no {where} finished its workload to measure {wanted} against"
+    measured = [pair for pair in measured if goals.missed(pair[1])] or measured
     name, stats = min(measured, key=lambda pair: goals.shortfall(pair[1]))
     return f"no {where} met {wanted}: closest was {name}, {'; '.join(goals.missed(stats))}"
 

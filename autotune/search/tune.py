@@ -105,7 +105,7 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
     seen = set()
     for trial in ranked_feasible(study):
         kept = TrialRecord.read(trial, study.study_name)
-        if kept.label == BASELINE or kept.settings is None:
+        if kept.settings is None or (kept.label == BASELINE and is_guide_defaults(kept.settings)):
             continue  # the guide's defaults are re-measured as the baseline anyway
         if int(kept.settings.get("context_window", 0)) < min_context:  # type: ignore[call-overload]
             continue
@@ -115,6 +115,13 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
             chosen.append(Candidate(f"trial {trial.number}", Settings.from_dict(kept.settings),
                                     trial.number))
     return [*chosen, Candidate(BASELINE, Settings(**GUIDE_DEFAULTS))]
+
+
+def is_guide_defaults(settings: dict[str, object]) -> bool:
+    """The guide's defaults as the baseline trial ran them: a `--fix` (say n_threads=1)
+    makes that trial another configuration, a finalist like any other. GPU layers aside:
+    a build without offload runs the guide's -1 as 0."""
+    return all(settings.get(k) == v for k, v in GUIDE_DEFAULTS.items() if k != "n_gpu_layers")
 
 
 def with_profiles(candidates: list[Candidate], chosen: dict[str, profiles.Point]
