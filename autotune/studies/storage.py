@@ -180,9 +180,10 @@ def rdb_storage(url: str, longest_trial_s: float | None) -> optuna.storages.Base
     """Optuna's storage for `url`, with heartbeats on a server when a tuner opens it.
 
     Tuners of a fleet that start at once on a new database each create Optuna's tables;
-    all but one then fail on a duplicate key (IntegrityError), and try again.
+    all but one then fail on a duplicate key (IntegrityError) or a table or type another
+    created a moment before (PostgreSQL's DuplicateTable, DuplicateObject), and try again.
     """
-    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.exc import DBAPIError, IntegrityError
 
     server = not url.lower().startswith("sqlite")
     for attempt in range(CREATE_ATTEMPTS):
@@ -197,8 +198,10 @@ def rdb_storage(url: str, longest_trial_s: float | None) -> optuna.storages.Base
                 return optuna.storages.RDBStorage(url, heartbeat_interval=interval,
                                                   grace_period=grace,
                                                   heartbeat_stale_trial_callback=retry)
-        except IntegrityError:
-            if attempt == CREATE_ATTEMPTS - 1:
+        except DBAPIError as err:
+            duplicate = isinstance(err, IntegrityError) or type(
+                err.orig).__name__.startswith("Duplicate")
+            if not duplicate or attempt == CREATE_ATTEMPTS - 1:
                 raise
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
