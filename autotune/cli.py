@@ -27,7 +27,14 @@ from autotune.measure.settings import Settings, load_env_file
 from autotune.measure.workload import load_workload
 from autotune.report import BUSY_MACHINE_PERCENT, print_bench, print_tune
 from autotune.safe_text import is_visible, terminal, visible
-from autotune.search.events import ConfirmEnded, ProgressEvent, Started, TrialEnded, Waiting
+from autotune.search.events import (
+    AnchorChecked,
+    ConfirmEnded,
+    ProgressEvent,
+    Started,
+    TrialEnded,
+    Waiting,
+)
 from autotune.search.scoring import Weights
 from autotune.search.space import parse_fixes
 
@@ -271,15 +278,20 @@ def print_event(progress: Progress, task: int, event: ProgressEvent) -> None:
         busy = (f" [yellow]machine busy: others used {others:.0f}% of a core[/]"
                 if others is not None and others > BUSY_MACHINE_PERCENT else "")
         log(f"trial {event.number}{label}: {value} ({params}){busy}")
-        progress.update(task, completed=event.done,
+        progress.update(task, completed=event.done, total=event.total,
                         description=f"trial {event.done}/{event.total}, best {best}")
+    elif isinstance(event, AnchorChecked):
+        again = (f"; trials {', '.join(map(str, event.requeued))} measured again"
+                 if event.requeued else "")
+        log(f"drift anchor (trial {event.anchor_trial}'s configuration): {event.ratio:.2f}x "
+            f"its first run, {'drifted' if event.drifted else 'steady'}{again}")
     elif isinstance(event, ConfirmEnded):
         if event.done == 1:
-            progress.update(task, completed=0, total=event.total)
+            progress.update(task, completed=0)
         value = f"{event.value:.3f} s" if event.value is not None else event.status
         log(f"confirm {event.done}/{event.total}: {terminal(event.label)}: "
             f"{terminal(value)}")
-        progress.update(task, completed=event.done,
+        progress.update(task, completed=event.done, total=event.total,
                         description=f"confirming {event.done}/{event.total}")
 
 
@@ -292,7 +304,7 @@ def check_study_name(name: str | None) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
-@click.option("--trials", default=12, show_default=True, type=click.IntRange(1),
+@click.option("--trials", default=8, show_default=True, type=click.IntRange(1),
               help="Trials to run now (a resumed study adds these to those it has).")
 @click.option("--timeout", type=click.FloatRange(1), default=None,
               help="Wall-clock budget for the search, seconds (confirmation comes after).")
@@ -318,10 +330,17 @@ def check_study_name(name: str | None) -> None:
 @click.option("--no-warm-start", is_flag=True, help="Start a new study from the guide's "
               "baselines alone; by default the winners of earlier studies of similar models "
               "(same architecture, size within 2x) on this kind of machine are tried next.")
+@click.option("--anchor-every", default=4, show_default=True, type=click.IntRange(0),
+              metavar="N", help="Every N trials, re-run the drift anchor (the faster "
+              "baseline's first requests); trials measured while the machine drifted "
+              "beyond its own run-to-run spread are measured again. 0: never.")
 @click.option("--finalists", default=3, show_default=True, type=click.IntRange(1),
               help="Best trials re-measured against the guide's defaults.")
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(1),
               help="Interleaved confirmation rounds.")
+@click.option("--no-racing", is_flag=True, help="Run every finalist every round; by "
+              "default a finalist clearly slower than the leader request for request "
+              "(Wilcoxon p<0.01, median over 3% behind) runs no further round.")
 @click.option("--spike-weight", default=Weights.spike_weight, show_default=True,
               type=click.FloatRange(0), help="Score weight of spike excess latency.")
 @click.option("--spike-factor", default=Weights.spike_factor, show_default=True,
@@ -361,7 +380,7 @@ def check_study_name(name: str | None) -> None:
 def tune(model: str, trials: int, timeout: float | None, seed: int | None,
          workload_file: str | None, tokens: int, concurrent: bool, clients: int,
          extended: bool, fixes: tuple[str, ...], min_context: int, no_warm_start: bool,
-         finalists: int, rounds: int,
+         anchor_every: int, finalists: int, rounds: int, no_racing: bool,
          spike_weight: float, spike_factor: float, cv_weight: float, trial_timeout: float,
          objective: str, targets: tuple[str, ...], max_memory: str | None,
          max_gpu_memory: str | None, study_name: str | None, studies_dir: str | None,
@@ -375,7 +394,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
 
     \b
     Examples:
-      autotune model.gguf                            # 12 trials, then ./jarvis.env
+      autotune model.gguf                            # 8 trials, then ./jarvis.env
       autotune model.gguf --trials 30 --timeout 900  # a bigger budget (resumes the study)
       autotune model.gguf --fix n_threads=4 --format dotenv --out jarvis.conf
       autotune model.gguf --min-context 8192         # promise longer conversations
@@ -403,7 +422,8 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
         trial_timeout_s=trial_timeout, study_name=study_name,
         studies_dir=studies_folder(studies_dir, storage),
         storage=storage, out=out, fmt=fmt, force=force, wait=not no_wait,
-        min_context=min_context, warm_start=not no_warm_start)
+        min_context=min_context, warm_start=not no_warm_start, anchor_every=anchor_every,
+        racing=not no_racing)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                         transient=True, disable=not err_console.is_terminal)
@@ -530,6 +550,7 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
                                      importance_caveats=importance.caveats,
                                      winner=record.winner, front=line, profiles=profiles,
                                      explanation=explanation(loaded, record),
+                                     anchors=record.anchors,
                                      plots=[str(p) for p in written]),
                               indent=2, default=str))
         return
@@ -548,6 +569,10 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
         console.print(f"Confirmed winner: {terminal(record.winner.label)}, score "
                       f"{terminal(seconds(record.winner.score_s))}")
         print_explanation(console, explanation(loaded, record))
+    if record.anchors:
+        from autotune.search.drift import describe
+
+        console.print(f"Search: {terminal(describe(record.anchors))}.")
     for path in written:
         console.print(f"Wrote {terminal(path)}")
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections import Counter
 
 import pytest
 
-from autotune.measure.records import Status, TrialStats
+from autotune.measure.records import RequestRecord, Status, TrialResult, TrialStats
 from autotune.measure.settings import Settings
-from autotune.search.confirm import BASELINE, Candidate, decide, paired_bootstrap
-from autotune.search.scoring import score
+from autotune.search.confirm import BASELINE, Candidate, confirm, decide, paired_bootstrap
+from autotune.search.goals import Goals, Objective
+from autotune.search.scoring import Weights, score
 from autotune.studies.records import ConfirmRun, Improvement
 
 WINNER = "trial 3"
@@ -110,3 +112,85 @@ def test_a_measurably_faster_small_window_still_wins() -> None:
             window_run(BASELINE, 0, [3.0] * 4, 4096)]
     outcome = decide(window_candidates(), runs, seed=1)
     assert (outcome.winner.label, outcome.tie_break) == ("trial 1", "")
+
+
+# --- racing: a finalist clearly behind runs no further round -------------------------------
+
+def racing_measure(latency_of: dict[int, float], failing: set[int] = frozenset()):
+    """A measure that runs 16 requests at `latency_of[n_threads]` each, with a small
+    per-request spread, and fails for the thread counts in `failing` (logic only)."""
+    rng = random.Random(5)
+    calls: list[int] = []
+
+    def measure(settings: Settings) -> TrialResult:
+        calls.append(settings.n_threads)
+        result = TrialResult(status=Status.OK, settings=settings.to_dict())
+        if settings.n_threads in failing:
+            return dataclasses.replace(result, status=Status.CRASHED, reason="boom")
+        for index in range(16):
+            latency = latency_of[settings.n_threads] * (1 + 0.3 * index / 16) * rng.uniform(
+                0.98, 1.02)
+            result.requests.append(RequestRecord(index=index, id=str(index), latency_s=latency,
+                                                 rss_bytes=0))
+        return result
+
+    return measure, calls
+
+
+def two() -> list[Candidate]:
+    return [Candidate("trial 1", Settings(n_threads=1), 1),
+            Candidate("trial 2", Settings(n_threads=2), 2)]
+
+
+def race(latency_of, finalists, rounds=3, failing=frozenset(), **options):
+    measure, calls = racing_measure(latency_of, failing)
+    events = []
+    outcome = confirm([*finalists, Candidate(BASELINE, Settings(n_threads=8))], measure,
+                      rounds, Weights(), seed=0, on_event=events.append, **options)
+    return outcome, Counter(calls), events
+
+
+def test_a_finalist_clearly_behind_runs_only_the_first_round() -> None:
+    outcome, calls, events = race({1: 1.5, 2: 1.0, 8: 3.0}, two())
+    assert calls == {1: 1, 2: 3, 8: 3}  # the defaults run every round, the leader too
+    assert outcome.winner.label == "trial 2"
+    dropped = outcome.confirmation.candidate("trial 1").dropped
+    assert dropped.startswith("clearly slower than trial 2 after round 1: median 1.5")
+    assert outcome.dropped == (f"trial 1: {dropped}",)
+    assert [(e.done, e.total) for e in events][-1] == (7, 7)  # the total shrank with the drop
+    assert outcome.improvement.rounds == 3
+
+
+def test_finalists_within_the_tie_margin_run_every_round() -> None:
+    _, calls, _ = race({1: 1.02, 2: 1.0, 8: 3.0}, two())
+    assert calls == {1: 3, 2: 3, 8: 3}
+
+
+def test_a_profile_and_racing_off_run_every_round() -> None:
+    slow = Candidate("trial 1", Settings(n_threads=1), 1, race=False)
+    _, calls, _ = race({1: 1.5, 2: 1.0, 8: 3.0}, [slow, two()[1]])
+    assert calls == {1: 3, 2: 3, 8: 3}
+    _, calls, _ = race({1: 1.5, 2: 1.0, 8: 3.0}, two(),
+        racing=False)
+    assert calls == {1: 3, 2: 3, 8: 3}
+
+
+def test_a_finalist_whose_run_failed_is_dropped_and_cannot_win() -> None:
+    outcome, calls, _ = race({1: 0.5, 2: 1.0, 8: 3.0}, two(),
+        failing={1})
+    assert calls == {1: 1, 2: 3, 8: 3}
+    assert outcome.confirmation.candidate("trial 1").dropped == "a run failed in round 1"
+    assert outcome.winner.label == "trial 2"
+
+
+def test_a_tail_objective_is_not_raced() -> None:
+    _, calls, _ = race({1: 1.5, 2: 1.0, 8: 3.0}, two(),
+        goals=Goals(objective=Objective.P95))
+    assert calls == {1: 3, 2: 3, 8: 3}
+
+
+def test_the_defaults_may_lead_but_are_never_dropped() -> None:
+    outcome, calls, _ = race({1: 1.5, 2: 1.4, 8: 1.0}, two())
+    assert calls == {1: 1, 2: 1, 8: 3}
+    assert outcome.winner.label == BASELINE
+    assert "clearly slower than guide defaults" in outcome.confirmation.candidate("trial 2").dropped

@@ -50,3 +50,44 @@ def test_timing_adds_to_a_field() -> None:
         with costs.timing("setup_s"):
             time.sleep(0.01)
     assert costs.setup_s >= 0.02 and costs.search_s == 0.0
+
+
+def test_a_drift_anchor_check_is_its_own_part_of_the_harness() -> None:
+    costs = Costs()
+    costs.add_trial(result(10.0, 1.5, 0.5, 0.5, [2.0, 3.0]), waited_s=0.0)
+    costs.add_anchor(result(3.0, 1.5, 0.5, 0.5, [0.5]), waited_s=1.0)
+    costs.search_s = 14.0
+    parts = costs.parts()
+    assert parts["drift anchor"] == 4.0 and costs.trials == 1
+    assert parts["sampler, storage and records"] == pytest.approx(0.0)
+    assert costs.total_s == pytest.approx(14.0)
+    # start 1 + rest 3 + the anchor 4: the anchor measures nothing the study ranks
+    assert costs.overhead_share == pytest.approx(8.0 / 14.0)
+
+
+def test_the_before_and_after_breakdown_reads_any_study_the_same_way(tmp_path) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "overhead.py"
+    spec = importlib.util.spec_from_file_location("overhead", script)
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    journal = tmp_path / "autotune.journal"
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.create_study(study_name="s", storage=storage)
+    measured = {"stats": {"load_s": 0.5, "warmup_s": 0.25}, "latencies": [1.0, 2.0]}
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs=measured))
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={
+        **measured, "label": "repeat of trial 0"}))  # no worker ran: not counted
+    study.set_user_attr("confirmation", {"runs": [
+        {"stats": {"load_s": 0.5, "warmup_s": 0.25, "mean_s": 1.5, "requests_done": 2}},
+        {"stats": {"load_s": 0.5, "warmup_s": 0.25}, "latencies": {"0": 1.0, "1": 1.0}}]})
+    parts = overhead.breakdown(journal, wall=20.0)
+    assert parts["worker runs"] == 3 and parts["measured requests"] == 3.0 + 3.0 + 2.0
+    assert (parts["model load"], parts["warm-up"]) == (1.5, 0.75)
+    assert parts["the rest"] == pytest.approx(20.0 - 8.0 - 2.25)
+    assert parts["harness share"] == pytest.approx(parts["the rest"] / 20.0)

@@ -92,7 +92,7 @@ def test_true_scores_optimum_and_infeasible_cells(grid) -> None:
     assert overflowing not in grid.true and grid.regret(overflowing) == math.inf
     assert grid.regret(best) == 0.0
     assert grid.regret(None) == math.inf
-    assert grid.keys[-2:] == ["t8 c4096 cache100", "t2 c8192 cache100"]  # the baselines
+    assert grid.keys[-2:] == ["t2 c8192 cache100", "t8 c4096 cache100"]  # the baselines
 
 
 def test_the_replayed_space_is_the_measured_product(grid) -> None:
@@ -147,8 +147,8 @@ def test_a_replayed_study_runs_the_real_study_code(grid) -> None:
     assert run["times"] == sorted(run["times"])
     finite = [r for r in run["regrets"] if r < math.inf]
     assert finite == sorted(finite, reverse=True)  # the incumbent only gets better
-    # the guide's baselines go first: the defaults (8 threads, pinned) and the advice
-    assert grid.keys[run["cells"][0]] == "t8 c4096 cache100"
+    # the guide's baselines go first: the advice, then the defaults (8 threads, pinned)
+    assert grid.keys[run["cells"][1]] == "t8 c4096 cache100"
     assert run["confirmed"]["trials"] == 6 and run["confirmed"]["confirm_s"] > 0
     assert run["confirmed"]["regret"] < 0.5
 
@@ -203,3 +203,16 @@ def test_the_grid_table_ranks_feasible_cells_first(tmp_path, capsys) -> None:
     assert rows[0].startswith("| t2 c1024 cache100 |")
     assert rows[-1].startswith("| t1 c1024 nocache |")  # overflowed: ranked last
     assert any(r.startswith("| t8 c4096 cache100 | guide defaults |") for r in rows)
+
+
+def test_the_drift_anchor_and_the_baseline_order_are_replayed(grid) -> None:
+    replay = load("replay")
+    run = replay.run_study(grid, replay.STRATEGIES["default"], seed=3, trials=8, budget=8)
+    assert run["anchor_checks"] == 2 and run["anchor_s"] > 0  # after trials 4 and 8
+    # the last check runs after the last trial, before confirmation: search time holds it
+    assert run["confirmed"]["search_s"] > run["times"][-1]
+    off = replay.run_study(grid, replay.STRATEGIES["no-anchor"], seed=3, trials=8, budget=8)
+    assert off["anchor_checks"] == 0 and off["anchor_s"] == 0
+    before = replay.run_study(grid, replay.STRATEGIES["defaults-first"], seed=3, trials=4,
+                              budget=4)
+    assert grid.keys[before["cells"][0]] == "t8 c4096 cache100"

@@ -103,8 +103,8 @@ def test_bad_fix_is_one_clear_error(text: str) -> None:
 
 def test_baselines_are_the_guide_defaults_and_its_size_advice(model: ModelInfo) -> None:
     space = build_space(model, machine())
-    (label_a, params_a, pinned_a), (label_b, params_b, pinned_b) = space.baselines(
-        model, machine())
+    (label_b, params_b, pinned_b), (label_a, params_a, pinned_a) = space.baselines(
+        model, machine())  # the advice first
     assert label_a == "guide defaults"
     assert {**params_a, **pinned_a} == {k: v for k, v in GUIDE_DEFAULTS.items()
                                         if k != "n_gpu_layers"}
@@ -118,7 +118,7 @@ def test_guide_defaults_outside_the_space_run_as_given_without_bad_params(
         model: ModelInfo) -> None:
     small = machine(logical_cores=2)
     space = build_space(model, small)
-    _, params, pinned = space.baselines(model, small)[0]
+    _, params, pinned = space.baselines(model, small)[1]
     assert pinned == {"n_threads": 8} and "n_threads" not in params
     trial, settings = sample(space, params, pinned)
     assert settings.n_threads == 8 and settings.context_window == 4096

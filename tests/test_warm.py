@@ -85,7 +85,7 @@ def test_a_new_study_queues_warm_starts_after_the_baselines_and_says_so() -> Non
     ours = space()
     study = open_study("mine", storage, model, machine, tiny_measurement(), ours, 0)
     labels = [TrialRecord.read(t).label for t in study.get_trials()]
-    assert labels == [DEFAULTS_LABEL, "guide model-size advice", "warm start: before"]
+    assert labels == ["guide model-size advice", DEFAULTS_LABEL, "warm start: before"]
     assert any("1 winner(s) of earlier studies" in n and "before" in n for n in ours.notes)
     off = space()
     study = open_study("cold", storage, model, machine, tiny_measurement(), off, 0,

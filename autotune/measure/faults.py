@@ -17,6 +17,8 @@ KIND:
     garbage   writes lines that are neither JSON nor valid UTF-8 to the event stream and to
               stderr, then carries on
     mute      closes the event stream and hangs: a worker that stopped talking but lives on
+    slow      from then on, every request takes SLOW_S longer (a sleep inside its measured
+              time): a machine that got busier, for the drift anchor's tests
 
 POINT:
     start      first thing, before the trial spec is read from stdin
@@ -40,7 +42,8 @@ from dataclasses import dataclass
 from typing import IO
 
 ENV = "AUTOTUNE_WORKER_FAULT"
-KINDS = ("hang", "abort", "segfault", "exit", "oom", "garbage", "mute")
+KINDS = ("hang", "abort", "segfault", "exit", "oom", "garbage", "mute", "slow")
+SLOW_S = 0.5
 EVENT_AT = {"start": "start", "load": "loaded", "warmup": "warmup", "request": "request"}
 GARBAGE = b"\xff\xfe\x80 not json {\x00\n[1, 2]\n\xe2\x82\n"
 BAD_ALLOC = ("terminate called after throwing an instance of 'std::bad_alloc'\n"
@@ -79,6 +82,7 @@ class Faults:
     def __init__(self, faults: list[Fault]) -> None:
         self.faults = faults
         self.seen: dict[str, int] = {}
+        self.delay_s = 0.0  # what a `slow` fault adds to every request from then on
 
     @classmethod
     def from_env(cls) -> Faults:
@@ -91,7 +95,16 @@ class Faults:
         self.seen[event] = self.seen.get(event, 0) + 1
         for fault in self.faults:
             if fault.event == event and fault.count == self.seen[event]:
-                inject(fault, stream)
+                if fault.kind == "slow":
+                    say(f"{ENV}: {fault}")
+                    self.delay_s = SLOW_S
+                else:
+                    inject(fault, stream)
+
+    def delay(self) -> None:
+        """Called inside each request's measured time: a `slow` fault's sleep."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
 
 
 def inject(fault: Fault, stream: IO[str]) -> None:

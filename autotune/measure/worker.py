@@ -88,6 +88,7 @@ def finish(emit: Emitter, code: int, event: Event) -> int:
 
 def serve(backend: Backend, emit: Emitter, request: Request, n_tokens: int, pass_no: int,
           client: int, sent: float) -> None:
+    emit.faults.delay()
     served = backend.complete(request, n_tokens)
     latency = time.perf_counter() - sent
     emit(RequestRecord(

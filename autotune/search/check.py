@@ -281,8 +281,9 @@ def check(file: str | os.PathLike[str], model_path: str | os.PathLike[str],
     if record is not None:
         notes += changes(record, model, machine_class(detect()), settings, llama_cpp_version())
         notes += measurement_notes(record, measurement, options.tokens_per_request is not None)
-    candidates = [Candidate(FILE_LABEL, settings), Candidate(BASELINE,
-                                                             Settings(**GUIDE_DEFAULTS))]
+    # FILE runs every round whatever it measures: it is checked, not raced
+    candidates = [Candidate(FILE_LABEL, settings, race=False),
+                  Candidate(BASELINE, Settings(**GUIDE_DEFAULTS))]
     with costs.timing("confirmation_s"):
         outcome = confirm(candidates, lambda s: measurement.run(model, s), options.rounds,
                           weights, options.seed, on_event)

@@ -22,6 +22,17 @@ With goals (goals.py), the winner has the lowest median of the study's objective
 among the candidates whose medians over the rounds meet every target and budget; the
 guide's defaults are measured as the comparison all the same, and win only if they meet
 them too. The improvement stays the ratio of mean latencies.
+
+Racing: a finalist is not measured in further rounds once it is clearly behind (see
+clearly_behind): a run failed, or its median is more than TIE_MARGIN above the leader's
+and its requests were slower than the leader's, request for request over the rounds so
+far, by a one-sided Wilcoxon signed-rank test at RACE_P. Such a finalist could not win (a
+failed run rules a candidate out; a median outside the tie margin cannot take the larger-
+window tie-break either), so its next rounds would only have confirmed a loss. The guide's
+defaults always run every round (the improvement is measured against them), and so does a
+profile's trial (`Candidate.race` False), which is re-measured for its memory, not to win.
+Racing applies to the objectives measured request by request (score, mean); a tail or
+time-to-first-token objective runs every round.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from autotune.measure.records import TrialResult, TrialStats
 from autotune.measure.settings import Settings
 from autotune.measure.stats import summarize
 from autotune.search.events import ConfirmEnded, OnEvent
-from autotune.search.goals import METRICS, Goals
+from autotune.search.goals import METRICS, Goals, Objective
 from autotune.search.scoring import Weights, score
 from autotune.search.space import BASELINE_LABEL
 from autotune.studies.records import CandidateResult, Confirmation, ConfirmRun, Improvement
@@ -49,9 +60,13 @@ class Candidate:
     label: str
     settings: Settings
     trial_number: int | None = None
+    race: bool = True  # dropped from later rounds once clearly behind (see clearly_behind)
 
 
 TIE_MARGIN = 0.03
+# One-sided, per-request: a finalist as fast as the leader is dropped about 1 time in 100.
+RACE_P = 0.01
+RACED_OBJECTIVES = (Objective.SCORE, Objective.MEAN)
 
 
 @dataclass(frozen=True)
@@ -63,19 +78,33 @@ class Outcome:
     improvement: Improvement | None
     tie_break: str = ""  # why a larger window was chosen over the best score, when it was
 
+    @property
+    def dropped(self) -> tuple[str, ...]:
+        """Why each finalist dropped by racing was not measured further."""
+        return tuple(f"{c.label}: {c.dropped}" for c in self.confirmation.candidates
+                     if c.dropped)
+
 
 def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResult],
             rounds: int, weights: Weights, seed: int | None = None,
-            on_event: OnEvent | None = None, goals: Goals | None = None) -> Outcome:
+            on_event: OnEvent | None = None, goals: Goals | None = None,
+            racing: bool = True) -> Outcome:
     """Run every candidate once per round, shuffled; return runs, per-candidate and winner.
 
     `measure` runs one trial of the given settings (alone on the machine) and returns it.
+    With `racing`, a finalist clearly behind after a round runs no further rounds.
     """
     rng = random.Random(seed)
     runs: list[ConfirmRun] = []
+    dropped: dict[str, str] = {}
+    active = list(candidates)
     total = rounds * len(candidates)
     for round_no in range(rounds):
-        order = list(candidates)
+        if round_no and racing:
+            dropped.update(clearly_behind(active, runs, goals or Goals()))
+            active = [c for c in active if c.label not in dropped]
+            total = len(runs) + (rounds - round_no) * len(active)
+        order = list(active)
         rng.shuffle(order)
         for candidate in order:
             result = measure(candidate.settings)
@@ -90,13 +119,64 @@ def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResu
                 on_event(ConfirmEnded(done=len(runs), total=total, label=candidate.label,
                                       status=result.status,
                                       value=value if run.score else None))
-    return decide(candidates, runs, seed, goals)
+    return decide(candidates, runs, seed, goals, dropped)
+
+
+def clearly_behind(candidates: list[Candidate], runs: list[ConfirmRun], goals: Goals
+                   ) -> dict[str, str]:
+    """The racing finalists that cannot win, each with why (see the module's docstring).
+
+    The leader is the best candidate so far that finished every run within the limits
+    (the guide's defaults may lead); it is never dropped.
+    """
+    table = decide(candidates, runs, goals=goals).confirmation.candidates
+    failed = {row.label: f"a run failed in round {max(r.round for r in runs) + 1}"
+              for row in table if not row.complete}
+    eligible = [row for row in table if row.complete and not row.missed]
+    racing = {c.label for c in candidates if c.race and c.label != BASELINE}
+    if not eligible or goals.objective not in RACED_OBJECTIVES:
+        return {label: why for label, why in failed.items() if label in racing}
+    leader = min(eligible, key=lambda row: row.median_objective)  # type: ignore[arg-type,return-value]
+    behind = {}
+    for row in table:
+        if row.label not in racing or row.label == leader.label:
+            continue
+        if row.label in failed:
+            behind[row.label] = failed[row.label]
+            continue
+        if row.median_objective is None or leader.median_objective is None:
+            continue
+        ratio = row.median_objective / leader.median_objective
+        p = slower_p(runs, row.label, leader.label)
+        if ratio > 1 + TIE_MARGIN and p < RACE_P:
+            behind[row.label] = (f"clearly slower than {leader.label} after round "
+                                 f"{max(r.round for r in runs) + 1}: median {ratio:.2f}x, "
+                                 f"slower request for request (Wilcoxon p={p:.1g})")
+    return behind
+
+
+def slower_p(runs: list[ConfirmRun], label: str, leader: str) -> float:
+    """One-sided Wilcoxon signed-rank p-value that `label`'s requests were slower than
+    `leader`'s, pairing each request with the leader's same request of the same round."""
+    differences = []
+    for round_no in sorted({r.round for r in runs}):
+        here = {r.label: r for r in runs if r.round == round_no and r.score is not None}
+        if label in here and leader in here:
+            mine, theirs = here[label].latencies, here[leader].latencies
+            differences += [mine[i] - theirs[i] for i in sorted(mine.keys() & theirs.keys())]
+    if len(differences) < 2 or not any(differences):
+        return 1.0
+    from scipy.stats import wilcoxon  # only here: the confirmation's one statistical test
+
+    return float(wilcoxon(differences, alternative="greater").pvalue)
 
 
 def decide(candidates: list[Candidate], runs: list[ConfirmRun], seed: int | None = None,
-           goals: Goals | None = None) -> Outcome:
-    """The winner and the improvement over the defaults, from finished runs alone."""
+           goals: Goals | None = None, dropped: dict[str, str] | None = None) -> Outcome:
+    """The winner and the improvement over the defaults, from finished runs alone; a
+    finalist `dropped` by racing (label: why) cannot win."""
     goals = goals or Goals()
+    dropped = dropped or {}
     table = []
     for candidate in candidates:
         mine = [r for r in runs if r.label == candidate.label]
@@ -109,9 +189,10 @@ def decide(candidates: list[Candidate], runs: list[ConfirmRun], seed: int | None
             median_mean_s=statistics.median(r.stats.mean_s for r in ok) if ok else None,
             median_objective=median_of([goals.objective.value(r.stats, r.score)
                                         for r in ok]),
-            missed=goals.missed(typical) if typical else ()))
+            missed=goals.missed(typical) if typical else (),
+            dropped=dropped.get(candidate.label, "")))
     confirmation = Confirmation(tuple(runs), tuple(table))
-    eligible = [row for row in table if row.complete and not row.missed]
+    eligible = [row for row in table if row.complete and not row.missed and not row.dropped]
     if not eligible:
         return Outcome(confirmation, None, None)
     best = min(eligible, key=lambda row: row.median_objective)  # type: ignore[arg-type,return-value]

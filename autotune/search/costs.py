@@ -28,6 +28,7 @@ class Costs:
     warmup_s: float = 0.0  # the warm-up request in each worker
     requests_s: float = 0.0  # the measured requests (what the study is for)
     trial_rest_s: float = 0.0  # the rest of each trial: reading events, exit, reaping
+    anchor_s: float = 0.0  # the drift anchor's checks (search/drift.py), waiting included
     search_s: float = 0.0  # wall time of the search
     confirmation_s: float = 0.0  # wall time of the confirmation
     trials: int = 0
@@ -48,6 +49,10 @@ class Costs:
         self.trial_rest_s += max(0.0, result.wall_s - max(0.0, started) - load - warmup
                                  - requests)
 
+    def add_anchor(self, result: TrialResult, waited_s: float) -> None:
+        """A drift anchor's check: a measurement of the harness's own, counted whole."""
+        self.anchor_s += waited_s + result.wall_s
+
     @contextmanager
     def timing(self, name: str) -> Iterator[None]:
         """Add the time spent inside to the field `name`."""
@@ -60,13 +65,13 @@ class Costs:
     def parts(self) -> dict[str, float]:
         """Every part of the wall time, in seconds; they add up to `total_s`."""
         in_trials = (self.lock_wait_s + self.worker_start_s + self.load_s + self.warmup_s
-                     + self.requests_s + self.trial_rest_s)
+                     + self.requests_s + self.trial_rest_s + self.anchor_s)
         outside = max(0.0, self.search_s + self.confirmation_s - in_trials)
         return {"measured requests": self.requests_s, "worker start": self.worker_start_s,
                 "model inspection": self.inspection_s, "model load": self.load_s,
                 "warm-up": self.warmup_s, "rest of each trial": self.trial_rest_s,
                 "waiting for the machine": self.lock_wait_s,
-                "storage and study set-up": self.setup_s,
+                "storage and study set-up": self.setup_s, "drift anchor": self.anchor_s,
                 "sampler, storage and records": outside}
 
     @property

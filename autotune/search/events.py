@@ -50,5 +50,15 @@ class ConfirmEnded:
     value: float | None
 
 
-ProgressEvent = Waiting | Started | TrialEnded | ConfirmEnded
+@dataclass(frozen=True)
+class AnchorChecked:
+    """The drift anchor re-ran (search/drift.py)."""
+
+    anchor_trial: int
+    ratio: float  # of its first run's requests
+    drifted: bool
+    requeued: tuple[int, ...]
+
+
+ProgressEvent = Waiting | Started | TrialEnded | AnchorChecked | ConfirmEnded
 OnEvent = Callable[[ProgressEvent], None]

@@ -2,7 +2,7 @@
 
 Example:
     >>> options = TuneOptions(trials=3, finalists=1, rounds=1, workload=workload, out=None,
-    ...                       studies_dir=folder)
+    ...                       studies_dir=folder, anchor_every=0)
     >>> report = tune(demo_model_path(), options)
     >>> report.n_trials, report.winner.score_s <= report.baseline.score_s
     (3, True)
@@ -27,6 +27,7 @@ from autotune.measure.settings import Settings
 from autotune.measure.trial import DEFAULT_TOKENS
 from autotune.measure.workload import Workload, builtin_workload
 from autotune.safe_text import visible
+from autotune.search import drift
 from autotune.search.confirm import BASELINE, Candidate, confirm, median_stats
 from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, Started, Waiting
@@ -46,6 +47,7 @@ from autotune.studies.records import (
     Confirmation,
     ConfirmRun,
     Contender,
+    StudyRecord,
     TrialRecord,
     TuneReport,
     Winner,
@@ -57,7 +59,7 @@ from autotune.studies.storage import location, open_storage, study_names
 
 @dataclass
 class TuneOptions:
-    trials: int = 12
+    trials: int = 8  # the study module's docstring says why
     timeout_s: float | None = None
     seed: int | None = None
     workload: Workload | None = None
@@ -79,6 +81,8 @@ class TuneOptions:
     wait: bool = True
     min_context: int = DEFAULT_MIN_CONTEXT  # no smaller window is a candidate
     warm_start: bool = True  # a new study starts from earlier similar studies' winners
+    anchor_every: int = drift.ANCHOR_EVERY  # trials between drift checks; 0: none
+    racing: bool = True  # a finalist clearly behind runs no further confirmation round
 
 
 def default_study_name(model_path: str, machine: Hardware,
@@ -105,7 +109,8 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
     seen = set()
     for trial in ranked_feasible(study):
         kept = TrialRecord.read(trial, study.study_name)
-        if kept.settings is None or (kept.label == BASELINE and is_guide_defaults(kept.settings)):
+        if kept.settings is None or (is_baseline_run(kept.label) and
+                                     is_guide_defaults(kept.settings)):
             continue  # the guide's defaults are re-measured as the baseline anyway
         if int(kept.settings.get("context_window", 0)) < min_context:  # type: ignore[call-overload]
             continue
@@ -115,6 +120,11 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
             chosen.append(Candidate(f"trial {trial.number}", Settings.from_dict(kept.settings),
                                     trial.number))
     return [*chosen, Candidate(BASELINE, Settings(**GUIDE_DEFAULTS))]
+
+
+def is_baseline_run(label: str | None) -> bool:
+    """The guide-defaults baseline trial, or its re-measurement after drift (drift.py)."""
+    return label == BASELINE or (label or "").startswith(drift.DRIFT_LABEL)
 
 
 def is_guide_defaults(settings: dict[str, object]) -> bool:
@@ -136,7 +146,7 @@ def with_profiles(candidates: list[Candidate], chosen: dict[str, profiles.Point]
         settings = Settings.from_dict(point.settings)
         if all(c.settings != settings for c in [*finals, baseline]):
             finals.append(Candidate(f"trial {point.trial_number}", settings,
-                                    point.trial_number))
+                                    point.trial_number, race=False))
     return [*finals, baseline]
 
 
@@ -176,9 +186,13 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         on_event(Started(study=name, storage=location(options.studies_dir, options.storage),
                          resumed=any(t.state != optuna.trial.TrialState.WAITING
                                      for t in study.trials), notes=notes))
+    checked = len(StudyRecord.read(study).anchors)
     with costs.timing("search_s"):
         search(study, model, space, measurement, machine.host, options.trials,
-               options.timeout_s, on_event, sampler_seed=seed)
+               options.timeout_s, on_event, sampler_seed=seed,
+               anchor_every=options.anchor_every)
+    drifted = drift.describe(StudyRecord.read(study).anchors[checked:])
+    notes = (*notes, *((drifted,) if drifted else ()))
     points = [p for p in profiles.points_of(study)  # a resumed study may hold smaller windows
               if int(p.settings.get("context_window", 0)) >= space.min_context]  # type: ignore[call-overload]
     candidates = with_profiles(finalists(study, options.finalists, space.min_context),
@@ -192,7 +206,8 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                             f"`autotune show {name}`")
     with costs.timing("confirmation_s"):
         outcome = confirm(candidates, lambda s: measurement.run(model, s), options.rounds,
-                          options.weights, options.seed, on_event, options.goals)
+                          options.weights, options.seed, on_event, options.goals,
+                          racing=options.racing)
     winner = outcome.winner
     if winner is None and options.goals.limits and any(
             c.complete for c in outcome.confirmation.candidates):
@@ -202,6 +217,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     if winner is None:
         raise MeasurementFailed(f"study {name!r}: no finalist finished every confirmation "
                                 "round")
+    notes = (*notes, *(f"confirmation dropped {why}" for why in outcome.dropped))
     kept = profiles.kept_profiles(points, outcome.confirmation, winner)
     keep(study.set_user_attr, study_attrs(confirmation=outcome.confirmation, winner=Winner(
         label=winner.label, trial_number=winner.trial_number, settings=winner.settings,
@@ -230,6 +246,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         improvement=outcome.improvement, candidates=outcome.confirmation.candidates,
         notes=notes, out=str(written) if written else None, export=text,
         costs=costs.parts(), profiles=tuple(kept.values()),
+        phases={"search": costs.search_s, "confirmation": costs.confirmation_s},
         context=window.holds(chosen_window, winner_run.stats if winner_run else None),
         context_warning=window.warning(chosen_window) or "", tie_break=outcome.tie_break,
         explanation=explanation(study), objective=str(options.goals.objective),

@@ -171,6 +171,7 @@ class CandidateResult:
     # there (a candidate that missed one cannot win); absent before goals (schema 3)
     median_objective: float | None = None
     missed: tuple[str, ...] = ()
+    dropped: str = ""  # why racing ran it in no further round (confirm.clearly_behind)
 
     @classmethod
     def from_dict(cls, data: object) -> CandidateResult:
@@ -274,6 +275,23 @@ def from_improvement(data: object) -> Improvement:
 
 
 @dataclass(frozen=True)
+class AnchorCheck:
+    """One re-run of the drift anchor during a search (search/drift.py)."""
+
+    after_trial: int  # the last trial measured before it
+    anchor_trial: int  # the trial whose configuration and first requests it re-ran
+    ratio: float  # its requests' total over the same requests of that trial
+    drifted: bool
+    requeued: tuple[int, ...] = ()  # trials queued again because of it
+    host: str = ""
+    at: str = ""
+
+    @classmethod
+    def from_dict(cls, data: object) -> AnchorCheck:
+        return from_mapping(cls, data, {"requeued": tuple})
+
+
+@dataclass(frozen=True)
 class StudyRecord:
     """What a study keeps about itself (its Optuna user attributes), typed."""
 
@@ -295,6 +313,8 @@ class StudyRecord:
     profiles: dict[str, Profile] | None = None
     # What the study minimises and its limits; None: a study older than goals (the score).
     goals: Goals | None = None
+    # Each check of the drift anchor (search/drift.py), in the order they ran.
+    anchors: tuple[AnchorCheck, ...] = ()
 
     # The attributes written when a study is created, in this order (`schema` last: a tuner
     # joining a study being created waits for it); `space` and `tuned_fields` on every
@@ -331,7 +351,8 @@ class StudyRecord:
                 "space": SpaceSummary.from_dict, "tuned_fields": tuple,
                 "confirmation": Confirmation.from_dict, "winner": Winner.from_dict,
                 "machine_class": HardwareClass.from_dict, "profiles": from_profiles,
-                "goals": Goals.from_dict})
+                "goals": Goals.from_dict, "anchors": lambda rows: tuple(
+                    AnchorCheck.from_dict(r) for r in rows)})
         except (RecordError, TypeError, ValueError) as err:
             raise StudyFormatError(f"study {shown}: its record cannot be read "
                                    f"({visible(err, 120)})") from None
@@ -456,6 +477,8 @@ class TuneReport:
     out: str | None
     export: str
     costs: dict[str, float] = field(default_factory=dict)  # where the wall time went, s
+    # the wall time of the search (its drift checks included) and of the confirmation, s
+    phases: dict[str, float] = field(default_factory=dict)
     profiles: tuple[Profile, ...] = ()
     # what the winner's context window holds, a warning when it is below the guide's, and
     # why a larger window was chosen in a tie (see studies.window, search.confirm)
