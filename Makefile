@@ -31,10 +31,12 @@ lint: install
 fix: install
 	$(BIN)/ruff check --fix autotune tests benchmarks studies
 
-# The small grid (a few minutes of measuring) and the replay of the real study on it.
+# The small grid (about 10 minutes of measuring) and the replay of the real study on it,
+# against the simpler searches: under 15 minutes on two cores. The full run: see README.
 bench: install
 	$(BIN)/python benchmarks/grid_truth.py "$(DEMO_MODEL)" --small
-	$(BIN)/python benchmarks/replay.py benchmarks/results/grid-small.json --seeds 20
+	$(BIN)/python benchmarks/replay.py benchmarks/results/grid-small.json --seeds 20 \
+		--strategies default,no-pruning,random,optimus,grid
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

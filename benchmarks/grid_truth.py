@@ -1,6 +1,6 @@
 """Grid truth: measure every cell of the core search space, and name the grid optimum.
 
-    python benchmarks/grid_truth.py [MODEL] [--repeats 3] [--tokens 32] [--small]
+    python benchmarks/grid_truth.py [MODEL] [--repeats 3] [--tokens 8] [--small]
         [--cache-sizes 1,4,100] [--contexts 1024,4096] [--finalists 3] [--rounds 3]
         [--out benchmarks/results/grid.json]
     python benchmarks/grid_truth.py --table benchmarks/results/grid.json
@@ -41,6 +41,7 @@ from autotune.measure.hardware import detect
 from autotune.measure.model import demo_model_path, inspect_model
 from autotune.measure.records import TrialResult
 from autotune.measure.settings import Settings
+from autotune.measure.trial import DEFAULT_TOKENS
 from autotune.measure.workload import builtin_workload, load_workload
 from autotune.search.scoring import Weights, score
 from autotune.search.space import MIN_CONTEXT, build_space
@@ -49,7 +50,7 @@ from autotune.search.study import Measurement, versions
 FORMAT = "autotune-grid"
 FORMAT_VERSION = 1
 RESULTS = Path(__file__).parent / "results"
-SMALL = {"contexts": (1024, 4096), "cache_sizes": (1, 100), "repeats": 2, "tokens": 8}
+SMALL = {"contexts": (1024, 4096), "cache_sizes": (1, 100), "repeats": 2}
 FULL_CACHE_SIZES = (1, 4, 100)
 
 
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
 
     small = SMALL if args.small else {}
     repeats = args.repeats or small.get("repeats", 3)
-    tokens = args.tokens or small.get("tokens", 32)
+    tokens = args.tokens or DEFAULT_TOKENS  # what the tuner's trials measure
     contexts = ints(args.contexts, small.get("contexts"))
     cache_sizes = ints(args.cache_sizes, small.get("cache_sizes", FULL_CACHE_SIZES))
     out = Path(args.out or RESULTS / ("grid-small.json" if args.small else "grid.json"))

@@ -1,6 +1,6 @@
 """Replay: the real study code against a recorded grid, over many seeds; regret curves.
 
-    python benchmarks/replay.py [GRID.json] [--seeds 50] [--trials 45] [--budget 12]
+    python benchmarks/replay.py [GRID.json] [--seeds 50] [--trials 45] [--budget 8] [--jobs 2]
         [--strategies default,no-pruning,...] [--out benchmarks/results/replay]
 
 Nothing is measured. Each trial of a real study (`open_study`, `search`, its TPE sampler,
@@ -8,7 +8,7 @@ Wilcoxon pruner and constraints, in an in-memory storage) gets, instead of a liv
 one recorded repeat of the grid cell its settings fall in (drawn at random), streamed
 request by request through the trial's `on_request`, so the pruner sees what it would have
 seen and stops the trial where it would have stopped it. After `--budget` trials the real
-confirmation (`tune.finalists` and `confirm.confirm`, 3 finalists, 2 rounds) picks the
+confirmation (`tune.finalists` and `confirm.confirm`, 3 finalists, 2 rounds, racing) picks the
 winner from replayed runs too; the search then goes on to `--trials`.
 
 A replayed trial takes the time its repeat took: its recorded wall time minus the
@@ -19,24 +19,33 @@ cell is its median score over all its recorded runs; a cell that failed or overf
 context in any run is infeasible. Regret = (true score of the study's best feasible trial
 - the best true score) / the best true score.
 
-Strategies: `default` (TPE multivariate + Wilcoxon p=0.02, the guide's baselines first),
-`p05`, `p10` (other pruner thresholds), `no-pruning`, `no-baselines`, `random` (random
-sampler, baselines, pruner), `gp` (GPSampler, no pruning), `optimus` (llama-optimus-like:
-Optuna's default TPE, 45 trials, 3 repeats each, no pruning, no baselines, no
-confirmation), `grid` (every cell once, in random order), `warm-start` (the default, in a
-storage that already holds an earlier replayed default study of another seed, searched for
-`--budget` trials and confirmed: the new study enqueues that study's confirmed winner after
-the baselines, as `open_study` does on a machine with an earlier study of a similar model),
-`warm-start-no-baselines` (the same without the guide's baselines: what the warm start
-alone brings, against `no-baselines`).
-Writes JSON, Markdown and a PNG.
+Strategies: `default` (the tuner as it ships: TPE multivariate, the Wilcoxon pruner at
+p=0.05, the guide's size advice then its defaults first, drift anchor, racing confirmation,
+`--budget` trials), `before` (the defaults before this replay chose them: p=0.02, the
+guide's defaults first, 12 trials), `p02`, `p10` (other pruner thresholds), `no-pruning`,
+`no-baselines`, `defaults-first`, `random` (random sampler, baselines, pruner), `gp`
+(GPSampler, no pruning), `optimus` (llama-optimus-like: Optuna's default TPE, 45 trials, 3
+repeats each, no pruning, no baselines, no confirmation), `grid` (every cell once, in random
+order), `measure-repeats` (a configuration measured whole is measured again when TPE
+samples it again), `no-anchor` (no drift anchor checks: on recorded runs every check that
+fires is a false alarm, and what they cost shows against `default`), `no-racing` (every
+finalist runs every confirmation round), `budget-12`, `finalists-2`, `warm-start` (the
+default, in a storage that already holds an earlier replayed default study of another seed,
+searched for `--budget` trials and confirmed: the new study enqueues that study's
+confirmed winner after the baselines, as `open_study` does on a machine with an earlier
+study of a similar model), `warm-start-no-baselines` (the same without the guide's
+baselines: what the warm start alone brings, against `no-baselines`).
+The drift anchor's checks replay a recorded repeat of the anchor's cell too, and their time
+counts in the study's. Writes JSON, Markdown and a PNG.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -55,13 +64,14 @@ from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status, TrialResult
 from autotune.measure.settings import Settings
 from autotune.measure.workload import Request, Workload
+from autotune.search import drift
 from autotune.search import study as study_module
 from autotune.search.confirm import confirm
 from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
 from autotune.search.study import Measurement, feasible, open_study, search
-from autotune.search.tune import finalists
-from autotune.studies.records import TrialRecord, Winner, keep, study_attrs
+from autotune.search.tune import TuneOptions, finalists
+from autotune.studies.records import StudyRecord, TrialRecord, Winner, keep, study_attrs
 
 RESULTS = Path(__file__).parent / "results"
 NEAR = 0.05  # "within 5% of the optimum"
@@ -205,19 +215,30 @@ class ReplayMeasurement(Measurement):
     rng: random.Random = field(default_factory=random.Random)
     repeats: int = 1
     log: list[Replayed] = field(default_factory=list)
+    # the drift anchor's checks: (how many trial runs preceded it, the time it took)
+    anchors: list[tuple[int, float]] = field(default_factory=list)
     harness_s: float = 0.0
     last: float | None = None
 
-    def run(self, model, settings, on_request=None, before=None) -> TrialResult:
+    def run(self, model, settings, on_request=None, before=None, anchor=False) -> TrialResult:
         now = time.perf_counter()
         study_s = 0.0 if self.last is None else now - self.last  # sampler, pruner, storage
         self.harness_s += study_s
         assert self.grid is not None
         cell = self.grid.cell_for(settings)
-        result, took = replay(self.grid, cell, self.rng, self.repeats, on_request)
-        self.log.append(Replayed(cell, took + study_s, len(result.requests), result.status))
+        result, took = replay(self.grid, cell, self.rng, 1 if anchor else self.repeats,
+                              on_request)
+        if anchor:
+            self.anchors.append((len(self.log), took + study_s))
+        else:
+            self.log.append(Replayed(cell, took + study_s, len(result.requests),
+                                     result.status))
         self.last = time.perf_counter()
         return result
+
+    def spent_s(self) -> float:
+        """The replayed time so far: trial runs and the drift anchor's checks."""
+        return sum(r.time_s for r in self.log) + sum(t for _, t in self.anchors)
 
 
 def replay(grid: Grid, cell: int, rng: random.Random, repeats: int,
@@ -265,6 +286,11 @@ class Strategy:
     confirm: bool = True
     warm_start: bool = False  # an earlier confirmed study of another seed in the storage
     reuse_repeats: bool = True  # a configuration measured whole is not measured again
+    anchor_every: int = drift.ANCHOR_EVERY  # trials between drift checks (0: none)
+    racing: bool = True  # confirmation drops a finalist clearly behind
+    budget: int | None = None  # trials before confirmation (None: --budget)
+    finalists: int = FINALISTS
+    defaults_first: bool = False  # the guide's defaults queued before its size advice
 
 
 class NoBaselines(SearchSpace):
@@ -272,24 +298,40 @@ class NoBaselines(SearchSpace):
         return []
 
 
+class DefaultsFirst(SearchSpace):
+    def baselines(self, model, machine):
+        return list(reversed(super().baselines(model, machine)))
+
+
 def gp_sampler(seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.GPSampler(seed=seed, n_startup_trials=study_module.STARTUP_TRIALS)
 
 
+def wilcoxon(p: float) -> Callable[[], optuna.pruners.BasePruner]:
+    return lambda: optuna.pruners.WilcoxonPruner(
+        p_threshold=p, n_startup_steps=study_module.PRUNE_AFTER_REQUESTS)
+
+
 STRATEGIES = {
     "default": Strategy("default"),
-    "p05": Strategy("p05", pruner=lambda: optuna.pruners.WilcoxonPruner(
-        p_threshold=0.05, n_startup_steps=study_module.PRUNE_AFTER_REQUESTS)),
-    "p10": Strategy("p10", pruner=lambda: optuna.pruners.WilcoxonPruner(
-        p_threshold=0.1, n_startup_steps=study_module.PRUNE_AFTER_REQUESTS)),
+    # the tuner's defaults before the replay of the full grid chose the present ones
+    "before": Strategy("before", pruner=wilcoxon(0.02), defaults_first=True, budget=12),
+    "p02": Strategy("p02", pruner=wilcoxon(0.02)),
+    "p10": Strategy("p10", pruner=wilcoxon(0.1)),
     "no-pruning": Strategy("no-pruning", pruner=optuna.pruners.NopPruner),
     "no-baselines": Strategy("no-baselines", baselines=False),
+    "defaults-first": Strategy("defaults-first", defaults_first=True),
     "random": Strategy("random", sampler=lambda seed: optuna.samplers.RandomSampler(seed)),
     "gp": Strategy("gp", sampler=gp_sampler, pruner=optuna.pruners.NopPruner),
     "optimus": Strategy("optimus", sampler=lambda seed: optuna.samplers.TPESampler(seed=seed),
                         pruner=optuna.pruners.NopPruner, baselines=False, repeats=3,
-                        trials=45, confirm=False, reuse_repeats=False),  # as Optuna alone
+                        trials=45, confirm=False, reuse_repeats=False,
+                        anchor_every=0),  # as Optuna alone
     "measure-repeats": Strategy("measure-repeats", reuse_repeats=False),
+    "no-anchor": Strategy("no-anchor", anchor_every=0),
+    "no-racing": Strategy("no-racing", racing=False),
+    "budget-12": Strategy("budget-12", budget=12),
+    "finalists-2": Strategy("finalists-2", finalists=2),
     "warm-start": Strategy("warm-start", warm_start=True),
     "warm-start-no-baselines": Strategy("warm-start-no-baselines", baselines=False,
                                         warm_start=True),
@@ -312,9 +354,9 @@ def run_study(grid: Grid, strategy: Strategy, seed: int, trials: int, budget: in
     model = ModelInfo.from_dict(grid.doc["model"])
     machine = Hardware.from_dict(grid.doc["machine"])
     space = grid.space()
-    if not strategy.baselines:
-        space = NoBaselines(**{f.name: getattr(space, f.name)
-                               for f in dataclasses.fields(SearchSpace)})
+    if not strategy.baselines or strategy.defaults_first:
+        kind = DefaultsFirst if strategy.baselines else NoBaselines
+        space = kind(**{f.name: getattr(space, f.name) for f in dataclasses.fields(SearchSpace)})
     measurement = ReplayMeasurement(grid.workload(), grid.doc["tokens_per_request"],
                                     weights=Weights(**grid.doc["weights"]), grid=grid,
                                     rng=random.Random(seed * 7919 + 17),
@@ -330,13 +372,15 @@ def run_study(grid: Grid, strategy: Strategy, seed: int, trials: int, budget: in
     if strategy.pruner is not None:
         study.pruner = strategy.pruner()
     total = strategy.trials or trials
+    budget = strategy.budget or budget
     first = min(budget, total) if strategy.confirm else total
-    search(study, model, space, measurement, machine.host, first, None)
+    search(study, model, space, measurement, machine.host, first, None,
+           anchor_every=strategy.anchor_every)
     confirmed = None
     if strategy.confirm:
         searched = len(measurement.log)
-        searched_s = sum(r.time_s for r in measurement.log)
-        candidates = finalists(study, FINALISTS)
+        searched_s = measurement.spent_s()
+        candidates = finalists(study, strategy.finalists)
         if len(candidates) > 1:
             spent: list[float] = []
 
@@ -345,17 +389,23 @@ def run_study(grid: Grid, strategy: Strategy, seed: int, trials: int, budget: in
                 spent.append(took)
                 return result
 
-            outcome = confirm(candidates, measure, ROUNDS, measurement.weights, seed)
+            outcome = confirm(candidates, measure, ROUNDS, measurement.weights, seed,
+                              racing=strategy.racing)
             confirm_s = sum(spent)
             win = outcome.winner
             cell = grid.cell_for(Settings.from_dict(win.settings)) if win else None
             confirmed = {"trials": searched, "search_s": searched_s, "confirm_s": confirm_s,
-                         "regret": grid.regret(cell), "cell": cell}
+                         "regret": grid.regret(cell), "cell": cell,
+                         "dropped": len(outcome.dropped)}
         measurement.last = None
         if total > first:
-            search(study, model, space, measurement, machine.host, total - first, None)
+            search(study, model, space, measurement, machine.host, total - first, None,
+                   anchor_every=strategy.anchor_every)
+    checks = StudyRecord.read(study).anchors
     return {"seed": seed, **curve(grid, study, measurement), "confirmed": confirmed,
-            "harness_s": measurement.harness_s}
+            "budget": budget, "harness_s": measurement.harness_s, "anchor_checks": len(checks),
+            "anchor_fired": sum(c.drifted for c in checks),
+            "anchor_s": sum(t for _, t in measurement.anchors)}
 
 
 def earlier_study(grid: Grid, storage: optuna.storages.BaseStorage, seed: int,
@@ -397,26 +447,47 @@ def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> di
         raise RuntimeError(f"{len(trials)} trials, {len(repeats)} repeats, but "
                            f"{len(measurement.log)} replayed runs")
     runs = iter(measurement.log)
+    anchors = list(measurement.anchors)  # each is paid before the next trial run
     cell_of: dict[int, int] = {}
-    elapsed, best_value, best_cell = 0.0, math.inf, None
+    elapsed, best_value, best_cell, consumed = 0.0, math.inf, None, 0
     times, regrets, cells, pruned = [], [], [], 0
+    labels = {t.number: TrialRecord.read(t).label or "" for t in trials}
+    gone: set[int] = set()  # superseded so far: a re-measurement ran (study.superseded)
     for trial in trials:
         if trial.number in repeats:
             cell = cell_of[repeats[trial.number]]
         else:
+            while anchors and anchors[0][0] <= consumed:
+                elapsed += anchors.pop(0)[1]
             run = next(runs)
+            consumed += 1
             cell = run.cell
             elapsed += run.time_s
         cell_of[trial.number] = cell
         if trial.state == optuna.trial.TrialState.PRUNED:
             pruned += 1
-        if feasible(trial) and trial.value < best_value:
+        if labels[trial.number].startswith(study_module.DRIFT_LABEL):
+            # measured again after the anchor drifted: the earlier run (and its repeats)
+            # no longer ranks, and the incumbent is chosen again without them
+            taken = int(labels[trial.number].removeprefix(study_module.DRIFT_LABEL))
+            gone |= {taken} | {n for n, of in repeats.items() if of == taken}
+            best_value, best_cell = incumbent(trials[:trial.number + 1], gone, cell_of)
+        elif feasible(trial) and trial.value < best_value:
             best_value, best_cell = trial.value, cell
         times.append(elapsed)
         regrets.append(grid.regret(best_cell))
         cells.append(cell)
     return {"times": times, "regrets": regrets, "pruned": pruned, "cells": cells,
             "repeats": len(repeats)}
+
+
+def incumbent(trials, gone, cell_of) -> tuple[float, int | None]:
+    """The best feasible trial among `trials` that no re-measurement superseded."""
+    best_value, best_cell = math.inf, None
+    for trial in trials:
+        if trial.number not in gone and feasible(trial) and trial.value < best_value:
+            best_value, best_cell = trial.value, cell_of.get(trial.number)
+    return best_value, best_cell
 
 
 def run_grid(grid: Grid, seed: int) -> dict:
@@ -472,8 +543,11 @@ def summarize(grid: Grid, results: dict[str, list[dict]], budget: int) -> dict:
         trials_to = [first_within(list(range(1, len(r["regrets"]) + 1)), r["regrets"])
                      for r in runs]
         time_to = [first_within(r["times"], r["regrets"]) for r in runs]
-        at_budget = [r["regrets"][min(budget, len(r["regrets"])) - 1] for r in runs]
-        time_budget = [r["times"][min(budget, len(r["times"])) - 1] for r in runs]
+        own = [r.get("budget") or budget for r in runs]  # a strategy may have its own
+        at_budget = [r["regrets"][min(b, len(r["regrets"])) - 1]
+                     for r, b in zip(runs, own, strict=True)]
+        time_budget = [r["times"][min(b, len(r["times"])) - 1]
+                       for r, b in zip(runs, own, strict=True)]
         at_third = [regret_at(r["times"], r["regrets"], one_pass / 3) for r in runs]
         confirmed = [r["confirmed"] for r in runs if r["confirmed"]]
         rows[name] = {
@@ -493,6 +567,10 @@ def summarize(grid: Grid, results: dict[str, list[dict]], budget: int) -> dict:
                                       / len(confirmed)) if confirmed else math.nan,
             "confirmed_median_time_s": median([c["search_s"] + c["confirm_s"]
                                                for c in confirmed]),
+            "confirm_median_s": median([c["confirm_s"] for c in confirmed]),
+            "anchor_checks": sum(r.get("anchor_checks", 0) for r in runs),
+            "anchor_fired": sum(r.get("anchor_fired", 0) for r in runs),
+            "median_anchor_s": median([r.get("anchor_s", 0.0) for r in runs]),
         }
     goals = {}
     default, nop = rows.get("default"), rows.get("no-pruning")
@@ -528,8 +606,8 @@ def markdown(grid: Grid, summary: dict, args, skipped: dict[str, str]) -> str:
         "",
         "| strategy | trials to 5% | time to 5% | reached | regret @budget | time @budget "
         "| regret @1/3 grid time | final regret | pruned | confirmed regret | confirmed <=5% "
-        "| search+confirm time |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "| confirm time | search+confirm time | anchor fired |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in summary["rows"].items():
         lines.append(
             f"| {name} | {fmt(row['median_trials_to_5pct'], '', 0)} | "
@@ -540,7 +618,9 @@ def markdown(grid: Grid, summary: dict, args, skipped: dict[str, str]) -> str:
             f"{fmt(100 * row['median_final_regret'], '%')} | {row['pruned_share']:.0%} | "
             f"{fmt(100 * row['confirmed_median_regret'], '%')} | "
             f"{fmt(100 * row['confirmed_within_5pct'], '%', 0)} | "
-            f"{fmt(row['confirmed_median_time_s'], ' s', 0)} |")
+            f"{fmt(row['confirm_median_s'], ' s', 0)} | "
+            f"{fmt(row['confirmed_median_time_s'], ' s', 0)} | "
+            f"{anchors(row)} |")
     goals = summary["goals"]
     if "default_time_to_5pct_share_of_grid" in goals:
         share = goals["default_time_to_5pct_share_of_grid"]
@@ -560,8 +640,18 @@ def markdown(grid: Grid, summary: dict, args, skipped: dict[str, str]) -> str:
         lines.append(f"\n{name}: skipped, {why}.")
     lines += ["", "Medians over seeds; regret relative to the true optimum's score. \"to 5%\": "
               "the trial (time) after which the best trial found stays within 5%; \"never\": "
-              "the median seed did not stay there; \"reached\": the share of seeds that did."]
+              "the median seed did not stay there; \"reached\": the share of seeds that did. "
+              "Times include the drift anchor's checks; \"anchor fired\": its checks that found "
+              "drift, over all seeds (on recorded runs, false alarms)."]
     return "\n".join(lines) + "\n"
+
+
+def anchors(row: dict) -> str:
+    """How often the drift anchor fired on recorded runs (no drift but a run's own
+    spread): its false alarms."""
+    if not row["anchor_checks"]:
+        return "-"
+    return f"{row['anchor_fired']}/{row['anchor_checks']}"
 
 
 def plot(grid: Grid, results: dict[str, list[dict]], path: Path) -> None:
@@ -612,15 +702,25 @@ def clip(value: float) -> float:
     return min(value, 1.0)
 
 
+def replay_one(grid: Grid, trials: int, budget: int, task: tuple[str, int]) -> dict:
+    name, seed = task
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return run_grid(grid, seed) if name == "grid" else run_study(
+        grid, STRATEGIES[name], seed, trials, budget)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("grid", nargs="?", default=str(RESULTS / "grid.json"))
     parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--trials", type=int, default=45)
-    parser.add_argument("--budget", type=int, default=12, help="trials before confirmation")
+    parser.add_argument("--budget", type=int, default=TuneOptions().trials,
+                        help="trials before confirmation (the tuner's default)")
     parser.add_argument("--strategies", default=",".join(
         [s for s in STRATEGIES if not s.startswith("warm-start")] + ["grid"]))
     parser.add_argument("--out", help="output path without suffix (results/replay-<grid>)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes (seeds run apart)")
     args = parser.parse_args(argv)
     grid = Grid.load(args.grid)
     out = Path(args.out or RESULTS / f"replay-{Path(args.grid).stem}")
@@ -628,17 +728,25 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     skipped: dict[str, str] = {}
     results: dict[str, list[dict]] = {}
+    names = []
     for name in args.strategies.split(","):
         if name == "gp" and (why := gp_unavailable()):
             skipped[name] = why
-            continue
-        started = time.monotonic()
-        runs = []
-        for seed in range(args.seeds):
-            runs.append(run_grid(grid, seed) if name == "grid" else
-                        run_study(grid, STRATEGIES[name], seed, args.trials, args.budget))
-        results[name] = runs
-        log(f"{name}: {args.seeds} seeds in {time.monotonic() - started:.0f} s")
+        elif name != "grid" and name not in STRATEGIES:
+            raise SystemExit(f"unknown strategy {name!r}; one of: grid, {', '.join(STRATEGIES)}")
+        else:
+            names.append(name)
+    started = time.monotonic()
+    tasks = [(name, seed) for name in names for seed in range(args.seeds)]
+    one = functools.partial(replay_one, grid, args.trials, args.budget)
+    if args.jobs > 1:  # each seed's replay is independent: one process per core
+        with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(one, tasks, chunksize=4))
+    else:
+        done = [one(task) for task in tasks]
+    for (name, _), run in zip(tasks, done, strict=True):
+        results.setdefault(name, []).append(run)
+    log(f"{len(names)} strategies x {args.seeds} seeds in {time.monotonic() - started:.0f} s")
     summary = summarize(grid, results, args.budget)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(finite(
