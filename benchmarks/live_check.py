@@ -4,7 +4,8 @@
         [--seeds 5] [--rounds 3] [--out benchmarks/results/live-check]
 
 For each seed, a real study with the tuner's defaults (`tune`, as `autotune MODEL --seed S`
-runs it, in a studies folder of its own, writing no export) gives its confirmed winner, its
+runs it, in a studies folder of its own so that none warm-starts from another, writing
+no export) gives its confirmed winner, its
 wall time, and the time of its search and of its confirmation. Then every distinct winner,
 the grid optimum's cell (from the grid_truth.py file) and the guide's defaults are measured
 side by side, interleaved in one run: every configuration once per round, in a shuffled
@@ -53,8 +54,9 @@ def key(settings: dict[str, object]) -> str:
 def study(model: str, seed: int, folder: str) -> dict:
     """One default study: its winner's settings, wall time and phases."""
     started = time.monotonic()
-    report = tune(model, TuneOptions(seed=seed, studies_dir=folder, out=None,
-                                     study_name=f"live-{seed}"))
+    # a studies folder of its own: no seed warm-starts from another's winner
+    report = tune(model, TuneOptions(seed=seed, studies_dir=str(Path(folder) / f"seed-{seed}"),
+                                     out=None, study_name=f"live-{seed}"))
     wall = time.monotonic() - started
     winner = next(c for c in report.candidates if c.label == report.winner.label)
     improvement = report.improvement
