@@ -10,6 +10,7 @@ The harness's own share is all but the requests, the loads and warm-ups every tr
 and the waiting.
 
     python benchmarks/overhead.py MODEL --refs 2b1c07e worktree [--json FILE]
+    python benchmarks/overhead.py MODEL --refs 2b1c07e worktree:--anchor-every=0 worktree
 
 Before and after: runs each git ref's own `autotune MODEL` command (a commit checked out
 with `git worktree add --detach`, or `worktree`: this tree), one after the other with the
@@ -19,7 +20,9 @@ each study kept: the measured requests (every trial's and confirmation run's lat
 repeat that reused a measurement ran none), the model loads and the warm-ups (each run's
 load_s and warmup_s), and the rest of the wall time: worker starts, the model's
 inspection, sampler, storage, records, and (now) the drift anchor's checks. 2b1c07e is the
-last commit whose every trial worker imported pandas and Optuna.
+last commit whose every trial worker imported pandas and Optuna. A ref written REF:OPTIONS
+runs with those tuner options too (comma-separated): `worktree:--anchor-every=0` is this
+tree without the drift anchor, whose checks would otherwise count in the rest.
 """
 
 from __future__ import annotations
@@ -46,11 +49,12 @@ MAIN = "import sys; from autotune.cli import main; sys.argv[0] = 'autotune'; mai
 REPEAT = "repeat of trial "
 
 
-def run_ref(root: Path, model: str, args, folder: Path) -> float:
-    """The ref's own tuner command, run in `folder` (its studies land in folder/studies)."""
+def run_ref(root: Path, model: str, args, folder: Path, extra: list[str]) -> float:
+    """The ref's own tuner command with `extra` options, run in `folder` (its studies land
+    in folder/studies)."""
     command = [sys.executable, "-c", MAIN, model, "--trials", str(args.trials), "--rounds",
                str(args.rounds), "--finalists", str(args.finalists), "--seed", str(args.seed),
-               "--tokens", str(TOKENS), "--out", str(folder / "jarvis.env"), "--force"]
+               "--tokens", str(TOKENS), "--out", str(folder / "jarvis.env"), "--force", *extra]
     env = {k: v for k, v in environment(root).items() if k != "AUTOTUNE_STUDIES"}
     started = time.perf_counter()
     done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
@@ -97,19 +101,21 @@ def breakdown(journal: Path, wall: float) -> dict[str, float]:
 def compare_refs(args) -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="overhead-refs-") as scratch:
-        for ref in args.refs:
-            root = REPO if ref == WORKTREE else Path(scratch) / f"tree-{ref}"
-            if ref != WORKTREE:
-                git("worktree", "add", "--quiet", "--detach", str(root), ref)
+        for number, ref in enumerate(args.refs):
+            name, _, options = ref.partition(":")
+            root = REPO if name == WORKTREE else Path(scratch) / f"tree-{number}"
+            if name != WORKTREE:
+                git("worktree", "add", "--quiet", "--detach", str(root), name)
             try:
-                folder = Path(scratch) / f"run-{ref}"
+                folder = Path(scratch) / f"run-{number}"
                 folder.mkdir()
                 print(f"{ref}: tuning ...", file=sys.stderr, flush=True)
-                wall = run_ref(root, args.model, args, folder)
+                wall = run_ref(root, args.model, args, folder,
+                               options.split(",") if options else [])
                 results[ref] = breakdown(folder / "studies" / "autotune.journal", wall)
                 print(f"{ref}: {wall:.0f} s", file=sys.stderr, flush=True)
             finally:
-                if ref != WORKTREE:
+                if name != WORKTREE:
                     git("worktree", "remove", "--force", str(root))
     rows = ("wall_s", "worker runs", "measured requests", "model load", "warm-up", "the rest",
             "the rest per run", "harness share")
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="FILE", help="save the breakdown here")
     parser.add_argument("--refs", nargs="+", help="git refs to run one after the other "
-                        f"({WORKTREE!r}: this tree), broken down from their studies")
+                        f"({WORKTREE!r}: this tree), broken down from their studies; "
+                        "REF:OPT,OPT adds tuner options (worktree:--anchor-every=0)")
     args = parser.parse_args(argv)
     if args.refs:
         compare_refs(args)
