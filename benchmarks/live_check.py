@@ -35,6 +35,9 @@ from autotune.search.scoring import score
 from autotune.search.study import Measurement, versions
 from autotune.search.tune import TuneOptions, tune
 
+sys.path.insert(0, str(Path(__file__).parent))
+from grid_truth import cell_key  # a configuration's name, as the grid names its cells
+
 RESULTS = Path(__file__).parent / "results"
 GOAL = 0.03  # the median seed's winner within 3% of the grid optimum's score
 OPTIMUM = "grid optimum"
@@ -42,13 +45,6 @@ OPTIMUM = "grid optimum"
 
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def key(settings: dict[str, object]) -> str:
-    """A configuration's name, as grid_truth.py names cells."""
-    cache = f"cache{settings['max_cache_size']}" if settings["enable_context_cache"] \
-        else "nocache"
-    return f"t{settings['n_threads']} c{settings['context_window']} {cache}"
 
 
 def study(model: str, seed: int, folder: str) -> dict:
@@ -62,7 +58,7 @@ def study(model: str, seed: int, folder: str) -> dict:
     improvement = report.improvement
     return {"seed": seed, "wall_s": wall, "search_s": report.phases["search"],
             "confirmation_s": report.phases["confirmation"], "trials": report.n_trials,
-            "winner": winner.label, "settings": winner.settings, "key": key(winner.settings),
+            "winner": winner.label, "settings": winner.settings, "key": cell_key(winner.settings),
             "dropped": [c.label for c in report.candidates if c.dropped],
             "speedup": improvement.speedup if improvement else None,
             "speedup_low": improvement.low if improvement else None,
