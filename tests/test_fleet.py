@@ -102,7 +102,7 @@ def test_hosts_of_one_class_join_and_another_class_is_refused(where: str) -> Non
     joined = made_up_study(where, make_hardware(host="b"))
     assert StudyRecord.read(joined).machine_class == machine_class(make_hardware())
     assert [TrialRecord.read(t).label for t in joined.trials] == [
-        "guide defaults", "guide model-size advice"]  # enqueued once, by the creator
+        "guide model-size advice", "guide defaults"]  # enqueued once, by the creator
     with pytest.raises(AutotuneError) as refused:
         made_up_study(where, make_hardware(host="c", total_memory_bytes=32 * GIB,
                                            physical_cores=4))

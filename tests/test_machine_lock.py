@@ -182,8 +182,11 @@ def running_trials(studies: Path) -> list[optuna.trial.FrozenTrial]:
 def test_a_second_tuner_waits_and_never_fails_a_live_tuners_trial(
         model_path: Path, tiny_workload_file: Path, tmp_path: Path, lock_file: Path) -> None:
     studies = tmp_path / "studies"
+    # --fix makes the guide's defaults, the one trial the second tuner runs after the advice
+    # its first worker hangs in, a finalist like any other: it has something to confirm
     args = [AUTOTUNE, str(model_path), "--studies-dir", str(studies), "--workload",
-            str(tiny_workload_file), *QUICK_STUDY, "--trial-timeout", "600"]
+            str(tiny_workload_file), *QUICK_STUDY, "--trial-timeout", "600",
+            "--fix", "n_threads=1"]
     env = {LOCK_FILE_ENV: str(lock_file)}
     first = subprocess.Popen(  # its first worker loads the model, then hangs
         [*args, "--trials", "5", "--out", str(tmp_path / "first.env")], cwd=tmp_path,

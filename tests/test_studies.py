@@ -167,12 +167,12 @@ def test_export_reproduces_the_tuner_file_apart_from_the_date(two_studies: Path,
 @pytest.mark.slow
 def test_export_of_one_trial_writes_a_file_and_refuses_to_overwrite(
         two_studies: Path, tmp_path: Path, run_cli) -> None:
-    out = tmp_path / "trial0.env"
-    args = ("export", "tiny-study", "--trial", "0", "--studies-dir",
+    out = tmp_path / "trial1.env"
+    args = ("export", "tiny-study", "--trial", "1", "--studies-dir",
             str(two_studies / "studies"), "--format", "dotenv", "--out", str(out))
     assert run_cli(*args, cwd=tmp_path).returncode == 0
     text = out.read_text()
-    assert "trial 0" in text and "JARVIS_N_THREADS=8" in text  # trial 0: the guide's defaults
+    assert "trial 1" in text and "JARVIS_N_THREADS=8" in text  # trial 1: the guide's defaults
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 2 and "--force" in again.stderr and out.read_text() == text
     missing = run_cli("export", "tiny-study", "--trial", "99", "--studies-dir",
