@@ -24,9 +24,9 @@ recorded runs' own, start-up included. The knobs were compared over 200 seeds
 (benchmarks/results/replay-grid-defaults.md), the searches over 50
 (benchmarks/results/replay-grid.md).
 - Budget, 8 trials (was 12): the median seed is within 5% after trial 1 and stays there;
-  at 8 trials the search takes 74 s against 105 s, and the quality is 98% against 94%
-  (12 trials bring more distinct near-ties to confirmation, where noise picks among
-  them). Resuming with `--trials N` adds trials to a study.
+  at 8 trials the search takes 74 s against 105 s, and the quality is 98% against 94%:
+  on this grid, more trials buy no quality, only time. Resuming with `--trials N` adds
+  trials to a study.
 - Baselines, the guide's size advice first and its defaults second: the advice is within
   5% of the optimum at trial 1 on this machine, and the defaults (8 threads on 2 cores)
   running second are pruned as soon as they are clearly worse instead of run whole first.
