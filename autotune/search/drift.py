@@ -34,7 +34,7 @@ import optuna
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status
 from autotune.measure.settings import Settings
-from autotune.search.space import BASELINE_LABEL
+from autotune.search.space import ADVICE_LABEL, BASELINE_LABEL
 from autotune.studies.records import (
     AnchorCheck,
     StudyRecord,
@@ -54,7 +54,6 @@ ANCHOR_REQUESTS = 4  # the requests each check re-runs: the pruner's first look
 DRIFT_CALIBRATION = "10% at the median and 30% at the 95th percentile"
 DRIFT_LIMIT = 0.35
 DRIFT_LABEL = "re-measured after drift: trial "
-ADVICE_LABEL = "guide model-size advice"
 
 
 def anchor_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

@@ -49,6 +49,7 @@ SMALL_MODEL_PARAMS = 7e9
 LARGE_MODEL_PARAMS = 13e9
 
 BASELINE_LABEL = DEFAULTS_LABEL
+ADVICE_LABEL = "guide model-size advice"  # the baseline trial of the guide's size advice
 
 
 @dataclass
@@ -137,7 +138,7 @@ class SearchSpace:
             advice = {"context_window": window(4096),
                       "n_threads": machine.physical_cores, "n_gpu_layers": -1}
         advice.update(enable_context_cache=True, max_cache_size=100)
-        return [("guide model-size advice", *self.split(advice)),
+        return [(ADVICE_LABEL, *self.split(advice)),
                 (BASELINE_LABEL, *self.split(defaults))]
 
     def split(self, values: dict[str, object]) -> tuple[dict, dict]:
