@@ -419,7 +419,7 @@ def build(shape: Shape, quant: str, target: Path, directory: str | os.PathLike[s
             say(f"  writing random F16 weights to {f16_partial.name}")
             write_f16(shape, f16_partial, tokenizer, say, threads)
             if quant == "F16" or keep_f16:
-                f16_partial.rename(f16)
+                publish(f16_partial, f16)
         source = f16 if f16.exists() else f16_partial
         if quant == "F16":
             return
@@ -427,7 +427,15 @@ def build(shape: Shape, quant: str, target: Path, directory: str | os.PathLike[s
             say(f"  quantizing to {quant} with llama.cpp")
             quantize(source, target_partial, quant,
                      data_bytes(shape, quant, tokenizer.vocab), say, threads, verbose)
-            target_partial.rename(target)
+            publish(target_partial, target)
+
+
+def publish(path: Path, final: Path) -> None:
+    """Rename a complete file to its cached name, its data on disk first (a crash between
+    the two must not leave an empty file under the cached name)."""
+    with path.open("rb") as file:
+        os.fsync(file.fileno())
+    path.rename(final)
 
 
 @contextlib.contextmanager
@@ -495,8 +503,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.shape is None:
         parser.error("name a SHAPE (or --list)")
-    print(make_model(args.shape, args.quant, args.dir, keep_f16=args.keep_f16,
-                     threads=args.threads, lock=not args.no_lock, verbose=args.verbose))
+    try:
+        path = make_model(args.shape, args.quant, args.dir, keep_f16=args.keep_f16,
+                          threads=args.threads, lock=not args.no_lock, verbose=args.verbose)
+    except OSError as err:  # a full disk, a folder that cannot be written
+        sys.exit(f"model_shapes.py: {err}: pass a --dir that can be written and has room")
+    print(path)
 
 
 if __name__ == "__main__":
