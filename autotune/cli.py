@@ -366,7 +366,11 @@ def check_study_name(name: str | None) -> None:
 @click.option("--max-memory", metavar="SIZE", help="Budget for the worker's peak resident "
               "memory, e.g. 6GiB or 800MB (B, KiB, MiB, GiB, KB, MB, GB).")
 @click.option("--max-gpu-memory", metavar="SIZE", help="Budget for the worker's peak GPU "
-              "memory, e.g. 10GiB (noted as not applying on a machine without GPU offload).")
+              "memory over all offload devices, e.g. 10GiB: layers that would not fit in it "
+              "are not searched (noted as not applying on a machine without GPU offload).")
+@click.option("--gpu-margin", default="1GiB", show_default=True, metavar="SIZE",
+              help="Memory left free on each offload device, for llama.cpp's compute "
+              "buffers and other programs: only layers that fit in the rest are searched.")
 @click.option("--study-name", help="Study to create or resume  [default: MODEL@CLASS, the "
               "kind of machine, shared by every host of that kind]")
 @storage_options
@@ -383,9 +387,9 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
          anchor_every: int, finalists: int, rounds: int, no_racing: bool,
          spike_weight: float, spike_factor: float, cv_weight: float, trial_timeout: float,
          objective: str, targets: tuple[str, ...], max_memory: str | None,
-         max_gpu_memory: str | None, study_name: str | None, studies_dir: str | None,
-         storage: str | None, out: str, fmt: str, force: bool, as_json: bool,
-         no_wait: bool) -> None:
+         max_gpu_memory: str | None, gpu_margin: str, study_name: str | None,
+         studies_dir: str | None, storage: str | None, out: str, fmt: str, force: bool,
+         as_json: bool, no_wait: bool) -> None:
     """Find the fastest steady JARVIS_* settings for MODEL on this machine.
 
     Runs an Optuna study (each candidate a latency trial in its own process), re-measures
@@ -408,6 +412,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
     Exit status: 0 written, 1 no trial or finalist finished or met the targets (or
     --no-wait found the machine busy), 2 bad input.
     """
+    from autotune.search.goals import parse_size
     from autotune.search.tune import TuneOptions
     from autotune.search.tune import tune as tune_lib
 
@@ -423,7 +428,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
         studies_dir=studies_folder(studies_dir, storage),
         storage=storage, out=out, fmt=fmt, force=force, wait=not no_wait,
         min_context=min_context, warm_start=not no_warm_start, anchor_every=anchor_every,
-        racing=not no_racing)
+        racing=not no_racing, gpu_margin=parse_size(gpu_margin, "gpu_margin"))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                         transient=True, disable=not err_console.is_terminal)

@@ -134,6 +134,7 @@ def print_bench(console: Console, report: BenchReport) -> None:
                   f"workload {terminal(report.workload.name)}: {report.workload.requests} "
                   f"requests x {report.iterations} pass(es), {mode}, "
                   f"{report.tokens_per_request} tokens each")
+    console.print(f"Measured on {terminal(report.measured_on)}", soft_wrap=True)
     if report.status != Status.OK:
         console.print(f"[red]trial {terminal(report.status)}[/]: {terminal(report.reason)}")
     stats = report.stats

@@ -10,6 +10,7 @@ from conftest import make_hardware
 
 from autotune.errors import AutotuneError
 from autotune.guide import GUIDE_DEFAULTS
+from autotune.measure.devices import Device
 from autotune.measure.hardware import Gpu, detect
 from autotune.measure.model import ModelInfo, inspect_model
 from autotune.search.space import build_space, context_choices, parse_fixes
@@ -21,6 +22,11 @@ def model(model_path: Path) -> ModelInfo:
 
 
 machine = make_hardware
+
+
+def device(free: int) -> Device:
+    """A made-up GPU of the registry, for logic that loads nothing."""
+    return Device("GPU0", "test gpu", "gpu", total_bytes=free, free_bytes=free)
 
 
 def sample(space, params: dict | None = None, pinned: dict | None = None):
@@ -40,19 +46,48 @@ def test_cpu_build_fixes_gpu_layers_at_zero_and_says_why(model: ModelInfo) -> No
     assert settings.n_gpu_layers == 0
 
 
-def test_offload_build_with_gpu_searches_layers_from_minus_one_to_layers_plus_one(
+def test_offload_device_with_room_for_every_layer_searches_zero_to_all(
         model: ModelInfo) -> None:
-    gpu = Gpu(0, "test gpu", 8 * 2**30, 7 * 2**30)
-    space = build_space(model, machine(gpus=(gpu,), gpu_offload=True))
-    assert space.gpu_layers == (-1, model.n_layers + 1)
+    space = build_space(model, machine(devices=(device(8 * 2**30),), gpu_offload=True))
+    assert space.gpu_layers == (0, model.n_layers + 1)
     trial, _settings = sample(space)
-    assert -1 <= trial.params["n_gpu_layers"] <= model.n_layers + 1
+    assert 0 <= trial.params["n_gpu_layers"] <= model.n_layers + 1
+    # the guide's "all layers" (-1) is that many layers, inside the range
+    advice, defaults = space.baselines(model, machine())
+    assert advice[1]["n_gpu_layers"] == defaults[1]["n_gpu_layers"] == model.n_layers + 1
+
+
+def test_offload_device_too_small_for_the_model_searches_the_layers_that_fit(
+        model: ModelInfo) -> None:
+    # room for a few layers beside the 1 GiB margin: the guide's "balance GPU/CPU layers"
+    space = build_space(model, machine(devices=(device(2**30 + 40 * 2**20),),
+                                       gpu_offload=True))
+    assert space.gpu_layers is not None and 0 < space.gpu_layers[1] < model.n_layers + 1
+    assert any(f"{space.gpu_layers[1]} of the model's {model.n_layers + 1} layers fit" in n
+               for n in space.notes)
+    advice, defaults = space.baselines(model, machine())
+    assert advice[1]["n_gpu_layers"] == space.gpu_layers[1]  # advice: all that fit
+    assert defaults[2]["n_gpu_layers"] == model.n_layers + 1  # the guide's: pinned, not run
+
+
+def test_offload_device_without_room_fixes_layers_at_zero(model: ModelInfo) -> None:
+    space = build_space(model, machine(devices=(device(2**30),), gpu_offload=True))
+    assert space.fixed["n_gpu_layers"] == 0
+    assert any("not one layer fits" in note for note in space.notes)
 
 
 def test_offload_build_without_gpu_still_fixes_layers(model: ModelInfo) -> None:
+    # llama_supports_gpu_offload() is true for an RPC build with no device at all
     space = build_space(model, machine(gpu_offload=True))
     assert space.fixed["n_gpu_layers"] == 0
-    assert any("no GPU was found" in note for note in space.notes)
+    assert any("llama.cpp sees no GPU device" in note for note in space.notes)
+
+
+def test_nvidia_gpu_with_a_cpu_build_says_how_to_reinstall(model: ModelInfo) -> None:
+    gpu = Gpu(0, "NVIDIA L4", 24 * 2**30, 23 * 2**30)
+    space = build_space(model, machine(gpus=(gpu,)))
+    assert any("cannot offload, but the machine has NVIDIA L4" in note
+               and "-DGGML_CUDA=on" in note for note in space.notes)
 
 
 def test_threads_range_is_one_to_logical_cores(model: ModelInfo) -> None:

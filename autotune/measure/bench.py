@@ -60,4 +60,4 @@ def bench(model_path: str | os.PathLike[str], settings: Settings,
         stderr_tail=result.stderr_tail if not result.ok else "",
         requests=tuple(result.requests),
         cache_cost=cache_cost(result.requests) if settings.enable_context_cache else None,
-        evidence_study=evidence.study if evidence else "")
+        evidence_study=evidence.study if evidence else "", buffers=result.buffers)

@@ -1,8 +1,13 @@
-"""The devices llama.cpp itself sees: the ggml backend registry of the libggml llama_cpp loaded.
+"""The devices llama.cpp itself sees: the ggml backend registry of the libggml libllama uses.
 
 Whatever backend the installed llama-cpp-python was built with (CUDA, ROCm, Vulkan, Metal,
 SYCL, RPC) registers its devices there, each with a type and its free and total memory,
-so offload is decided from the registry rather than from one vendor's driver. The ctypes
+so offload is decided from the registry rather than from one vendor's driver.
+
+The registry is reached through libllama's own handle, whose symbol look-up searches the
+libraries it was linked with: a wheel cannot hold symbolic links, so it ships libggml.so
+and libggml.so.0 as two copies, and `llama_cpp._ggml` loads the one libllama does not use.
+A device registered in that copy's registry is one no model ever loads onto. The ctypes
 declarations follow `ggml-backend.h` of llama-cpp-python 0.3.36 (`ggml_backend_dev_count`,
 `_get`, `_name`, `_description`, `_type`, `_memory`); the props struct is not read, since
 its layout has changed between versions. A device that reports 0 bytes free and 0 total
@@ -50,8 +55,14 @@ class Device:
 
 @cache
 def libggml() -> ctypes.CDLL:
-    """The very libggml that llama_cpp loaded, with the registry's functions declared."""
-    from llama_cpp._ggml import libggml as lib
+    """The very libggml libllama loaded, with the registry's functions declared.
+
+    A CDLL of its own on libllama's path: the same library, without touching the
+    declarations llama_cpp keeps on its handle.
+    """
+    from llama_cpp.llama_cpp import _lib as libllama
+
+    lib = ctypes.CDLL(libllama._name)
 
     lib.ggml_backend_dev_count.argtypes = []
     lib.ggml_backend_dev_count.restype = ctypes.c_size_t
@@ -102,7 +113,4 @@ def registry_devices() -> list[Device]:
 
 def offload_devices() -> tuple[Device, ...]:
     """The devices layers can go to, as llama.cpp spreads them (the registry's order)."""
-    from autotune.measure.rpc import register_test_servers
-
-    register_test_servers()
     return tuple(d for d in registry_devices() if d.offloads)

@@ -129,9 +129,10 @@ def diagnose(summary: TrialStats, status: Status, probe: ThreadProbe | None,
             fix="export JARVIS_ENABLE_CONTEXT_CACHE=false"),
             evidence, "enable_context_cache", lambda v: v is False))
     free_min = summary.gpu_free_min_bytes
-    total = sum(g.total_bytes for g in hardware.gpus)
+    total = sum(g.total_bytes for g in hardware.gpus) or sum(
+        d.total_bytes for d in hardware.devices)
     uses_gpu = settings.n_gpu_layers != 0 and hardware.can_offload
-    if uses_gpu and (status == Status.OUT_OF_MEMORY
+    if uses_gpu and (status in (Status.OUT_OF_MEMORY, Status.GPU_OUT_OF_MEMORY)
                      or (free_min is not None and total
                          and free_min < GPU_FREE_MIN_FRACTION * total)):
         layers = settings.n_gpu_layers

@@ -17,6 +17,8 @@ KIND:
     garbage   writes lines that are neither JSON nor valid UTF-8 to the event stream and to
               stderr, then carries on
     mute      closes the event stream and hangs: a worker that stopped talking but lives on
+    stop      stops itself (SIGSTOP) until the parent sends SIGCONT: a test holds the worker
+              at a point, changes the world (kills its offload device), then lets it go on
     slow      from then on, every request takes SLOW_S longer (a sleep inside its measured
               time): a machine that got busier, for the drift anchor's tests
 
@@ -36,13 +38,14 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from typing import IO
 
 ENV = "AUTOTUNE_WORKER_FAULT"
-KINDS = ("hang", "abort", "segfault", "exit", "oom", "garbage", "mute", "slow")
+KINDS = ("hang", "abort", "segfault", "exit", "oom", "garbage", "mute", "stop", "slow")
 SLOW_S = 0.5
 EVENT_AT = {"start": "start", "load": "loaded", "warmup": "warmup", "request": "request"}
 GARBAGE = b"\xff\xfe\x80 not json {\x00\n[1, 2]\n\xe2\x82\n"
@@ -133,6 +136,8 @@ def inject(fault: Fault, stream: IO[str]) -> None:
     elif fault.kind == "mute":
         stream.close()
         hang()
+    elif fault.kind == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def say(line: str) -> None:

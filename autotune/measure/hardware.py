@@ -1,4 +1,5 @@
-"""The machine: cores and memory (psutil), NVIDIA GPUs (pynvml), the build's GPU offload.
+"""The machine: cores and memory (psutil), the offload devices llama.cpp sees (its backend
+registry: CUDA, ROCm, Vulkan, Metal, RPC alike), NVIDIA detail (pynvml), the build's offload.
 
 A study belongs to a kind of machine (`HardwareClass`), not to one host: any host whose
 class is the same may add trials to it, so a fleet of identical machines tunes one study.
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from functools import cache
 
 import psutil
+
+from autotune.measure.devices import Device, offload_devices
 
 # Every trial records the host that measured it; tests (and a machine whose node name is
 # not the name it is known by) set the host's name here.
@@ -51,25 +55,42 @@ class Hardware:
     logical_cores: int
     total_memory_bytes: int
     available_memory_bytes: int
-    gpus: tuple[Gpu, ...]
+    gpus: tuple[Gpu, ...]  # NVIDIA GPUs as pynvml tells them (memory per process)
     gpu_offload: bool
     llama_cpp_version: str
+    # The devices llama.cpp can put layers on (GPU or integrated GPU), in its own order.
+    devices: tuple[Device, ...] = ()
 
     @property
     def can_offload(self) -> bool:
-        """GPU layers are worth searching: the build offloads and a GPU is present."""
-        return self.gpu_offload and bool(self.gpus)
+        """GPU layers are worth searching: the build offloads and llama.cpp sees a GPU."""
+        return self.gpu_offload and bool(self.devices)
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: object) -> Hardware:
-        """A kept record back (see autotune.measure.records.from_mapping)."""
+        """A kept record back (see autotune.measure.records.from_mapping); a record from
+        before devices were read lists none."""
         from autotune.measure.records import from_mapping
 
-        return from_mapping(cls, data, {"gpus": lambda gpus: tuple(
-            from_mapping(Gpu, gpu) for gpu in gpus)})
+        return from_mapping(cls, data, {
+            "gpus": lambda gpus: tuple(from_mapping(Gpu, gpu) for gpu in gpus),
+            "devices": lambda devices: tuple(from_mapping(Device, d) for d in devices)})
+
+    def offload_note(self) -> str:
+        """One line when a GPU is present that this llama-cpp-python build cannot use."""
+        if self.can_offload:
+            return ""
+        if self.gpus:
+            found, flags = self.gpus[0].name, "-DGGML_CUDA=on"
+        elif self.system == "Darwin" and self.machine == "arm64":
+            found, flags = "Apple Silicon", "-DGGML_METAL=on"
+        else:
+            return ""
+        return (f"this llama-cpp-python build cannot offload, but the machine has {found}: "
+                f'reinstall it with CMAKE_ARGS="{flags}" (see the README\'s GPU section)')
 
 
 def detect() -> Hardware:
@@ -88,7 +109,19 @@ def detect() -> Hardware:
         gpus=tuple(nvidia_gpus()),
         gpu_offload=gpu_offload_supported(),
         llama_cpp_version=llama_cpp_version(),
+        devices=detect_devices(),
     )
+
+
+def detect_devices() -> tuple[Device, ...]:
+    """The offload devices, the test-only RPC servers registered first (autotune.measure.rpc);
+    one that cannot be reached is simply not among them (its trials say so)."""
+    from autotune.measure import rpc
+
+    for endpoint in rpc.test_servers():
+        with contextlib.suppress(rpc.RpcError):
+            rpc.register(endpoint)
+    return offload_devices()
 
 
 def host_name() -> str:
@@ -113,6 +146,7 @@ class HardwareClass:
     gpus: tuple[str, ...]  # "NAME (N GiB)", one per GPU, sorted
     gpu_offload: bool
     llama_cpp_version: str
+    devices: tuple[str, ...] = ()  # "NAME kind (N GiB)", one per offload device, in order
 
     @property
     def label(self) -> str:
@@ -125,7 +159,10 @@ class HardwareClass:
     @property
     def digest(self) -> str:
         """8 hex digits that tell apart classes of one label (another CPU, another build)."""
-        text = json.dumps(self.to_dict(name=False), sort_keys=True)
+        data = self.to_dict(name=False)
+        if not self.devices:  # the digest of a class from before devices were read
+            data.pop("devices")
+        text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     @property
@@ -135,7 +172,7 @@ class HardwareClass:
 
     def differences(self, other: HardwareClass) -> list[str]:
         """What differs, each as `what: ours, not theirs`."""
-        shown = {"memory_gib": "memory (GiB)", "gpus": "GPUs",
+        shown = {"memory_gib": "memory (GiB)", "gpus": "GPUs", "devices": "offload devices",
                  "llama_cpp_version": "llama-cpp-python", "gpu_offload": "GPU offload",
                  "machine": "architecture", "system": "system", "cpu": "CPU"}
         found = []
@@ -151,6 +188,7 @@ class HardwareClass:
     def to_dict(self, name: bool = True) -> dict[str, object]:
         data = dataclasses.asdict(self)
         data["gpus"] = list(self.gpus)
+        data["devices"] = list(self.devices)
         return {**data, "name": self.name} if name else data
 
     @classmethod
@@ -158,7 +196,7 @@ class HardwareClass:
         """A kept record back; its `name` is derived again, not read."""
         from autotune.measure.records import from_mapping
 
-        return from_mapping(cls, data, {"gpus": tuple})
+        return from_mapping(cls, data, {"gpus": tuple, "devices": tuple})
 
 
 def machine_class(hardware: Hardware) -> HardwareClass:
@@ -169,7 +207,9 @@ def machine_class(hardware: Hardware) -> HardwareClass:
         memory_gib=round(hardware.total_memory_bytes / GIB),
         gpus=tuple(sorted(f"{g.name} ({round(g.total_bytes / GIB)} GiB)"
                           for g in hardware.gpus)),
-        gpu_offload=hardware.gpu_offload, llama_cpp_version=hardware.llama_cpp_version)
+        gpu_offload=hardware.gpu_offload, llama_cpp_version=hardware.llama_cpp_version,
+        devices=tuple(f"{d.name} {d.kind} ({round(d.total_bytes / GIB)} GiB)"
+                      for d in hardware.devices))
 
 
 def gpu_model(described: str) -> str:

@@ -44,6 +44,8 @@ class Status(StrEnum):
     PRUNED = "pruned"
     CRASHED = "crashed"
     OUT_OF_MEMORY = "out_of_memory"
+    GPU_OUT_OF_MEMORY = "gpu_out_of_memory"  # an offload device could not allocate
+    DEVICE_FAILED = "device_failed"  # an offload device was lost, or never reachable
     TIMED_OUT = "timed_out"
     LOAD_FAILED = "load_failed"
     FAILED = "failed"
@@ -110,6 +112,8 @@ class Loaded:
     load_s: float
     n_ctx: int | None = None
     rss_bytes: int | None = None
+    # llama.cpp's buffers by name (`RPC0[...]`, `CUDA0`, `CPU_Mapped`): bytes per kind
+    buffers: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,8 @@ class TrialResult:
     loaded_after_s: float | None = None  # the parent's clock: spawn until `loaded` arrived
     pid: int | None = None
     ended_at: float | None = None
+    # What llama.cpp allocated, buffer by buffer (llama_log.LlamaLog), once it loaded.
+    buffers: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -456,7 +462,16 @@ class BenchReport:
     requests: tuple[RequestRecord, ...]
     cache_cost: CacheCost | None = None
     evidence_study: str = ""  # the study the diagnosis checked its fixes against
+    buffers: dict[str, dict[str, int]] = field(default_factory=dict)  # llama.cpp's, by name
     kind: ClassVar[str] = "bench"
+
+    @property
+    def measured_on(self) -> str:
+        """The backend and devices measured: `llama.cpp with 10 layers offloaded: ...`."""
+        from autotune.measure.llama_log import describe_offload
+
+        n_gpu_layers = int(self.settings.get("JARVIS_N_GPU_LAYERS", "0") or 0)
+        return describe_offload(self.hardware.devices, n_gpu_layers, self.buffers)
 
     @property
     def ok(self) -> bool:
@@ -470,4 +485,4 @@ class BenchReport:
         data = dataclasses.asdict(self)
         data.update(stats=self.stats.to_dict(), model=self.model.to_dict())
         return {"version": OUTPUT_VERSION, "kind": self.kind, **data,
-                "diagnosis": self.diagnosis}
+                "diagnosis": self.diagnosis, "measured_on": self.measured_on}

@@ -105,10 +105,6 @@ def register_test_servers() -> None:
 def serve(endpoint: str, memory_limit: int | None = None, threads: int = 1) -> None:
     """Serve this machine's CPU backend at `endpoint` until the parent closes stdin."""
     split_endpoint(endpoint)
-    if memory_limit:
-        # A device that cannot allocate: the server's own buffers fail past the limit.
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
-
     def leave_with_parent() -> None:
         with contextlib.suppress(OSError, ValueError):
             sys.stdin.read()
@@ -124,6 +120,13 @@ def serve(endpoint: str, memory_limit: int | None = None, threads: int = 1) -> N
     start = proc("ggml_backend_rpc_start_server", None, ctypes.c_char_p, ctypes.c_char_p,
                  ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p))
     devices = (ctypes.c_void_p * 1)(cpu)
+    if memory_limit is not None:
+        # A device that cannot allocate: past `memory_limit` bytes beyond what the server
+        # has mapped now, its buffers fail as a full GPU's do.
+        import psutil
+
+        ceiling = psutil.Process().memory_info().vms + memory_limit
+        resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
     sys.stdout.flush()
     start(endpoint.encode(), None, threads, 1, devices)  # returns only on failure
     os._exit(1)
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="say whether the installed llama-cpp-python has RPC; status 1 if not")
     parser.add_argument("--serve", metavar="HOST:PORT", help="serve the CPU backend there")
     parser.add_argument("--memory-limit", type=int, metavar="BYTES",
-                        help="the server's address-space limit (RLIMIT_AS)")
+                        help="what the device may allocate, beyond what the server has "
+                             "mapped at start (an RLIMIT_AS)")
     parser.add_argument("--threads", type=int, default=1, help="the server's CPU threads")
     args = parser.parse_args(argv)
     try:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 import psutil
 
 from autotune.measure.hardware import gpu_memory_free, gpu_memory_used
+from autotune.measure.llama_log import device_bytes
 from autotune.measure.records import (
     BadEvent,
     Done,
@@ -51,6 +53,15 @@ LOW_MEMORY_FRACTION = 0.05
 # A short assistant reply: with fewer tokens, prompt work and cache copies dominate and
 # decoding, where thread settings matter most, is under-weighted.
 DEFAULT_TOKENS = 32
+# What llama.cpp says when an offload device is gone: a killed RPC server mid-run, one
+# never up, a GPU that fell off the bus or reset.
+DEVICE_WORDS = ("remote rpc server crashed", "failed to connect to", "rpc handshake failed",
+                "is not reachable", "device lost", "devicelost",
+                "cuda error: unspecified launch failure", "hip error", "an illegal memory access")
+# An allocation that failed on an offload device rather than in the machine's memory.
+DEVICE_OOM_WORDS = ("cudamalloc failed", "out of device memory", "erroroutofdevicememory",
+                    "hipmalloc failed")
+DEVICE_BUFFER = re.compile(r"(?:allocate|allocating) (?!CPU)[A-Za-z_]*\d*(?:\[[^\]]*\])? buffer")
 OOM_WORDS = ("out of memory", "failed to allocate", "cudamalloc failed", "memoryerror",
              "cannot allocate memory", "std::bad_alloc", "unable to allocate")
 # Limits when the user gives only the trial's time limit: a request may go quiet for a tenth
@@ -232,7 +243,10 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     result.cpu_percent_mean = sum(sampler.cpu) / len(sampler.cpu) if sampler.cpu else None
     result.other_cpu_percent_mean = (sum(sampler.others) / len(sampler.others)
                                      if sampler.others else None)
-    result.gpu_memory_peak_bytes = sampler.gpu_peak
+    # pynvml tells an NVIDIA GPU's use per process; any other device's is what llama.cpp
+    # allocated on it (weights, K/V cache, compute), which is also what a budget holds to.
+    result.gpu_memory_peak_bytes = sampler.gpu_peak if sampler.gpu_peak is not None \
+        else (device_bytes(result.buffers) or None)
     result.gpu_free_min_bytes = sampler.gpu_free_min
     memory_ran_out = sampler.min_available < LOW_MEMORY_FRACTION * psutil.virtual_memory().total
     result.status, result.reason = ended or classify(returncode,  # type: ignore[arg-type]
@@ -277,6 +291,7 @@ def follow(lines: queue.Queue, result: TrialResult, spec: TrialSpec, started: fl
         if isinstance(event, Loaded):
             loaded = True
             result.load_s = event.load_s
+            result.buffers = event.buffers
             result.loaded_after_s = time.perf_counter() - started
         elif isinstance(event, Warmup):
             result.warmup_s = event.latency_s
@@ -289,7 +304,7 @@ def follow(lines: queue.Queue, result: TrialResult, spec: TrialSpec, started: fl
         elif isinstance(event, ThreadProbe):
             result.thread_probe = event
         elif isinstance(event, LoadFailed):
-            return (Status.LOAD_FAILED, event.error), done
+            return (load_failure(event.error), event.error), done
         elif isinstance(event, Done):
             done = True
 
@@ -321,7 +336,7 @@ def end_worker(process: subprocess.Popen, ended: Ended) -> tuple[int | None, End
 
     Returns its exit status (None when it would not go) and the verdict so far.
     """
-    if ended is not None and ended[0] != Status.LOAD_FAILED:
+    if ended is not None and ended[0] not in LOAD_ENDS:
         returncode = kill_group(process)
     else:
         returncode = reap(process, EXIT_GRACE_S)
@@ -340,6 +355,24 @@ def close_quietly(stream) -> None:
         stream.close()
 
 
+def device_fault(text: str) -> Status | None:
+    """GPU_OUT_OF_MEMORY or DEVICE_FAILED when llama.cpp's words blame an offload device."""
+    lowered = text.lower()
+    if any(word in lowered for word in DEVICE_OOM_WORDS) or DEVICE_BUFFER.search(text):
+        return Status.GPU_OUT_OF_MEMORY
+    if any(word in lowered for word in DEVICE_WORDS):
+        return Status.DEVICE_FAILED
+    return None
+
+
+LOAD_ENDS = (Status.LOAD_FAILED, Status.GPU_OUT_OF_MEMORY, Status.DEVICE_FAILED)
+
+
+def load_failure(error: str) -> Status:
+    """How a load the worker reported failed: on a device, or otherwise."""
+    return device_fault(error) or Status.LOAD_FAILED
+
+
 def classify(returncode: int, done: bool, stderr: str, memory_ran_out: bool = False
              ) -> tuple[Status, str]:
     """Name how a worker ended that the parent did not stop itself."""
@@ -347,6 +380,11 @@ def classify(returncode: int, done: bool, stderr: str, memory_ran_out: bool = Fa
     last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
     if returncode == 0 and done:
         return Status.OK, ""
+    device = device_fault(stderr)
+    if device is not None:
+        said = next((line.strip() for line in stderr.splitlines()
+                     if device_fault(line) is not None), last)
+        return device, said
     if any(word in lowered for word in OOM_WORDS):
         return Status.OUT_OF_MEMORY, last or "out of memory"
     if returncode < 0:

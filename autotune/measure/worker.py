@@ -25,6 +25,7 @@ import psutil
 
 from autotune.measure.backend import Backend
 from autotune.measure.faults import Faults
+from autotune.measure.llama_log import LlamaLog
 from autotune.measure.records import (
     Done,
     Event,
@@ -159,11 +160,16 @@ def run(spec: TrialSpec, emit: Emitter) -> int:
     settings = spec.settings
     requests = list(spec.workload.requests)
     n_tokens = spec.tokens_per_request
+    log = LlamaLog.install(settings.verbose)
     try:
+        register_devices()
         backend = Backend(spec.model_path, settings)
     except Exception as err:  # any load failure is reported, not raised
-        return finish(emit, 3, LoadFailed(error=f"{type(err).__name__}: {err}"))
-    emit(Loaded(load_s=round(backend.load_s, 6), n_ctx=backend.n_ctx, rss_bytes=emit.rss()))
+        said = "; ".join(log.errors)  # llama.cpp's own reason, hidden while it loads
+        return finish(emit, 3, LoadFailed(error=f"{type(err).__name__}: {err}"
+                                          + (f" (llama.cpp: {said})" if said else "")))
+    emit(Loaded(load_s=round(backend.load_s, 6), n_ctx=backend.n_ctx, rss_bytes=emit.rss(),
+                buffers=log.buffers))
     warm = Request(-1, "warmup", "warmup", 1, WARMUP_PROMPT)
     started = time.perf_counter()
     backend.complete(warm, min(4, n_tokens))
@@ -176,6 +182,14 @@ def run(spec: TrialSpec, emit: Emitter) -> int:
     if physical and physical != settings.n_threads:
         thread_probe(backend, emit, warm, n_tokens, int(physical))
     return finish(emit, 0, Done())
+
+
+def register_devices() -> None:
+    """The test-only RPC servers (autotune.measure.rpc), before the model loads; one that
+    cannot be reached fails the load with its name, rather than aborting in llama.cpp."""
+    from autotune.measure.rpc import register_test_servers
+
+    register_test_servers()
 
 
 def main() -> None:

@@ -1,7 +1,10 @@
 """The search space, built from the model and the machine; the guide's advice as baselines.
 
-Core space: n_threads 1..logical cores; n_gpu_layers -1..layers+1 only when the build
-offloads and a GPU is present (else fixed at 0, and said so); the context window as
+Core space: n_threads 1..logical cores; n_gpu_layers from 0 to the most layers that fit
+on llama.cpp's offload devices (measure/fit.py: their free memory less a margin, within
+the GPU memory budget), only when the build offloads and llama.cpp sees a GPU device
+(else fixed at 0, and said so); a model that fits only in part is searched over that
+partial range, the guide's "balance GPU/CPU layers"; the context window as
 powers of two from a floor (`min_context`, 4096 by default) to the model's trained
 context, capped so that the model and its f16 KV cache fit in half the available memory;
 the context cache on/off, and its size only when on.
@@ -25,6 +28,7 @@ import optuna
 
 from autotune.errors import AutotuneError, Option
 from autotune.guide import DEFAULTS_LABEL, GUIDE_DEFAULTS
+from autotune.measure.fit import DEFAULT_MARGIN, OffloadPlan, layer_costs
 from autotune.measure.hardware import Hardware
 from autotune.measure.model import ModelInfo
 from autotune.measure.settings import (
@@ -65,6 +69,8 @@ class SearchSpace:
     # No window below this is a candidate: a resumed study whose recorded choices go lower
     # keeps them (Optuna's categories cannot change), and runs nothing below it.
     min_context: int = MIN_CONTEXT
+    # What may go on the offload devices: every trial is checked against it before it runs.
+    offload: OffloadPlan | None = None
 
     @property
     def tuned_fields(self) -> tuple[str, ...]:
@@ -137,6 +143,9 @@ class SearchSpace:
         else:
             advice = {"context_window": window(4096),
                       "n_threads": machine.physical_cores, "n_gpu_layers": -1}
+        if self.gpu_layers is not None and (advice["n_gpu_layers"] < 0 or  # type: ignore[operator]
+                                            advice["n_gpu_layers"] > self.gpu_layers[1]):  # type: ignore[operator]
+            advice["n_gpu_layers"] = self.gpu_layers[1]  # all that fit: the rest on the CPU
         advice.update(enable_context_cache=True, max_cache_size=100)
         return [(ADVICE_LABEL, *self.split(advice)),
                 (BASELINE_LABEL, *self.split(defaults))]
@@ -147,8 +156,12 @@ class SearchSpace:
         for name, value in values.items():
             if name in self.fixed or (name == "n_gpu_layers" and self.gpu_layers is None):
                 continue
+            if name == "n_gpu_layers" and self.offload is not None and int(value) < 0:  # type: ignore[call-overload]
+                value = self.offload.all_layers  # -1, "all", is that many layers
             inside = not (name == "n_threads" and not
-                          self.n_threads[0] <= int(value) <= self.n_threads[1])
+                          self.n_threads[0] <= int(value) <= self.n_threads[1])  # type: ignore[call-overload]
+            inside = inside and not (name == "n_gpu_layers" and self.gpu_layers is not None and
+                                     not 0 <= int(value) <= self.gpu_layers[1])  # type: ignore[call-overload]
             (params if inside else pinned)[name] = value
         return params, pinned
 
@@ -186,7 +199,8 @@ def parse_fixes(fixes: list[str] | tuple[str, ...]) -> dict[str, object]:
 
 def build_space(model: ModelInfo, machine: Hardware, extended: bool = False,
                 fixed: dict[str, object] | None = None,
-                min_context: int = DEFAULT_MIN_CONTEXT) -> SearchSpace:
+                min_context: int = DEFAULT_MIN_CONTEXT, gpu_margin: int = DEFAULT_MARGIN,
+                gpu_budget: int | None = None) -> SearchSpace:
     fixed = dict(fixed or {})
     notes = [f"{name} pinned at {format_value(value)}" for name, value in fixed.items()]
     choices = context_choices(model, machine, min_context)
@@ -201,14 +215,36 @@ def build_space(model: ModelInfo, machine: Hardware, extended: bool = False,
         raise AutotuneError(Option("fixes", f"context_window={pinned}"), " is below the "
                             f"context window's floor {floor}; pass ",
                             Option("min_context", pinned), " as well to measure it")
-    gpu_layers = None
+    gpu_layers, plan = None, None
     if machine.can_offload:
-        gpu_layers = (-1, model.n_layers + 1)
+        plan = OffloadPlan(layer_costs(model.path), machine.devices, gpu_margin, gpu_budget)
+        gpu_layers, note = offload_range(plan, min(choices))
+        notes.append(note)
+        if gpu_layers is None and "n_gpu_layers" not in fixed:
+            fixed["n_gpu_layers"] = 0
     elif "n_gpu_layers" not in fixed:
         fixed["n_gpu_layers"] = 0
         why = ("this llama-cpp-python build has no GPU offload" if not machine.gpu_offload
-               else "no GPU was found")
+               else "llama.cpp sees no GPU device")
         notes.append(f"n_gpu_layers fixed at 0: {why}")
+    if machine.offload_note():
+        notes.append(machine.offload_note())
     return SearchSpace(n_threads=(1, machine.logical_cores),
                        context_choices=choices, gpu_layers=gpu_layers, extended=extended,
-                       fixed=fixed, notes=notes, min_context=floor)
+                       fixed=fixed, notes=notes, min_context=floor, offload=plan)
+
+
+def offload_range(plan: OffloadPlan, smallest_window: int) -> tuple[tuple[int, int] | None, str]:
+    """n_gpu_layers' range, 0 to the most layers that fit at the smallest window (a larger
+    window's trial that does not fit is not run), and the note that says so."""
+    top = plan.max_layers(Settings(context_window=smallest_window, n_threads=1))
+    devices = ", ".join(d.describe() for d in plan.devices)
+    room = (f"free memory less {plan.margin / 2**20:.0f} MiB each" + (
+        f", {plan.budget / 2**20:.0f} MiB GPU memory budget" if plan.budget else ""))
+    if top == 0:
+        return None, (f"n_gpu_layers fixed at 0: not one layer fits on {devices} ({room})")
+    if top < plan.all_layers:
+        return (0, top), (f"n_gpu_layers searched 0-{top}: {top} of the model's "
+                          f"{plan.all_layers} layers fit on {devices} ({room}); the rest "
+                          "stay on the CPU")
+    return (0, top), f"n_gpu_layers searched 0-{top} (all layers) on {devices}"

@@ -358,6 +358,15 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
             trial.set_constraint("failed", 0.0)
             trial.set_constraint("below_min_context", 1.0)
             return FAILED_SCORE_S
+        fit = space.offload.check(settings) if space.offload is not None else None
+        if fit is not None and not fit.ok:
+            # Layers the devices cannot hold would fail to load, or thrash: not run.
+            why = f"does not fit on the GPU: {fit.describe()}"
+            keep(trial.set_user_attr, trial_attrs(reason=why,
+                                                  settings=settings.to_dict(), infeasible=why))
+            trial.set_constraint("failed", 0.0)
+            trial.set_constraint("gpu_fit", 1.0)
+            return FAILED_SCORE_S
         earlier = measured_before(trial.study, settings) if measurement.reuse_repeats else None
         if earlier is not None:
             return repeat_of(trial, earlier)

@@ -19,6 +19,7 @@ import optuna
 
 from autotune.errors import MeasurementFailed
 from autotune.guide import GUIDE_DEFAULTS
+from autotune.measure.fit import DEFAULT_MARGIN
 from autotune.measure.hardware import Hardware, detect, machine_class
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import inspect_model
@@ -83,6 +84,7 @@ class TuneOptions:
     warm_start: bool = True  # a new study starts from earlier similar studies' winners
     anchor_every: int = drift.ANCHOR_EVERY  # trials between drift checks; 0: none
     racing: bool = True  # a finalist clearly behind runs no further confirmation round
+    gpu_margin: int = DEFAULT_MARGIN  # left free on each offload device (measure/fit.py)
 
 
 def default_study_name(model_path: str, machine: Hardware,
@@ -167,7 +169,9 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         export.check_writable(options.out, options.force)
     export.check_format(options.fmt)
     machine = detect()
-    space = build_space(model, machine, options.extended, options.fixed, options.min_context)
+    space = build_space(model, machine, options.extended, options.fixed, options.min_context,
+                        gpu_margin=options.gpu_margin,
+                        gpu_budget=options.goals.max_gpu_memory_bytes)
     lock = MachineLock(wait=options.wait, on_wait=None if on_event is None else
                        lambda holder: on_event(Waiting(holder.describe())))
     measurement = Measurement(options.workload or builtin_workload(), options.tokens_per_request,
@@ -181,7 +185,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
         seed = process_seed(options.seed, machine.host)
         study = open_study(name, storage, model, machine, measurement, space, seed,
                            warm_start=options.warm_start)
-    notes = (*space.notes, *options.goals.notes(machine.gpu_offload))
+    notes = (*space.notes, *options.goals.notes(machine.can_offload))
     if on_event is not None:
         on_event(Started(study=name, storage=location(options.studies_dir, options.storage),
                          resumed=any(t.state != optuna.trial.TrialState.WAITING
