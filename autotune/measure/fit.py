@@ -155,8 +155,8 @@ def check_fit(costs: LayerCosts, settings: Settings, devices: tuple[Device, ...]
               margin: int = DEFAULT_MARGIN, budget: int | None = None) -> Fit:
     """The fit of `settings` on `devices`, each keeping `margin` free, all within `budget`."""
     needs = device_needs(costs, settings, devices)
-    return Fit(tuple((d.name, need, d.free_bytes - margin) for d, need in zip(devices, needs, strict=True)),
-               budget)
+    rows = zip(devices, needs, strict=True)
+    return Fit(tuple((d.name, need, d.free_bytes - margin) for d, need in rows), budget)
 
 
 def max_layers(costs: LayerCosts, settings: Settings, devices: tuple[Device, ...],

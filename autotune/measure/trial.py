@@ -62,6 +62,9 @@ DEVICE_WORDS = ("remote rpc server crashed", "failed to connect to", "rpc handsh
 DEVICE_OOM_WORDS = ("cudamalloc failed", "out of device memory", "erroroutofdevicememory",
                     "hipmalloc failed")
 DEVICE_BUFFER = re.compile(r"(?:allocate|allocating) (?!CPU)[A-Za-z_]*\d*(?:\[[^\]]*\])? buffer")
+# A failed GGML_ASSERT attaches gdb to print a backtrace: slow, and its lines push the
+# assertion itself (the reason, say "Remote RPC server crashed") out of the kept tail.
+NO_BACKTRACE = {"GGML_NO_BACKTRACE": "1"}
 OOM_WORDS = ("out of memory", "failed to allocate", "cudamalloc failed", "memoryerror",
              "cannot allocate memory", "std::bad_alloc", "unable to allocate")
 # Limits when the user gives only the trial's time limit: a request may go quiet for a tenth
@@ -210,7 +213,7 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     process = subprocess.Popen(
         worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **NO_BACKTRACE})
     result.pid = process.pid
     stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
     lines: queue.Queue = queue.Queue()

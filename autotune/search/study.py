@@ -333,8 +333,10 @@ def record(trial: optuna.Trial, result: TrialResult, weights: Weights,
     stats = summarize(result)
     outcome = trial_attrs(status=result.status, reason=result.reason[:500],
                           stats=stats, latencies=result.latencies,
-                          settings=result.settings, score=parts, stderr_tail=failed_tail)
-    keep(trial.set_user_attr, {k: v for k, v in outcome.items() if v is not None and v != ""})
+                          settings=result.settings, score=parts, stderr_tail=failed_tail,
+                          buffers=result.buffers)
+    keep(trial.set_user_attr, {k: v for k, v in outcome.items()
+                               if v is not None and v != "" and v != {}})
     if parts is None:
         return None
     return (goals or Goals()).objective.value(stats, parts)

@@ -403,6 +403,8 @@ class TrialRecord:
     stderr_tail: str = ""
     score: Score | None = None
     infeasible: str | None = None
+    # llama.cpp's buffers by name and kind, bytes: where the layers went (RPC0[...], CUDA0)
+    buffers: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, trial: optuna.trial.FrozenTrial | optuna.Trial, study_name: str = ""
