@@ -4,8 +4,9 @@ Whatever backend the installed llama-cpp-python was built with (CUDA, ROCm, Vulk
 SYCL, RPC) registers its devices there, each with a type and its free and total memory,
 so offload is decided from the registry rather than from one vendor's driver.
 
-The registry is reached through libllama's own handle, whose symbol look-up searches the
-libraries it was linked with: a wheel cannot hold symbolic links, so it ships libggml.so
+The registry is reached through libllama's own handle (each function looked up with
+ctypes' public `prototype((name, library))`), whose symbol look-up searches the libraries it
+was linked with: a wheel cannot hold symbolic links, so it ships libggml.so
 and libggml.so.0 as two copies, and `llama_cpp._ggml` loads the one libllama does not use.
 A device registered in that copy's registry is one no model ever loads onto. The ctypes
 declarations follow `ggml-backend.h` of llama-cpp-python 0.3.36 (`ggml_backend_dev_count`,
@@ -53,36 +54,34 @@ class Device:
                 f"GiB free of {self.total_bytes / gib:.1f} GiB)")
 
 
-@cache
-def libggml() -> ctypes.CDLL:
-    """The very libggml libllama loaded, with the registry's functions declared.
+class Registry:
+    """The backend registry's functions, each looked up through libllama's own handle."""
 
-    A CDLL of its own on libllama's path: the same library, without touching the
-    declarations llama_cpp keeps on its handle.
-    """
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        def function(name: str, restype: object, *argtypes: object):
+            return ctypes.CFUNCTYPE(restype, *argtypes)((name, lib))
+
+        pointer, size, text = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
+        self.dev_count = function("ggml_backend_dev_count", size)
+        self.dev_get = function("ggml_backend_dev_get", pointer, size)
+        self.dev_name = function("ggml_backend_dev_name", text, pointer)
+        self.dev_description = function("ggml_backend_dev_description", text, pointer)
+        self.dev_type = function("ggml_backend_dev_type", ctypes.c_int, pointer)
+        self.dev_memory = function("ggml_backend_dev_memory", None, pointer,
+                                   ctypes.POINTER(size), ctypes.POINTER(size))
+        self.dev_by_type = function("ggml_backend_dev_by_type", pointer, ctypes.c_int)
+        self.reg_by_name = function("ggml_backend_reg_by_name", pointer, text)
+        self.reg_get_proc_address = function("ggml_backend_reg_get_proc_address", pointer,
+                                             pointer, text)
+        self.register = function("ggml_backend_register", None, pointer)
+
+
+@cache
+def registry() -> Registry:
+    """The registry of the very libggml libllama loaded."""
     from llama_cpp.llama_cpp import _lib as libllama
 
-    lib = ctypes.CDLL(libllama._name)
-
-    lib.ggml_backend_dev_count.argtypes = []
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-        getattr(lib, name).argtypes = [ctypes.c_void_p]
-        getattr(lib, name).restype = ctypes.c_char_p
-    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_type.restype = ctypes.c_int
-    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
-                                            ctypes.POINTER(ctypes.c_size_t)]
-    lib.ggml_backend_dev_memory.restype = None
-    lib.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
-    lib.ggml_backend_reg_by_name.restype = ctypes.c_void_p
-    lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-    lib.ggml_backend_register.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_register.restype = None
-    return lib
+    return Registry(libllama)
 
 
 def text(raw: bytes | None) -> str:
@@ -92,20 +91,20 @@ def text(raw: bytes | None) -> str:
 def registry_devices() -> list[Device]:
     """Every device the registry holds now, in its order; [] when llama_cpp cannot load."""
     try:
-        lib = libggml()
+        lib = registry()
     except Exception:  # no library, or one without a registry: no devices to offer
         return []
     devices = []
-    for index in range(lib.ggml_backend_dev_count()):
-        handle = lib.ggml_backend_dev_get(index)
+    for index in range(lib.dev_count()):
+        handle = lib.dev_get(index)
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(handle, ctypes.byref(free), ctypes.byref(total))
+        lib.dev_memory(handle, ctypes.byref(free), ctypes.byref(total))
         if free.value == 0 and total.value == 0:
             continue
-        kind = lib.ggml_backend_dev_type(handle)
+        kind = lib.dev_type(handle)
         devices.append(Device(
-            name=text(lib.ggml_backend_dev_name(handle)),
-            description=text(lib.ggml_backend_dev_description(handle)),
+            name=text(lib.dev_name(handle)),
+            description=text(lib.dev_description(handle)),
             kind=DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else f"type {kind}",
             total_bytes=int(total.value), free_bytes=int(free.value)))
     return devices

@@ -61,20 +61,20 @@ def reachable(endpoint: str) -> bool:
 
 def rpc_registry() -> int:
     """The RPC backend's registry entry in the loaded libggml; RpcError if not built in."""
-    from autotune.measure.devices import libggml
+    from autotune.measure.devices import registry
 
-    reg = libggml().ggml_backend_reg_by_name(b"RPC")
+    reg = registry().reg_by_name(b"RPC")
     if not reg:
         raise RpcError("this llama-cpp-python build has no RPC backend (build it with "
                        "CMAKE_ARGS=-DGGML_RPC=ON; `make install` does)")
     return int(reg)
 
 
-def proc(name: str, *signature: object) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+def proc(name: str, *signature: object):
     """A function of the RPC backend, found through the registry as llama.cpp exposes it."""
-    from autotune.measure.devices import libggml
+    from autotune.measure.devices import registry
 
-    address = libggml().ggml_backend_reg_get_proc_address(rpc_registry(), name.encode())
+    address = registry().reg_get_proc_address(rpc_registry(), name.encode())
     if not address:
         raise RpcError(f"the RPC backend has no {name}")
     return ctypes.CFUNCTYPE(*signature)(address)
@@ -90,9 +90,9 @@ def register(endpoint: str) -> None:
     reg = add(endpoint.encode())
     if not reg:
         raise RpcError(f"RPC server {endpoint} reports no devices")
-    from autotune.measure.devices import libggml
+    from autotune.measure.devices import registry
 
-    libggml().ggml_backend_register(reg)
+    registry().register(reg)
     registered.add(endpoint)
 
 
@@ -111,12 +111,9 @@ def serve(endpoint: str, memory_limit: int | None = None, threads: int = 1) -> N
         os._exit(0)
 
     threading.Thread(target=leave_with_parent, daemon=True).start()
-    from autotune.measure.devices import libggml
+    from autotune.measure.devices import registry
 
-    lib = libggml()
-    lib.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-    lib.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-    cpu = lib.ggml_backend_dev_by_type(0)
+    cpu = registry().dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
     start = proc("ggml_backend_rpc_start_server", None, ctypes.c_char_p, ctypes.c_char_p,
                  ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p))
     devices = (ctypes.c_void_p * 1)(cpu)
