@@ -62,8 +62,9 @@ def backups(folder: Path) -> list[Path]:
     return sorted(folder.glob("autotune.journal.*.bak"))
 
 
-def one_error_line(done: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert done.returncode == 2, done.stderr
+def one_error_line(done: subprocess.CompletedProcess[str], *needles: str, status: int = 2
+                   ) -> None:
+    assert done.returncode == status, done.stderr
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()  # tune's progress display adds a blank line
     assert line.startswith("autotune: error: ")
@@ -323,7 +324,7 @@ def test_a_failed_append_leaves_no_partial_record(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=clean_env(PYTHONPATH=os.pathsep.join(sys.path)), check=True)
     first, second = done.stdout.splitlines()
-    assert first.startswith("AutotuneError cannot write to the study journal")
+    assert first.startswith("StorageFailed cannot write to the study journal")
     assert "File too large" in first and "run the same command again" in first
     assert second == first  # nothing more is written after a failed write
     assert path.read_bytes().startswith(before) and path.read_bytes().endswith(b"\n")

@@ -22,6 +22,7 @@ import pytest
 from conftest import AUTOTUNE, CLI_TIMEOUT_S, QUICK_STUDY, clean_env
 from test_storage import backups, one_error_line, tear_last_record
 
+from autotune.errors import StorageFailed
 from autotune.studies.journal import FAULT_VARIABLE
 from autotune.studies.storage import open_storage
 
@@ -163,7 +164,20 @@ def test_a_tuner_killed_mid_write_loses_no_trial(
     assert len([t for t in after if t.user_attrs.get("status") == "ok"]) >= len(before) + 1
 
 
-def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_study(
+def ends_in_one_line(done: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The run's own progress lines come first; it ends in one error line, with the exit
+    status of a study that could not be saved (75), and no traceback. Returns the line."""
+    assert done.returncode == StorageFailed.exit_status, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.stderr.count("autotune: error:") == 1 and last.startswith("autotune: error:")
+    for needle in ("cannot write to the study journal", "recorded before this are kept",
+                   "run the same command again to resume", *needles):
+        assert needle in last
+    return last
+
+
+def test_a_file_size_limit_mid_trial_ends_the_run_in_one_line_and_keeps_the_study(
         studies: Path, model_path: Path, tiny_workload_file: Path, run_cli) -> None:
     before = finished(studies)
     journal = studies / "autotune.journal"
@@ -175,13 +189,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_study(
     marker = uuid.uuid4().hex
     done = run_marked(tune_args(model_path, tiny_workload_file, studies), studies.parent,
                       marker, preexec_fn=small_disk)
-    # The run's own progress lines come first; it ends in one error line.
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert done.stderr.count("autotune: error:") == 1 and last.startswith("autotune: error:")
-    for needle in ("cannot write to the study journal", "File too large",
-                   "run the same command again"):
-        assert needle in last
+    ends_in_one_line(done, "File too large")
     assert_no_strays(marker)
     assert journal.read_bytes().endswith(b"\n") and journal.stat().st_size <= limit
     assert finished(studies) == before

@@ -21,9 +21,10 @@ optuna-dashboard read, and studies already kept in it stay usable.
 - The lock file names its holder (host, pid, start time). A lock left by a process that
   is gone is broken at once, not after Optuna's 30 s grace period; a holder that cannot
   be told (another host, a plain Optuna process, no permission to look) counts as alive.
-- A failed append (no space left, file too large, I/O error) is rolled back to the size
-  before it, so the file never keeps half a record, and becomes one AutotuneError that
-  says how to resume.
+- A failed append (no space left, file too large, a folder made read-only, I/O error) is
+  rolled back to the size before it, so the file never keeps half a record, and becomes
+  one StorageFailed error (exit status 75) that says what to free or fix and to run the
+  same command again; the process then writes nothing more.
 - A line in the middle that is not a record and cannot be explained by a torn write
   (the file was edited or overwritten) is not guessed at: dropping a record would shift
   the trial numbers of every later one. It is a one-line error naming the line, and how
@@ -52,13 +53,16 @@ from pathlib import Path
 import psutil
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from autotune.errors import AutotuneError, Option
+from autotune.errors import AutotuneError, Option, StorageFailed
 from autotune.studies.files import replace_atomically
 from autotune.studies.liveness import is_alive
 
 FAULT_VARIABLE = "AUTOTUNE_STORAGE_FAULT"
 RECORD_START = b'{"op_code":'
 LOCK_GRACE_S = 30.0
+# What to do about a failed write, by its errno: free space, or make the folder writable.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +282,7 @@ class SafeJournalBackend(JournalFileBackend):
         if self.failure is not None:
             # Later records may depend on the lost one (a trial's end on its measurements):
             # after one failed write, this process writes nothing more.
-            raise AutotuneError(self.failure)
+            raise StorageFailed(self.failure)
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in logs).encode()
         path = Path(self._file_path)
         try:
@@ -294,11 +298,21 @@ class SafeJournalBackend(JournalFileBackend):
                 finally:
                     os.close(fd)
         except OSError as err:
-            reason = err.strerror or errno.errorcode.get(err.errno or 0, str(err))
-            self.failure = (f"cannot write to the study journal {path}: {reason}; the trials "
-                            "recorded before this are kept: free some space (or make the "
-                            "folder writable) and run the same command again to resume")
-            raise AutotuneError(self.failure) from None
+            self.failure = failed_write(path, err)
+            raise StorageFailed(self.failure) from None
+
+
+def failed_write(path: Path, err: OSError) -> str:
+    """One line for a failed append: what failed, that nothing kept is lost, what to do."""
+    reason = err.strerror or errno.errorcode.get(err.errno or 0, str(err))
+    if err.errno in NO_SPACE:
+        fix = f"free some space on the disk that holds {path.parent}"
+    elif err.errno in NOT_WRITABLE:
+        fix = f"make {path.parent} writable again"
+    else:
+        fix = "free some space (or make the folder writable)"
+    return (f"cannot write to the study journal {path}: {reason}; the trials recorded before "
+            f"this are kept: {fix} and run the same command again to resume")
 
 
 def ends_cleanly(fd: int) -> bool:
