@@ -20,6 +20,7 @@ import optuna
 import psutil
 import pytest
 from conftest import clean_env
+from mounts import bound, read_only, remount, report
 
 import autotune
 from autotune.errors import AutotuneError
@@ -337,6 +338,54 @@ def test_the_fault_switch_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> 
     assert not journal.torn_write_fault(1)
     monkeypatch.setenv(journal.FAULT_VARIABLE, "torn-write:3")
     assert [journal.torn_write_fault(n) for n in (1, 2, 3, 4)] == [False, False, True, False]
+
+
+HOLD_LOCK = """
+import sys
+from autotune.studies.journal import SafeJournalBackend
+try:
+    with SafeJournalBackend(sys.argv[1]).locked():
+        print("held", flush=True)
+        sys.stdin.readline()  # the test makes the folder read-only meanwhile
+except OSError as err:
+    print(type(err).__name__, err.errno)
+"""
+
+
+def test_a_folder_made_read_only_under_a_held_lock_is_a_failed_write(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
+        ) -> None:
+    # Between taking the lock and releasing it no file is open, so a read-only remount can
+    # fall there: the release must be a failed write (OSError), not Optuna's RuntimeError.
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    journal_path = folder / "autotune.journal"
+    with bound(folder) as mounted:
+        command = [sys.executable, "-c", HOLD_LOCK, str(journal_path)]
+        holder = subprocess.Popen(command if mounted else read_only(command), text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE,
+                                  env=clean_env(PYTHONPATH=os.pathsep.join(sys.path)))
+        assert holder.stdout.readline() == "held\n", holder.stderr.read()
+        if mounted:
+            remount(folder, writable=False)
+        else:
+            folder.chmod(0o555)
+        try:
+            out, err = holder.communicate("go\n", timeout=60)
+        finally:
+            if mounted:
+                remount(folder, writable=True)
+            folder.chmod(0o755)
+    assert holder.returncode == 0 and "Traceback" not in err, err
+    expected = "OSError 30" if mounted else "PermissionError 13"
+    assert out.strip() == expected
+    assert Path(f"{journal_path}.lock").exists()  # it could not go; its holder is gone
+    with journal.SafeJournalBackend(str(journal_path)).locked():
+        pass  # taken at once: a lock whose holder is gone is broken without waiting
+    assert not repair_lines(caplog) and not Path(f"{journal_path}.lock").exists()
+    report(request, ("a read-only bind remount" if mounted else "chmod 555 (mounting is "
+                     "not allowed here)") + f": the release raised {expected}")
 
 
 def test_open_storage_copies_nothing_when_the_journal_is_sound(tmp_path: Path) -> None:

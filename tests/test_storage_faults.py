@@ -9,7 +9,6 @@ commands (`autotune MODEL` resuming, `compare`, `show`, `export`) run on the res
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ import optuna
 import psutil
 import pytest
 from conftest import AUTOTUNE, CLI_TIMEOUT_S, QUICK_STUDY, clean_env
+from mounts import read_only
 from test_storage import backups, one_error_line, tear_last_record
 
 from autotune.errors import StorageFailed
@@ -203,15 +203,6 @@ def test_a_file_size_limit_mid_trial_ends_the_run_in_one_line_and_keeps_the_stud
     after = trials(studies)
     assert {n: finished(studies)[n] for n in before} == before
     assert not [t for t in after if t.state == optuna.trial.TrialState.RUNNING]
-
-
-def read_only(command: list[str]) -> list[str]:
-    """`command` unable to write where file modes forbid it, even when run as root."""
-    if os.geteuid() != 0:
-        return command
-    if not shutil.which("setpriv"):
-        pytest.skip("running as root without setpriv: file modes cannot stop a write here")
-    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *command]
 
 
 def run_read_only(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -24,7 +24,10 @@ optuna-dashboard read, and studies already kept in it stay usable.
 - A failed append (no space left, file too large, a folder made read-only, I/O error) is
   rolled back to the size before it, so the file never keeps half a record, and becomes
   one StorageFailed error (exit status 75) that says what to free or fix and to run the
-  same command again; the process then writes nothing more.
+  same command again; the process then writes nothing more. No lock file is left behind:
+  one whose holder could not be written into it (the disk was full) is removed at once,
+  since an empty lock names no holder and would make the next tuner wait out the grace
+  period. Releasing a lock in a folder made read-only is that same failure, not a crash.
 - A line in the middle that is not a record and cannot be explained by a torn write
   (the file was edited or overwritten) is not guessed at: dropping a record would shift
   the trial numbers of every later one. It is a one-line error naming the line, and how
@@ -231,9 +234,27 @@ class HolderLock(JournalFileOpenLock):
                 time.sleep(sleep_s)
                 sleep_s = min(sleep_s * 2, 0.25)
                 continue
-            with os.fdopen(fd, "w") as lock:
-                lock.write(json.dumps(holder()))
+            try:
+                with os.fdopen(fd, "w") as lock:
+                    lock.write(json.dumps(holder()))
+            except OSError:
+                # A full disk takes the name but not the holder: an empty lock would make
+                # every later tuner wait out the grace period, so it goes at once.
+                with contextlib.suppress(OSError):
+                    os.unlink(self._lock_file)
+                raise
             return True
+
+    def release(self) -> None:
+        """Optuna's release, except that a folder made read-only under the holder is an
+        OSError (a failed write) rather than Optuna's "did not possess lock"."""
+        try:
+            super().release()
+        except RuntimeError as err:
+            cause = err.__context__
+            if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+                raise cause from None
+            raise
 
     def break_if_stale(self) -> bool:
         """Remove the lock if its holder is gone; True when it was removed (or vanished)."""
