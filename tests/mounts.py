@@ -1,5 +1,5 @@
-"""Filesystem faults for tests: a folder remounted read-only, and file modes that hold even
-for root.
+"""Filesystem faults for tests: a small tmpfs to fill up, a folder remounted read-only, and
+file modes that hold even for root.
 
 Mounting needs root with CAP_SYS_ADMIN (the CI machine has it; a container or a user
 account may not). Each helper says whether it could mount, and the tests fall back to the
@@ -9,6 +9,7 @@ however the test went.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -17,6 +18,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
+
+FILLER = "filler"
 
 
 def mount(*args: str) -> bool:
@@ -29,6 +32,19 @@ def mount(*args: str) -> bool:
 def unmount(folder: Path) -> None:
     if subprocess.run(["umount", str(folder)], capture_output=True, check=False).returncode:
         subprocess.run(["umount", "--lazy", str(folder)], capture_output=True, check=True)
+
+
+@contextmanager
+def tmpfs(folder: Path, size_bytes: int) -> Iterator[bool]:
+    """`folder` (made here) as a tmpfs of `size_bytes` while the context lasts: True, or
+    False where mounting is not allowed (the folder is then a plain one)."""
+    folder.mkdir()
+    mounted = mount("-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "tmpfs", str(folder))
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            unmount(folder)
 
 
 @contextmanager
@@ -50,6 +66,26 @@ def remount(folder: Path, writable: bool) -> None:
     mode = "rw" if writable else "ro"
     subprocess.run(["mount", "-o", f"remount,bind,{mode}", str(folder)], capture_output=True,
                    check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem that holds `folder` to its last byte; returns the filler file,
+    whose removal frees the space again."""
+    filler = folder / FILLER
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        chunk = 1 << 20
+        while chunk:
+            try:
+                os.write(fd, b"\0" * chunk)
+            except OSError as err:
+                if err.errno != errno.ENOSPC:
+                    raise
+                chunk //= 2
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return filler
 
 
 def read_only(command: list[str]) -> list[str]:

@@ -24,7 +24,7 @@ from mounts import bound, read_only, remount, report
 
 import autotune
 from autotune.errors import AutotuneError
-from autotune.studies import journal
+from autotune.studies import faults, journal
 from autotune.studies.storage import location, open_storage, redact
 
 SECRET = "s3cr3t-pa55"
@@ -294,7 +294,7 @@ def run_writer(folder: Path, tag: str, count: int, **env: str) -> subprocess.Pop
 def test_concurrent_writers_and_one_killed_mid_write_lose_nothing(tmp_path: Path) -> None:
     make_study(tmp_path)
     writers = [run_writer(tmp_path, tag, 150) for tag in ("a", "b")]
-    killed = run_writer(tmp_path, "killed", 150, **{journal.FAULT_VARIABLE: "torn-write:40"})
+    killed = run_writer(tmp_path, "killed", 150, **{faults.FAULT_VARIABLE: "torn-write:40"})
     killed.communicate(timeout=300)
     assert killed.returncode == -9
     for writer in writers:
@@ -334,10 +334,31 @@ def test_a_failed_append_leaves_no_partial_record(tmp_path: Path) -> None:
 
 
 def test_the_fault_switch_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(journal.FAULT_VARIABLE, raising=False)
-    assert not journal.torn_write_fault(1)
-    monkeypatch.setenv(journal.FAULT_VARIABLE, "torn-write:3")
-    assert [journal.torn_write_fault(n) for n in (1, 2, 3, 4)] == [False, False, True, False]
+    monkeypatch.delenv(faults.FAULT_VARIABLE, raising=False)
+    off = faults.FaultSwitch()
+    assert off.fault is None and off.cut_short(1) is None
+    off.before_append("x.lock")
+    monkeypatch.setenv(faults.FAULT_VARIABLE, "torn-write:3")
+    torn = faults.FaultSwitch()
+    assert [torn.cut_short(n) for n in (1, 2, 3, 4)] == [None, None, "torn-write", None]
+
+
+def test_the_fault_switch_arms_after_the_nth_trial_is_kept() -> None:
+    ended = [{"op_code": faults.SET_TRIAL_STATE, "trial_id": 0, "state": 1}]
+    started = [{"op_code": faults.SET_TRIAL_STATE, "trial_id": 1, "state": 0}]
+    switch = faults.FaultSwitch({faults.FAULT_VARIABLE: "no-space:2"})
+    for logs in (ended, started):
+        switch.after_append(logs)
+        assert switch.cut_short(9) is None
+    switch.after_append(ended)
+    assert switch.cut_short(9) == "no-space"
+    read_only = faults.FaultSwitch({faults.FAULT_VARIABLE: "read-only"})
+    read_only.after_append(ended)
+    with pytest.raises(OSError, match="Read-only file system"):
+        read_only.before_append("x.lock")
+    for bad in ("stop:0", "full", "no-space:x"):
+        with pytest.raises(AutotuneError, match=faults.FAULT_VARIABLE):
+            faults.FaultSwitch({faults.FAULT_VARIABLE: bad}).before_append("x.lock")
 
 
 HOLD_LOCK = """

@@ -33,9 +33,10 @@ optuna-dashboard read, and studies already kept in it stay usable.
   the trial numbers of every later one. It is a one-line error naming the line, and how
   to keep the records before it.
 
-Test-only fault switch: with `AUTOTUNE_STORAGE_FAULT=torn-write:N` in its environment, a
-process writes half of its N-th append (N defaults to 1), fsyncs it, and SIGKILLs itself,
-still holding the lock: exactly what a tuner killed in the middle of a write leaves.
+Test-only fault switch (`AUTOTUNE_STORAGE_FAULT`, autotune.studies.faults): a process can
+be made to tear its N-th append and die holding the lock, to stop itself once its N-th
+trial is kept (so that a test fills the disk or remounts the folder at that point), or to
+fail its writes as a full disk or a read-only folder would.
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ import psutil
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from autotune.errors import AutotuneError, Option, StorageFailed
+from autotune.studies.faults import FaultSwitch
 from autotune.studies.files import replace_atomically
 from autotune.studies.liveness import is_alive
 
-FAULT_VARIABLE = "AUTOTUNE_STORAGE_FAULT"
 RECORD_START = b'{"op_code":'
 LOCK_GRACE_S = 30.0
 # What to do about a failed write, by its errno: free space, or make the folder writable.
@@ -290,6 +291,7 @@ class SafeJournalBackend(JournalFileBackend):
         super().__init__(file_path, lock_obj=HolderLock(file_path))
         self.appends = 0
         self.failure: str | None = None
+        self.faults = FaultSwitch()
 
     @contextlib.contextmanager
     def locked(self):
@@ -307,6 +309,7 @@ class SafeJournalBackend(JournalFileBackend):
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in logs).encode()
         path = Path(self._file_path)
         try:
+            self.faults.before_append(f"{path}.lock")
             with self.locked():
                 self.appends += 1
                 fd = os.open(path, os.O_RDWR | os.O_APPEND)
@@ -315,12 +318,13 @@ class SafeJournalBackend(JournalFileBackend):
                         repair_locked(path)  # a writer died mid-append since we last looked
                         os.close(fd)
                         fd = os.open(path, os.O_RDWR | os.O_APPEND)
-                    append_or_roll_back(fd, data, self.appends)
+                    append_or_roll_back(fd, data, self.faults.cut_short(self.appends))
                 finally:
                     os.close(fd)
         except OSError as err:
             self.failure = failed_write(path, err)
             raise StorageFailed(self.failure) from None
+        self.faults.after_append(logs)
 
 
 def failed_write(path: Path, err: OSError) -> str:
@@ -341,13 +345,17 @@ def ends_cleanly(fd: int) -> bool:
     return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
 
 
-def append_or_roll_back(fd: int, data: bytes, number: int) -> None:
+def append_or_roll_back(fd: int, data: bytes, fault: str | None = None) -> None:
+    """Append `data` whole, or leave the file as it was; `fault` (the fault switch's, for
+    tests) cuts the write short: "torn-write" dies after half, "no-space" fails there."""
     size = os.fstat(fd).st_size
     try:
-        if torn_write_fault(number):
+        if fault is not None:
             os.write(fd, data[: len(data) // 2])
             os.fsync(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
+            if fault == "torn-write":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -357,10 +365,3 @@ def append_or_roll_back(fd: int, data: bytes, number: int) -> None:
             os.ftruncate(fd, size)  # shrinking is allowed even on a full disk
         raise
 
-
-def torn_write_fault(number: int) -> bool:
-    fault = os.environ.get(FAULT_VARIABLE, "")
-    if not fault.startswith("torn-write"):
-        return False
-    _, _, at = fault.partition(":")
-    return number == int(at or 1)
