@@ -69,7 +69,8 @@ class DefaultGroup(click.Group):
         """The one place errors become exit statuses: the library raises, the CLI decides.
 
         An AutotuneError is one line on stderr and its `exit_status`: 2 for bad input, 1
-        for a measurement that failed or a machine that is busy.
+        for a measurement that failed or a machine that is busy, 75 for a study that could
+        not be saved mid-run (run the same command again once it can be).
         """
         try:
             return super().invoke(ctx)
@@ -410,7 +411,9 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
     (give another --study-name).
 
     Exit status: 0 written, 1 no trial or finalist finished or met the targets (or
-    --no-wait found the machine busy), 2 bad input.
+    --no-wait found the machine busy), 2 bad input, 75 the study could not be saved
+    mid-run (a full disk, a read-only folder): what it kept is safe; free space or make
+    the folder writable, and run the same command again to resume.
     """
     from autotune.search.goals import parse_size
     from autotune.search.tune import TuneOptions

@@ -1,4 +1,6 @@
-"""The errors a user sees, each said in one line: bad input (exit 2), failed measurement (1).
+"""The errors a user sees, each said in one line: bad input (exit 2), failed measurement (1),
+a study that could not be saved mid-run (75: free space or make the folder writable, and run
+the same command again).
 
 The library names a caller's setting by its parameter (`Option("force", True)`), never by a
 command-line flag: the CLI renders the same error with its own flags (`--force`).
@@ -62,3 +64,14 @@ class MeasurementFailed(AutotuneError):
     """
 
     exit_status = 1
+
+
+class StorageFailed(AutotuneError):
+    """A write to the study's storage failed mid-run (a full disk, a folder made read-only).
+
+    What was written before it is kept, and the same command resumes the study once the
+    storage can be written again. The CLI prints the reason on one line and exits with
+    status 75, sysexits' EX_TEMPFAIL: nothing is wrong with the command, run it again.
+    """
+
+    exit_status = 75

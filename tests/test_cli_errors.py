@@ -13,7 +13,7 @@ from conftest import keep_study_record
 
 import autotune
 from autotune.cli import STUDIES_ENV, cli, flag
-from autotune.errors import AutotuneError, MeasurementFailed, Option
+from autotune.errors import AutotuneError, MeasurementFailed, Option, StorageFailed
 from autotune.measure.machine_lock import MachineBusy
 from autotune.search.space import BASELINE_LABEL, parse_fixes
 from autotune.studies import export
@@ -40,6 +40,7 @@ def test_exit_statuses_say_what_failed() -> None:
     assert AutotuneError("bad input").exit_status == 2
     assert MeasurementFailed("no trial finished").exit_status == 1
     assert MachineBusy("busy").exit_status == 1
+    assert StorageFailed("disk full").exit_status == 75  # sysexits' EX_TEMPFAIL: run again
 
 
 def test_the_library_names_its_parameters_and_the_cli_its_flags(

@@ -20,10 +20,11 @@ import optuna
 import psutil
 import pytest
 from conftest import clean_env
+from mounts import bound, read_only, remount, report
 
 import autotune
 from autotune.errors import AutotuneError
-from autotune.studies import journal
+from autotune.studies import faults, journal
 from autotune.studies.storage import location, open_storage, redact
 
 SECRET = "s3cr3t-pa55"
@@ -62,8 +63,9 @@ def backups(folder: Path) -> list[Path]:
     return sorted(folder.glob("autotune.journal.*.bak"))
 
 
-def one_error_line(done: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert done.returncode == 2, done.stderr
+def one_error_line(done: subprocess.CompletedProcess[str], *needles: str, status: int = 2
+                   ) -> None:
+    assert done.returncode == status, done.stderr
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()  # tune's progress display adds a blank line
     assert line.startswith("autotune: error: ")
@@ -292,7 +294,7 @@ def run_writer(folder: Path, tag: str, count: int, **env: str) -> subprocess.Pop
 def test_concurrent_writers_and_one_killed_mid_write_lose_nothing(tmp_path: Path) -> None:
     make_study(tmp_path)
     writers = [run_writer(tmp_path, tag, 150) for tag in ("a", "b")]
-    killed = run_writer(tmp_path, "killed", 150, **{journal.FAULT_VARIABLE: "torn-write:40"})
+    killed = run_writer(tmp_path, "killed", 150, **{faults.FAULT_VARIABLE: "torn-write:40"})
     killed.communicate(timeout=300)
     assert killed.returncode == -9
     for writer in writers:
@@ -323,7 +325,7 @@ def test_a_failed_append_leaves_no_partial_record(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=clean_env(PYTHONPATH=os.pathsep.join(sys.path)), check=True)
     first, second = done.stdout.splitlines()
-    assert first.startswith("AutotuneError cannot write to the study journal")
+    assert first.startswith("StorageFailed cannot write to the study journal")
     assert "File too large" in first and "run the same command again" in first
     assert second == first  # nothing more is written after a failed write
     assert path.read_bytes().startswith(before) and path.read_bytes().endswith(b"\n")
@@ -332,10 +334,79 @@ def test_a_failed_append_leaves_no_partial_record(tmp_path: Path) -> None:
 
 
 def test_the_fault_switch_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(journal.FAULT_VARIABLE, raising=False)
-    assert not journal.torn_write_fault(1)
-    monkeypatch.setenv(journal.FAULT_VARIABLE, "torn-write:3")
-    assert [journal.torn_write_fault(n) for n in (1, 2, 3, 4)] == [False, False, True, False]
+    monkeypatch.delenv(faults.FAULT_VARIABLE, raising=False)
+    off = faults.FaultSwitch()
+    assert off.fault is None and off.cut_short(1) is None
+    off.before_append("x.lock")
+    monkeypatch.setenv(faults.FAULT_VARIABLE, "torn-write:3")
+    torn = faults.FaultSwitch()
+    assert [torn.cut_short(n) for n in (1, 2, 3, 4)] == [None, None, "torn-write", None]
+
+
+def test_the_fault_switch_arms_after_the_nth_trial_is_kept() -> None:
+    ended = [{"op_code": faults.SET_TRIAL_STATE, "trial_id": 0, "state": 1}]
+    started = [{"op_code": faults.SET_TRIAL_STATE, "trial_id": 1, "state": 0}]
+    switch = faults.FaultSwitch({faults.FAULT_VARIABLE: "no-space:2"})
+    for logs in (ended, started):
+        switch.after_append(logs)
+        assert switch.cut_short(9) is None
+    switch.after_append(ended)
+    assert switch.cut_short(9) == "no-space"
+    read_only = faults.FaultSwitch({faults.FAULT_VARIABLE: "read-only"})
+    read_only.after_append(ended)
+    with pytest.raises(OSError, match="Read-only file system"):
+        read_only.before_append("x.lock")
+    for bad in ("stop:0", "full", "no-space:x"):
+        with pytest.raises(AutotuneError, match=faults.FAULT_VARIABLE):
+            faults.FaultSwitch({faults.FAULT_VARIABLE: bad}).before_append("x.lock")
+
+
+HOLD_LOCK = """
+import sys
+from autotune.studies.journal import SafeJournalBackend
+try:
+    with SafeJournalBackend(sys.argv[1]).locked():
+        print("held", flush=True)
+        sys.stdin.readline()  # the test makes the folder read-only meanwhile
+except OSError as err:
+    print(type(err).__name__, err.errno)
+"""
+
+
+def test_a_folder_made_read_only_under_a_held_lock_is_a_failed_write(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
+        ) -> None:
+    # Between taking the lock and releasing it no file is open, so a read-only remount can
+    # fall there: the release must be a failed write (OSError), not Optuna's RuntimeError.
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    journal_path = folder / "autotune.journal"
+    with bound(folder) as mounted:
+        command = [sys.executable, "-c", HOLD_LOCK, str(journal_path)]
+        holder = subprocess.Popen(command if mounted else read_only(command), text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE,
+                                  env=clean_env(PYTHONPATH=os.pathsep.join(sys.path)))
+        assert holder.stdout.readline() == "held\n", holder.stderr.read()
+        if mounted:
+            remount(folder, writable=False)
+        else:
+            folder.chmod(0o555)
+        try:
+            out, err = holder.communicate("go\n", timeout=60)
+        finally:
+            if mounted:
+                remount(folder, writable=True)
+            folder.chmod(0o755)
+    assert holder.returncode == 0 and "Traceback" not in err, err
+    expected = "OSError 30" if mounted else "PermissionError 13"
+    assert out.strip() == expected
+    assert Path(f"{journal_path}.lock").exists()  # it could not go; its holder is gone
+    with journal.SafeJournalBackend(str(journal_path)).locked():
+        pass  # taken at once: a lock whose holder is gone is broken without waiting
+    assert not repair_lines(caplog) and not Path(f"{journal_path}.lock").exists()
+    report(request, ("a read-only bind remount" if mounted else "chmod 555 (mounting is "
+                     "not allowed here)") + f": the release raised {expected}")
 
 
 def test_open_storage_copies_nothing_when_the_journal_is_sound(tmp_path: Path) -> None:

@@ -21,17 +21,22 @@ optuna-dashboard read, and studies already kept in it stay usable.
 - The lock file names its holder (host, pid, start time). A lock left by a process that
   is gone is broken at once, not after Optuna's 30 s grace period; a holder that cannot
   be told (another host, a plain Optuna process, no permission to look) counts as alive.
-- A failed append (no space left, file too large, I/O error) is rolled back to the size
-  before it, so the file never keeps half a record, and becomes one AutotuneError that
-  says how to resume.
+- A failed append (no space left, file too large, a folder made read-only, I/O error) is
+  rolled back to the size before it, so the file never keeps half a record, and becomes
+  one StorageFailed error (exit status 75) that says what to free or fix and to run the
+  same command again; the process then writes nothing more. No lock file is left behind:
+  one whose holder could not be written into it (the disk was full) is removed at once,
+  since an empty lock names no holder and would make the next tuner wait out the grace
+  period. Releasing a lock in a folder made read-only is that same failure, not a crash.
 - A line in the middle that is not a record and cannot be explained by a torn write
   (the file was edited or overwritten) is not guessed at: dropping a record would shift
   the trial numbers of every later one. It is a one-line error naming the line, and how
   to keep the records before it.
 
-Test-only fault switch: with `AUTOTUNE_STORAGE_FAULT=torn-write:N` in its environment, a
-process writes half of its N-th append (N defaults to 1), fsyncs it, and SIGKILLs itself,
-still holding the lock: exactly what a tuner killed in the middle of a write leaves.
+Test-only fault switch (`AUTOTUNE_STORAGE_FAULT`, autotune.studies.faults): a process can
+be made to tear its N-th append and die holding the lock, to stop itself once its N-th
+trial is kept (so that a test fills the disk or remounts the folder at that point), or to
+fail its writes as a full disk or a read-only folder would.
 """
 
 from __future__ import annotations
@@ -52,13 +57,16 @@ from pathlib import Path
 import psutil
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from autotune.errors import AutotuneError, Option
+from autotune.errors import AutotuneError, Option, StorageFailed
+from autotune.studies.faults import FaultSwitch
 from autotune.studies.files import replace_atomically
 from autotune.studies.liveness import is_alive
 
-FAULT_VARIABLE = "AUTOTUNE_STORAGE_FAULT"
 RECORD_START = b'{"op_code":'
 LOCK_GRACE_S = 30.0
+# What to do about a failed write, by its errno: free space, or make the folder writable.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +235,27 @@ class HolderLock(JournalFileOpenLock):
                 time.sleep(sleep_s)
                 sleep_s = min(sleep_s * 2, 0.25)
                 continue
-            with os.fdopen(fd, "w") as lock:
-                lock.write(json.dumps(holder()))
+            try:
+                with os.fdopen(fd, "w") as lock:
+                    lock.write(json.dumps(holder()))
+            except OSError:
+                # A full disk takes the name but not the holder: an empty lock would make
+                # every later tuner wait out the grace period, so it goes at once.
+                with contextlib.suppress(OSError):
+                    os.unlink(self._lock_file)
+                raise
             return True
+
+    def release(self) -> None:
+        """Optuna's release, except that a folder made read-only under the holder is an
+        OSError (a failed write) rather than Optuna's "did not possess lock"."""
+        try:
+            super().release()
+        except RuntimeError as err:
+            cause = err.__context__
+            if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+                raise cause from None
+            raise
 
     def break_if_stale(self) -> bool:
         """Remove the lock if its holder is gone; True when it was removed (or vanished)."""
@@ -265,6 +291,7 @@ class SafeJournalBackend(JournalFileBackend):
         super().__init__(file_path, lock_obj=HolderLock(file_path))
         self.appends = 0
         self.failure: str | None = None
+        self.faults = FaultSwitch()
 
     @contextlib.contextmanager
     def locked(self):
@@ -278,10 +305,11 @@ class SafeJournalBackend(JournalFileBackend):
         if self.failure is not None:
             # Later records may depend on the lost one (a trial's end on its measurements):
             # after one failed write, this process writes nothing more.
-            raise AutotuneError(self.failure)
+            raise StorageFailed(self.failure)
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in logs).encode()
         path = Path(self._file_path)
         try:
+            self.faults.before_append(f"{path}.lock")
             with self.locked():
                 self.appends += 1
                 fd = os.open(path, os.O_RDWR | os.O_APPEND)
@@ -290,15 +318,26 @@ class SafeJournalBackend(JournalFileBackend):
                         repair_locked(path)  # a writer died mid-append since we last looked
                         os.close(fd)
                         fd = os.open(path, os.O_RDWR | os.O_APPEND)
-                    append_or_roll_back(fd, data, self.appends)
+                    append_or_roll_back(fd, data, self.faults.cut_short(self.appends))
                 finally:
                     os.close(fd)
         except OSError as err:
-            reason = err.strerror or errno.errorcode.get(err.errno or 0, str(err))
-            self.failure = (f"cannot write to the study journal {path}: {reason}; the trials "
-                            "recorded before this are kept: free some space (or make the "
-                            "folder writable) and run the same command again to resume")
-            raise AutotuneError(self.failure) from None
+            self.failure = failed_write(path, err)
+            raise StorageFailed(self.failure) from None
+        self.faults.after_append(logs)
+
+
+def failed_write(path: Path, err: OSError) -> str:
+    """One line for a failed append: what failed, that nothing kept is lost, what to do."""
+    reason = err.strerror or errno.errorcode.get(err.errno or 0, str(err))
+    if err.errno in NO_SPACE:
+        fix = f"free some space on the disk that holds {path.parent}"
+    elif err.errno in NOT_WRITABLE:
+        fix = f"make {path.parent} writable again"
+    else:
+        fix = "free some space (or make the folder writable)"
+    return (f"cannot write to the study journal {path}: {reason}; the trials recorded before "
+            f"this are kept: {fix} and run the same command again to resume")
 
 
 def ends_cleanly(fd: int) -> bool:
@@ -306,13 +345,17 @@ def ends_cleanly(fd: int) -> bool:
     return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
 
 
-def append_or_roll_back(fd: int, data: bytes, number: int) -> None:
+def append_or_roll_back(fd: int, data: bytes, fault: str | None = None) -> None:
+    """Append `data` whole, or leave the file as it was; `fault` (the fault switch's, for
+    tests) cuts the write short: "torn-write" dies after half, "no-space" fails there."""
     size = os.fstat(fd).st_size
     try:
-        if torn_write_fault(number):
+        if fault is not None:
             os.write(fd, data[: len(data) // 2])
             os.fsync(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
+            if fault == "torn-write":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -322,10 +365,3 @@ def append_or_roll_back(fd: int, data: bytes, number: int) -> None:
             os.ftruncate(fd, size)  # shrinking is allowed even on a full disk
         raise
 
-
-def torn_write_fault(number: int) -> bool:
-    fault = os.environ.get(FAULT_VARIABLE, "")
-    if not fault.startswith("torn-write"):
-        return False
-    _, _, at = fault.partition(":")
-    return number == int(at or 1)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import optuna
 
-from autotune.errors import AutotuneError, Option
+from autotune.errors import AutotuneError, Option, StorageFailed
 from autotune.measure.records import Status
 from autotune.studies.liveness import is_alive
 from autotune.studies.records import TrialRecord, keep, trial_attrs
@@ -78,7 +78,7 @@ def journal_storage(path: Path, create: bool = True) -> optuna.storages.BaseStor
     With `create`, the folder is made and writing is tried for real (the lock file is
     taken and released) so that a tuner finds out before it measures anything.
     """
-    from autotune.studies.journal import SafeJournalBackend, check_on_open
+    from autotune.studies.journal import NO_SPACE, SafeJournalBackend, check_on_open
 
     if create:
         make_studies_folder(path.parent)
@@ -89,6 +89,10 @@ def journal_storage(path: Path, create: bool = True) -> optuna.storages.BaseStor
             with backend.locked():
                 pass
     except OSError as err:
+        if err.errno in NO_SPACE:  # nothing is wrong with the command: run it again
+            raise StorageFailed(f"the studies folder {path.parent} cannot be written "
+                                f"({err.strerror}): nothing was measured; free some space "
+                                "on its disk and run the same command again") from None
         raise AutotuneError(f"the studies folder {path.parent} cannot be written "
                             f"({err.strerror}): the study could not be saved; make it "
                             "writable, or pass another ", *EITHER_PLACE) from None
