@@ -6,6 +6,7 @@ import pytest
 from conftest import make_hardware
 
 from autotune.measure import diagnosis
+from autotune.measure.devices import Device
 from autotune.measure.diagnosis import CAUSES, GROWTH_LIMIT_BYTES
 from autotune.measure.hardware import Gpu, Hardware
 from autotune.measure.records import Finding, Status, Target, ThreadProbe, TrialStats
@@ -37,8 +38,11 @@ def diagnose(summary: dict, probe: dict | None, settings: Settings, hardware: Ha
 
 
 def machine(physical: int = 2, gpus: tuple[Gpu, ...] = (), offload: bool = False) -> Hardware:
+    """A made-up machine; llama.cpp's registry lists each NVIDIA GPU as a CUDA device."""
+    devices = tuple(Device(f"CUDA{g.index}", g.name, "gpu", g.total_bytes, g.free_bytes)
+                    for g in gpus)
     return make_hardware(physical_cores=physical, logical_cores=physical * 2, gpus=gpus,
-                         gpu_offload=offload)
+                         gpu_offload=offload, devices=devices)
 
 
 FAKE_GPU = Gpu(index=0, name="Fake GPU", total_bytes=8 * GIB, free_bytes=4 * GIB)
@@ -215,5 +219,8 @@ def test_all_four_causes_in_order() -> None:
 def test_hardware_can_offload() -> None:
     assert GPU_BOX.can_offload
     assert not machine(gpus=(FAKE_GPU,), offload=False).can_offload
-    assert not machine(offload=True).can_offload
+    assert not machine(offload=True).can_offload  # an RPC build offloads to no device
+    rpc = make_hardware(gpu_offload=True, devices=(Device("RPC0", "127.0.0.1:1", "gpu",
+                                                          GIB, GIB),))
+    assert rpc.can_offload  # any GPU device of the registry, not NVIDIA's alone
     assert GPU_BOX.to_dict()["gpus"][0]["name"] == "Fake GPU"

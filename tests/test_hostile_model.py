@@ -279,7 +279,10 @@ def test_gpu_index_that_is_not_a_number_is_refused(tuned: dict, run_cli: Run) ->
     study = optuna.load_study(study_name=name, storage=storage)
     study.set_user_attr("hardware", {**study.user_attrs["hardware"], "gpu_offload": True,
                                      "gpus": [{"index": "0\nJARVIS_INJECTED=1", "name": "x",
-                                               "total_bytes": 0, "free_bytes": 0}]})
+                                               "total_bytes": 0, "free_bytes": 0}],
+                                     "devices": [{"name": "CUDA0", "description": "x",
+                                                  "kind": "gpu", "total_bytes": 1,
+                                                  "free_bytes": 1}]})
     done = export_cli(tuned, run_cli, name, "--format", "dotenv")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "GPU index" in done.stderr

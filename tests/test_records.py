@@ -76,8 +76,8 @@ def test_a_status_is_its_text() -> None:
     assert Status.OK == "ok" and json.dumps([Status.TIMED_OUT]) == '["timed_out"]'
     assert Status("out_of_memory") is Status.OUT_OF_MEMORY
     assert [s for s in Status if s.failed] == [
-        Status.CRASHED, Status.OUT_OF_MEMORY, Status.TIMED_OUT, Status.LOAD_FAILED,
-        Status.FAILED, Status.INTERRUPTED]
+        Status.CRASHED, Status.OUT_OF_MEMORY, Status.GPU_OUT_OF_MEMORY, Status.DEVICE_FAILED,
+        Status.TIMED_OUT, Status.LOAD_FAILED, Status.FAILED, Status.INTERRUPTED]
 
 
 def test_a_trial_result_reads_back_from_its_json() -> None:

@@ -286,7 +286,7 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
         context=window.holds(settings.context_window, stats),
         context_warning=window.warning(settings.context_window) or "",
         goals=record.goals.describe() if record.goals else "")
-    gpus = [g.index for g in hardware.gpus] if hardware.gpu_offload else []
+    gpus = [g.index for g in hardware.gpus] if hardware.can_offload else []
     machine = machine_variables(settings, gpus, hardware.system)
     return render(settings, record.tuned_fields, header, machine, fmt)
 
