@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from rpc_servers import RpcServer, devices_seen, servers_env  # noqa: E402
+from rpc_servers import RpcServer, devices_seen, servers_env
 
-from autotune.measure.fit import device_needs, layer_costs  # noqa: E402
-from autotune.measure.model import demo_model_path  # noqa: E402
-from autotune.measure.settings import Settings  # noqa: E402
-from autotune.measure.trial import TrialSpec, run_trial  # noqa: E402
-from autotune.measure.workload import Workload, builtin_workload  # noqa: E402
+from autotune.measure.fit import device_needs, layer_costs
+from autotune.measure.model import demo_model_path
+from autotune.measure.settings import Settings
+from autotune.measure.trial import TrialSpec, run_trial
+from autotune.measure.workload import Workload, builtin_workload
 
 MIB = 2**20
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -15,16 +15,12 @@ import subprocess
 import sys
 import time
 
+from pg_server import free_port
+
 from autotune.measure.devices import Device
 from autotune.measure.rpc import SERVERS_ENV
 
 START_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RpcServer:

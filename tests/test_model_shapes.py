@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import doctest
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import gguf
 import llama_cpp
 import pytest
+from conftest import load_benchmark as load
 
 from autotune.measure.model import demo_model_path, inspect_model
 
@@ -24,16 +24,6 @@ VOCAB = 49152  # the demo model's
 # (about 1.7 MiB), the rest of the metadata, the tensor infos and alignment.
 HEADER_BYTES = 2 * 1024 * 1024
 T = gguf.GGMLQuantizationType
-
-
-def load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
 
 
 shapes = load("model_shapes")

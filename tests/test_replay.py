@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import optuna
@@ -15,21 +13,12 @@ import pytest
 from autotune.measure.records import RequestRecord, Status
 from autotune.measure.settings import Settings
 from autotune.search.scoring import score
+from tests.conftest import load_benchmark as load
 from tests.conftest import make_hardware, make_model
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 REQUESTS = 8
 OVERHEAD_S = 2.0
-
-
-def load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
 
 
 def speed(settings: dict) -> float:
