@@ -109,8 +109,12 @@ def no_wait_option(command: Callable) -> Callable:
 
 
 def say_waiting(holder: Holder) -> None:
-    err_console.print(f"waiting for the machine: {holder.describe()} is measuring "
-                      "(one measurement at a time; --no-wait exits instead)", markup=False)
+    err_console.print(waiting_line(holder.describe()), markup=False)
+
+
+def waiting_line(holder: str) -> str:
+    return (f"waiting for the machine, held by {holder} (one measurement at a time, "
+            "served in the order asked; --no-wait exits instead)")
 
 
 def study_evidence(study_name: str | None, env_file: str | None, settings: Settings,
@@ -258,8 +262,7 @@ def print_event(progress: Progress, task: int, event: ProgressEvent) -> None:
     """
     log = progress.console.print
     if isinstance(event, Waiting):
-        log(f"waiting for the machine: {event.holder} is measuring (one measurement at "
-            "a time; --no-wait exits instead)", markup=False)
+        log(waiting_line(event.holder), markup=False)
     elif isinstance(event, Started):
         verb = "resuming" if event.resumed else "starting"
         log(f"{verb} study {terminal(event.study)} in {terminal(event.storage)}")

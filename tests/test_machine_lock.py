@@ -31,6 +31,27 @@ HOLD = ("import sys\n"
         "    sys.stdin.read()\n")
 
 
+# Takes the machine once it is its turn, writes its name into the order file, and lets go.
+WAIT = ("import sys\n"
+        "from autotune.measure.machine_lock import MachineLock\n"
+        "lock = MachineLock(path=sys.argv[1],\n"
+        "                   on_wait=lambda h: print('waiting', h.queued, flush=True))\n"
+        "with lock.held('bench'):\n"
+        "    with open(sys.argv[2], 'a') as order:\n"
+        "        order.write(sys.argv[3] + '\\n')\n")
+# Takes the machine three times in a row, asking again as soon as it lets go; holds it the
+# first time until its stdin has a line.
+AGAIN = ("import sys\n"
+         "from autotune.measure.machine_lock import MachineLock\n"
+         "for turn in range(3):\n"
+         "    with MachineLock(path=sys.argv[1]).held('tune'):\n"
+         "        with open(sys.argv[2], 'a') as order:\n"
+         "            order.write(f'again{turn}\\n')\n"
+         "        if turn == 0:\n"
+         "            print('held', flush=True)\n"
+         "            sys.stdin.readline()\n")
+
+
 @pytest.fixture
 def lock_file(tmp_path: Path) -> Path:
     return tmp_path / "measure.lock"
@@ -61,11 +82,9 @@ def test_a_second_measurement_is_refused_naming_the_holder(holder, lock_file: Pa
 def test_sigkill_of_the_holder_frees_the_machine_at_once(holder, lock_file: Path) -> None:
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    started = time.monotonic()
-    with MachineLock(wait=False, path=lock_file).held("bench"):
+    with MachineLock(wait=False, path=lock_file).held("bench"):  # refuses if not free now
         record = json.loads(lock_file.read_text())
     assert record["pid"] == os.getpid() and record["purpose"] == "bench"
-    assert time.monotonic() - started < 5
 
 
 def test_a_waiting_measurement_says_so_then_runs_when_the_holder_ends(holder,
@@ -88,6 +107,98 @@ def test_a_waiting_measurement_says_so_then_runs_when_the_holder_ends(holder,
     holder.stdin.close()  # the holder leaves its block and exits
     waiter.join(timeout=30)
     assert entered.is_set()
+
+
+def waiter(lock_file: Path, order: Path, name: str) -> subprocess.Popen[str]:
+    """A process that asks for the machine; returns once it has said it waits, and how
+    many it said were queued before it (as its first line)."""
+    process = subprocess.Popen([sys.executable, "-c", WAIT, str(lock_file), str(order), name],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    process.said = process.stdout.readline()  # type: ignore[attr-defined]
+    assert process.said.startswith("waiting"), process.said  # type: ignore[attr-defined]
+    return process
+
+
+def ended(process: subprocess.Popen[str]) -> int:
+    """Its exit status, once it has ended (its pipes closed)."""
+    process.communicate(timeout=60)
+    return process.returncode
+
+
+def tickets(lock_file: Path) -> list[str]:
+    return [p.name for p in lock_file.with_name(lock_file.name + ".queue").iterdir()]
+
+
+def test_waiting_commands_are_served_in_the_order_they_asked(holder, lock_file: Path,
+                                                             tmp_path: Path) -> None:
+    order = tmp_path / "order"
+    waiters = [waiter(lock_file, order, name) for name in ("first", "second", "third")]
+    assert [w.said for w in waiters] == ["waiting 0\n", "waiting 1\n", "waiting 2\n"]
+    assert not order.exists()
+    assert holder.stdin is not None
+    holder.stdin.close()
+    assert [ended(process) for process in waiters] == [0, 0, 0]
+    assert order.read_text().split() == ["first", "second", "third"]
+    assert tickets(lock_file) == []  # each left the queue as the machine became its own
+
+
+def test_a_command_that_asks_again_at_once_waits_behind_the_one_waiting(
+        lock_file: Path, tmp_path: Path) -> None:
+    # flock(2) alone would let the holder take the machine back before the waiter woke,
+    # turn after turn: the waiter must come right after the holder's first turn
+    order = tmp_path / "order"
+    again = subprocess.Popen([sys.executable, "-c", AGAIN, str(lock_file), str(order)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with again:
+        assert again.stdout is not None and again.stdout.readline() == "held\n"
+        other = waiter(lock_file, order, "waiter")
+        assert again.stdin is not None
+        again.stdin.write("go\n")
+        again.stdin.flush()
+        assert ended(again) == 0 and ended(other) == 0
+    assert order.read_text().split() == ["again0", "waiter", "again1", "again2"]
+
+
+def test_a_killed_waiter_leaves_the_queue(holder, lock_file: Path, tmp_path: Path) -> None:
+    order = tmp_path / "order"
+    doomed = waiter(lock_file, order, "doomed")
+    behind = waiter(lock_file, order, "behind")
+    assert behind.said == "waiting 1\n"
+    doomed.kill()
+    ended(doomed)
+    with pytest.raises(MachineBusy, match="with 1 more waiting before this one"), \
+            MachineLock(wait=False, path=lock_file).held("bench"):
+        pass  # the dead ticket does not count; the live one behind it does
+    assert holder.stdin is not None
+    holder.stdin.close()
+    assert ended(behind) == 0
+    assert order.read_text().split() == ["behind"] and tickets(lock_file) == []
+
+
+def test_hostile_queue_entries_neither_block_nor_follow_links(lock_file: Path,
+                                                              tmp_path: Path) -> None:
+    queue = lock_file.with_name(lock_file.name + ".queue")
+    queue.mkdir()
+    (queue / f"{1:020d}-1").write_text("a ticket nobody holds: a dead waiter")
+    (queue / "$(reboot)\n").write_text("not a ticket")
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    (queue / f"{2:020d}-2").symlink_to(target)
+    with MachineLock(wait=False, path=lock_file).held("bench"):
+        pass
+    assert target.read_text() == "keep me"  # the link is no waiter, and stays unread
+    assert sorted(tickets(lock_file)) == ["$(reboot)\n", f"{2:020d}-2"]
+
+
+def test_a_planted_queue_link_is_not_followed(lock_file: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lock_file.with_name(lock_file.name + ".queue").symlink_to(elsewhere)
+    with pytest.raises(AutotuneError, match=LOCK_FILE_ENV), \
+            MachineLock(path=lock_file).held("bench"):
+        pass
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_a_hostile_lock_record_is_never_echoed(lock_file: Path, holder) -> None:
