@@ -24,11 +24,13 @@ from autotune.measure import bench as bench_lib
 from autotune.measure.machine_lock import Holder, MachineLock
 from autotune.measure.records import StudyEvidence
 from autotune.measure.settings import Settings, load_env_file
+from autotune.measure.trial import BUSY_PERCENT
 from autotune.measure.workload import load_workload
-from autotune.report import BUSY_MACHINE_PERCENT, print_bench, print_tune
+from autotune.report import print_bench, print_tune
 from autotune.safe_text import is_visible, terminal, visible
 from autotune.search.events import (
     AnchorChecked,
+    BusyTrial,
     ConfirmEnded,
     ProgressEvent,
     Started,
@@ -280,7 +282,7 @@ def print_event(progress: Progress, task: int, event: ProgressEvent) -> None:
         params = terminal(", ".join(f"{k}={v}" for k, v in event.params.items()))
         others = event.other_cpu_percent
         busy = (f" [yellow]machine busy: others used {others:.0f}% of a core[/]"
-                if others is not None and others > BUSY_MACHINE_PERCENT else "")
+                if others is not None and others > BUSY_PERCENT else "")
         log(f"trial {event.number}{label}: {value} ({params}){busy}")
         progress.update(task, completed=event.done, total=event.total,
                         description=f"trial {event.done}/{event.total}, best {best}")
@@ -289,6 +291,14 @@ def print_event(progress: Progress, task: int, event: ProgressEvent) -> None:
                  if event.requeued else "")
         log(f"drift anchor (trial {event.anchor_trial}'s configuration): {event.ratio:.2f}x "
             f"its first run, {'drifted' if event.drifted else 'steady'}{again}")
+    elif isinstance(event, BusyTrial):
+        used = (f"other processes used {event.other_cpu_percent:.0f}% of a core while it ran "
+                f"(more than --busy-limit {event.limit:g})")
+        if event.remeasured:
+            log(f"trial {event.number}: {used}; measuring it again now")
+        else:
+            log(f"trial {event.number}: {used}, as its first run did: the load is the "
+                "machine's own, and later trials are kept as measured")
     elif isinstance(event, ConfirmEnded):
         if event.done == 1:
             progress.update(task, completed=0)
@@ -338,6 +348,12 @@ def check_study_name(name: str | None) -> None:
               metavar="N", help="Every N trials, re-run the drift anchor (the faster "
               "baseline's first requests); trials measured while the machine drifted "
               "beyond its own run-to-run spread are measured again. 0: never.")
+@click.option("--busy-limit", default=BUSY_PERCENT, show_default=True,
+              type=click.FloatRange(0), metavar="PERCENT",
+              help="Measure a trial again at once when other processes used more than "
+              "PERCENT of one core while it ran, and rank only the quiet run (0: never). "
+              "When the run again is as busy, the load is the machine's own: later trials "
+              "are kept as measured.")
 @click.option("--finalists", default=3, show_default=True, type=click.IntRange(1),
               help="Best trials re-measured against the guide's defaults.")
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(1),
@@ -388,10 +404,11 @@ def check_study_name(name: str | None) -> None:
 def tune(model: str, trials: int, timeout: float | None, seed: int | None,
          workload_file: str | None, tokens: int, concurrent: bool, clients: int,
          extended: bool, fixes: tuple[str, ...], min_context: int, no_warm_start: bool,
-         anchor_every: int, finalists: int, rounds: int, no_racing: bool,
-         spike_weight: float, spike_factor: float, cv_weight: float, trial_timeout: float,
-         objective: str, targets: tuple[str, ...], max_memory: str | None,
-         max_gpu_memory: str | None, gpu_margin: str, study_name: str | None,
+         anchor_every: int, busy_limit: float, finalists: int, rounds: int,
+         no_racing: bool, spike_weight: float, spike_factor: float, cv_weight: float,
+         trial_timeout: float, objective: str, targets: tuple[str, ...],
+         max_memory: str | None, max_gpu_memory: str | None, gpu_margin: str,
+         study_name: str | None,
          studies_dir: str | None, storage: str | None, out: str, fmt: str, force: bool,
          as_json: bool, no_wait: bool) -> None:
     """Find the fastest steady JARVIS_* settings for MODEL on this machine.
@@ -434,6 +451,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
         studies_dir=studies_folder(studies_dir, storage),
         storage=storage, out=out, fmt=fmt, force=force, wait=not no_wait,
         min_context=min_context, warm_start=not no_warm_start, anchor_every=anchor_every,
+        busy_limit=busy_limit,
         racing=not no_racing, gpu_margin=parse_size(gpu_margin, "gpu_margin"))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,

@@ -16,6 +16,7 @@ from autotune.guide import DEFAULTS_LABEL
 from autotune.measure.diagnosis import targets
 from autotune.measure.records import STAT_NAMES, BenchReport, Finding, Status, TrialStats
 from autotune.measure.settings import BY_FIELD, BY_NAME, format_value
+from autotune.measure.trial import BUSY_PERCENT
 from autotune.safe_text import terminal
 from autotune.studies.records import Profile, TuneReport
 
@@ -70,7 +71,6 @@ METRICS = (
     ("worker CPU (% of a core)", "cpu_percent_mean", number),
     ("other processes' CPU", "other_cpu_percent_mean", number),
 )
-BUSY_MACHINE_PERCENT = 50.0
 assert {key for _, key, _ in METRICS} <= set(STAT_NAMES), "a metric row names no statistic"
 
 
@@ -152,7 +152,7 @@ def print_bench(console: Console, report: BenchReport) -> None:
     if report.evidence_study:
         console.print(f"Fixes checked against study {terminal(report.evidence_study)}.")
     others = stats.other_cpu_percent_mean
-    if others is not None and others > BUSY_MACHINE_PERCENT:
+    if others is not None and others > BUSY_PERCENT:
         console.print(f"[yellow]Warning:[/] other processes used {others:.0f}% of a core "
                       "during the measurement; rerun on a quiet machine before trusting it.")
 

@@ -22,10 +22,11 @@ from autotune.measure.workload import Workload, load_workload
 
 AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
 # The smallest study that still searches, confirms and exports: for tests of the tuner.
-# No drift anchor: a busy test machine would have it take trials again and change their
-# count; tests/test_drift.py makes the machine drift for certain and checks what it does.
+# No drift anchor and no busy limit: a busy test machine would have them take trials again
+# and change their count; tests/test_drift.py makes the machine drift, and
+# tests/test_concurrent.py makes it busy, for certain, and check what they do.
 QUICK_STUDY = ("--tokens", "4", "--rounds", "1", "--finalists", "1", "--seed", "0",
-               "--anchor-every", "0")
+               "--anchor-every", "0", "--busy-limit", "0")
 CLI_TIMEOUT_S = 300
 # A developer's own settings of these would change what a test measures or where it looks.
 HERMETIC = ("AUTOTUNE_STUDIES", "AUTOTUNE_WORKER_FAULT", "AUTOTUNE_STORAGE_FAULT",

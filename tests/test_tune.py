@@ -309,7 +309,7 @@ def test_a_configuration_measured_whole_is_not_measured_again(model_path: Path,
     study.enqueue_trial(same)
     study.enqueue_trial(same)
     search(study, model, space, measurement, machine.host, trials=4, timeout_s=None,
-           anchor_every=0)
+           anchor_every=0, busy_limit=0)
     first, again = study.trials[2], study.trials[3]
     kept = TrialRecord.read(again)
     assert kept.label == "repeat of trial 2" and again.value == first.value

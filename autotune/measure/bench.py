@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 from autotune.measure import hardware as hw
@@ -47,7 +48,9 @@ def bench(model_path: str | os.PathLike[str], settings: Settings,
     spec = TrialSpec(model.path, settings, workload, tokens_per_request=tokens_per_request,
                      passes=iterations, clients=clients, probe_threads=probe,
                      timeout_s=timeout_s)
+    asked = time.monotonic()
     with (lock or MachineLock()).held("bench"):
+        waited_s = time.monotonic() - asked
         result = run_trial(spec, on_request=on_request)
     summary = summarize(result)
     return BenchReport(
@@ -60,4 +63,5 @@ def bench(model_path: str | os.PathLike[str], settings: Settings,
         stderr_tail=result.stderr_tail if not result.ok else "",
         requests=tuple(result.requests),
         cache_cost=cache_cost(result.requests) if settings.enable_context_cache else None,
-        evidence_study=evidence.study if evidence else "", buffers=result.buffers)
+        evidence_study=evidence.study if evidence else "", buffers=result.buffers,
+        waited_s=waited_s)

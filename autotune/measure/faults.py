@@ -21,6 +21,9 @@ KIND:
               at a point, changes the world (kills its offload device), then lets it go on
     slow      from then on, every request takes SLOW_S longer (a sleep inside its measured
               time): a machine that got busier, for the drift anchor's tests
+    busy      starts BUSY_PER_CORE busy-looping processes per core beside the worker, until
+              it ends: another program taking the CPU while the trial runs, as the parent's
+              resource sampler counts it (other processes' CPU)
 
 POINT:
     start      first thing, before the trial spec is read from stdin
@@ -45,8 +48,9 @@ from dataclasses import dataclass
 from typing import IO
 
 ENV = "AUTOTUNE_WORKER_FAULT"
-KINDS = ("hang", "abort", "segfault", "exit", "oom", "garbage", "mute", "stop", "slow")
+KINDS = ("hang", "abort", "segfault", "exit", "oom", "garbage", "mute", "stop", "slow", "busy")
 SLOW_S = 0.5
+BUSY_PER_CORE = 2
 EVENT_AT = {"start": "start", "load": "loaded", "warmup": "warmup", "request": "request"}
 GARBAGE = b"\xff\xfe\x80 not json {\x00\n[1, 2]\n\xe2\x82\n"
 BAD_ALLOC = ("terminate called after throwing an instance of 'std::bad_alloc'\n"
@@ -138,6 +142,18 @@ def inject(fault: Fault, stream: IO[str]) -> None:
         hang()
     elif fault.kind == "stop":
         os.kill(os.getpid(), signal.SIGSTOP)
+    elif fault.kind == "busy":
+        for _ in range(BUSY_PER_CORE * (os.cpu_count() or 1)):
+            if os.fork() == 0:
+                spin()
+
+
+def spin() -> None:
+    """Use a core until the worker that forked this process is gone, then exit."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        pass
+    os._exit(0)
 
 
 def say(line: str) -> None:

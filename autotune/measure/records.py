@@ -259,6 +259,10 @@ class TrialResult:
     loaded_after_s: float | None = None  # the parent's clock: spawn until `loaded` arrived
     pid: int | None = None
     ended_at: float | None = None
+    # When the worker started and ended, in seconds since the epoch: the caller holds the
+    # machine lock throughout, so two of these never overlap on one machine.
+    measured_from: float | None = None
+    measured_until: float | None = None
     # What llama.cpp allocated, buffer by buffer (llama_log.LlamaLog), once it loaded.
     buffers: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -318,6 +322,8 @@ class TrialStats:
     spikes: int | None = None
     ttft_mean_s: float | None = None
     ttft_p95_s: float | None = None
+    measured_from: float | None = None  # seconds since the epoch (TrialResult)
+    measured_until: float | None = None
     queue_mean_s: float | None = None
     cache_mean_s: float | None = None
     tokens_per_s: float | None = None
@@ -463,6 +469,7 @@ class BenchReport:
     cache_cost: CacheCost | None = None
     evidence_study: str = ""  # the study the diagnosis checked its fixes against
     buffers: dict[str, dict[str, int]] = field(default_factory=dict)  # llama.cpp's, by name
+    waited_s: float = 0.0  # for the machine, while other measurements held it
     kind: ClassVar[str] = "bench"
 
     @property

@@ -36,6 +36,7 @@ def summarize(result: TrialResult) -> TrialStats:
         gpu_free_min_bytes=result.gpu_free_min_bytes,
         cpu_percent_mean=result.cpu_percent_mean,
         other_cpu_percent_mean=result.other_cpu_percent_mean,
+        measured_from=result.measured_from, measured_until=result.measured_until,
         reloads=result.reloads, cache_hit_rate=rate([r.cache_hit for r in requests]),
         rss_growth_bytes_per_pass=growth_per_pass(result.pass_rss_bytes),
         **conversation_sizes(requests),

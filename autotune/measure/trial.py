@@ -49,6 +49,9 @@ from autotune.measure.workload import Workload, requests_from_dicts
 __all__ = ["TrialResult", "TrialSpec", "run_trial"]
 STDERR_LINES = 40
 SAMPLE_EVERY_S = 0.2
+# Other processes' CPU while a worker ran, in percent of one core, above which the machine
+# was busy: the measurement is not the configuration's alone (search/drift.py).
+BUSY_PERCENT = 50.0
 LOW_MEMORY_FRACTION = 0.05
 # A short assistant reply: with fewer tokens, prompt work and cache copies dominate and
 # decoding, where thread settings matter most, is under-weighted.
@@ -209,7 +212,8 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     at once (its worker is killed) and the result's status is PRUNED.
     """
     started = time.perf_counter()
-    result = TrialResult(status=Status.FAILED, settings=spec.settings.to_dict())
+    result = TrialResult(status=Status.FAILED, settings=spec.settings.to_dict(),
+                         measured_from=time.time())
     process = subprocess.Popen(
         worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
@@ -255,6 +259,7 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     result.status, result.reason = ended or classify(returncode,  # type: ignore[arg-type]
                                                      done, result.stderr_tail, memory_ran_out)
     result.wall_s = time.perf_counter() - started
+    result.measured_until = time.time()
     return result
 
 

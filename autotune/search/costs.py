@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from autotune.measure.records import TrialResult
 
@@ -32,10 +32,14 @@ class Costs:
     search_s: float = 0.0  # wall time of the search
     confirmation_s: float = 0.0  # wall time of the confirmation
     trials: int = 0
+    # when each measurement (trial, anchor check, confirmation run) held the machine:
+    # (from, until) in seconds since the epoch, as its worker started and ended
+    held: list[tuple[float, float]] = field(default_factory=list)
 
     def add_trial(self, result: TrialResult, waited_s: float) -> None:
         """Split one trial's wall time into its parts."""
         self.trials += 1
+        self.add_held(result)
         self.lock_wait_s += waited_s
         load = result.load_s or 0.0
         started = (result.loaded_after_s - load) if result.loaded_after_s is not None \
@@ -52,6 +56,11 @@ class Costs:
     def add_anchor(self, result: TrialResult, waited_s: float) -> None:
         """A drift anchor's check: a measurement of the harness's own, counted whole."""
         self.anchor_s += waited_s + result.wall_s
+        self.add_held(result)
+
+    def add_held(self, result: TrialResult) -> None:
+        if result.measured_from is not None and result.measured_until is not None:
+            self.held.append((result.measured_from, result.measured_until))
 
     @contextmanager
     def timing(self, name: str) -> Iterator[None]:

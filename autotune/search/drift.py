@@ -21,6 +21,14 @@ reused its measurement as a repeat) no longer ranks: `study.superseded`. A re-me
 is never queued again, so a machine that stays drifted costs each trial at most one more
 run, and the report says the anchor moved. Each check is kept in the study's record
 (`anchors`).
+
+A shorter change needs no anchor to be seen: each trial records what the other processes
+used of the CPU while its worker ran (trial.ResourceSampler). Another command's start-up
+(its imports, its model inspection) beside a trial slows that trial alone. A trial during
+which they used more than `busy_limit` percent of one core (BUSY_LIMIT by default) is
+queued again at once, labelled `re-measured on a busy machine: trial N`, and trial N no
+longer ranks. A re-measurement that finds the machine as busy means the load is the
+machine's own: from then on the command keeps its trials as measured, and says so.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import optuna
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status
 from autotune.measure.settings import Settings
+from autotune.measure.trial import BUSY_PERCENT
 from autotune.search.space import ADVICE_LABEL, BASELINE_LABEL
 from autotune.studies.records import (
     AnchorCheck,
@@ -54,6 +63,9 @@ ANCHOR_REQUESTS = 4  # the requests each check re-runs: the pruner's first look
 DRIFT_CALIBRATION = "10% at the median and 30% at the 95th percentile"
 DRIFT_LIMIT = 0.35
 DRIFT_LABEL = "re-measured after drift: trial "
+BUSY_LIMIT = BUSY_PERCENT  # other processes' CPU, percent of one core; 0 turns it off
+BUSY_LABEL = "re-measured on a busy machine: trial "
+REMEASURED = (DRIFT_LABEL, BUSY_LABEL)  # labels of the runs that take an earlier trial again
 
 
 def anchor_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -73,13 +85,17 @@ def anchor_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 def measured_in(study: optuna.Study, numbers: Iterable[int]) -> list[optuna.trial.FrozenTrial]:
     """Of trials `numbers`, those that ran a worker over the workload and may be taken
-    again: finished or pruned, neither a repeat nor a re-measurement itself."""
-    from autotune.search.study import REPEAT_LABEL
+    again: finished or pruned, neither a repeat nor a re-measurement itself, nor taken
+    again already."""
+    from autotune.search.study import REPEAT_LABEL, superseded
 
     trials = study.get_trials(deepcopy=False)
+    gone = superseded(study, trials)
     chosen = []
     for number in numbers:
         trial = trials[number]
+        if number in gone:
+            continue
         kept = TrialRecord.read(trial, study.study_name)
         label = kept.label or ""
         if trial.state not in (optuna.trial.TrialState.COMPLETE,
@@ -87,7 +103,7 @@ def measured_in(study: optuna.Study, numbers: Iterable[int]) -> list[optuna.tria
             continue
         if kept.status not in (Status.OK, Status.PRUNED) or kept.settings is None:
             continue
-        if label.startswith((REPEAT_LABEL, DRIFT_LABEL)):
+        if label.startswith((REPEAT_LABEL, *REMEASURED)):
             continue
         chosen.append(trial)
     return chosen
@@ -125,13 +141,23 @@ def check(study: optuna.Study, model: ModelInfo, measurement: Measurement, host:
     return done
 
 
-def requeue(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> Iterable[int]:
+def requeue(study: optuna.Study, trials: list[optuna.trial.FrozenTrial],
+            label: str = DRIFT_LABEL) -> Iterable[int]:
     """Queue each trial's configuration again, labelled as its re-measurement."""
     for trial in trials:
         kept = TrialRecord.read(trial, study.study_name)
         study.enqueue_trial(dict(trial.params), user_attrs=trial_attrs(
-            label=f"{DRIFT_LABEL}{trial.number}", pinned=kept.pinned))
+            label=f"{label}{trial.number}", pinned=kept.pinned))
         yield trial.number
+
+
+def measured_busy(trial: optuna.trial.FrozenTrial, study_name: str, busy_limit: float
+                  ) -> float | None:
+    """What the other processes used (percent of one core) while `trial` ran, when that
+    was more than `busy_limit`; None when not, or not known."""
+    stats = TrialRecord.read(trial, study_name).stats
+    others = stats.other_cpu_percent_mean if stats else None
+    return others if busy_limit > 0 and others is not None and others > busy_limit else None
 
 
 def describe(checks: tuple[AnchorCheck, ...]) -> str:

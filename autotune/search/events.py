@@ -60,5 +60,18 @@ class AnchorChecked:
     requeued: tuple[int, ...]
 
 
-ProgressEvent = Waiting | Started | TrialEnded | AnchorChecked | ConfirmEnded
+@dataclass(frozen=True)
+class BusyTrial:
+    """Other processes used more than the busy limit of the CPU while a trial ran
+    (search/drift.py)."""
+
+    number: int
+    other_cpu_percent: float
+    limit: float
+    # queued again at once; False: it was a re-measurement busy again, and the run keeps
+    # its trials as measured from now on
+    remeasured: bool
+
+
+ProgressEvent = Waiting | Started | TrialEnded | AnchorChecked | BusyTrial | ConfirmEnded
 OnEvent = Callable[[ProgressEvent], None]

@@ -88,7 +88,7 @@ from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
 from autotune.measure.workload import Workload
 from autotune.search import drift
 from autotune.search.costs import Costs
-from autotune.search.events import AnchorChecked, OnEvent, TrialEnded
+from autotune.search.events import AnchorChecked, BusyTrial, OnEvent, TrialEnded
 from autotune.search.goals import Goals, tail_certainly_worse
 from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
@@ -431,12 +431,12 @@ def measured_before(study: optuna.Study, settings: object) -> optuna.trial.Froze
 
 def superseded(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None
                ) -> set[int]:
-    """The trials measured while the machine drifted and queued again (drift.py), and the
-    repeats that reused their measurement: none of them ranks any more."""
+    """The trials queued again because the machine drifted or was busy while they ran
+    (drift.py), and the repeats that reused their measurement: none of them ranks any more."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     labels = {t.number: TrialRecord.read(t, study.study_name).label or "" for t in trials}
-    gone = {int(label.removeprefix(DRIFT_LABEL)) for label in labels.values()
-            if label.startswith(DRIFT_LABEL)}
+    gone = {int(label.removeprefix(prefix)) for label in labels.values()
+            for prefix in drift.REMEASURED if label.startswith(prefix)}
     return gone | {number for number, label in labels.items() if label.startswith(
         REPEAT_LABEL) and int(label.removeprefix(REPEAT_LABEL)) in gone}
 
@@ -471,19 +471,31 @@ def feasible(trial: optuna.trial.FrozenTrial, study_name: str = "") -> bool:
 
 def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measurement: Measurement,
            host: str, trials: int, timeout_s: float | None, on_event: OnEvent | None = None,
-           sampler_seed: int | None = None, anchor_every: int = drift.ANCHOR_EVERY) -> None:
+           sampler_seed: int | None = None, anchor_every: int = drift.ANCHOR_EVERY,
+           busy_limit: float = drift.BUSY_LIMIT) -> None:
     """Run `trials` more trials (or until `timeout_s`), reporting each as it ends; every
-    `anchor_every` trials (0: never), check the drift anchor (drift.py): the trials it
-    queues again come on top of `trials`."""
+    `anchor_every` trials (0: never), check the drift anchor (drift.py); take again at once
+    a trial during which other processes used more than `busy_limit` percent of a core (0:
+    never). The trials queued again come on top of `trials`."""
     started = time.monotonic()
     done = 0
     total = trials
     since: list[int] = []  # the trials run since the last anchor check
+    busy_ends = False  # set once a re-measurement found the machine busy again
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal done
+        nonlocal done, total, busy_ends
         done += 1
         since.append(trial.number)
+        busy = None if busy_ends else drift.measured_busy(trial, study.study_name, busy_limit)
+        again: tuple[int, ...] = ()
+        if busy is not None:
+            label = TrialRecord.read(trial, study.study_name).label or ""
+            busy_ends = label.startswith(drift.BUSY_LABEL)
+            if not busy_ends:
+                again = tuple(drift.requeue(study, drift.measured_in(study, [trial.number]),
+                                            drift.BUSY_LABEL))
+                total += len(again)
         if on_event is not None:
             best = best_feasible(study)
             kept = TrialRecord.read(trial, study.study_name)
@@ -496,6 +508,8 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
                 other_cpu_percent=kept.stats.other_cpu_percent_mean if kept.stats else None,
                 elapsed_s=time.monotonic() - started,
                 objective=str(measurement.goals.objective)))
+            if busy is not None and (again or busy_ends):
+                on_event(BusyTrial(trial.number, busy, busy_limit, remeasured=bool(again)))
 
     objective = objective_for(model, space, measurement, host, sampler_seed)
     try:

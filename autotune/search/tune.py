@@ -83,6 +83,7 @@ class TuneOptions:
     min_context: int = DEFAULT_MIN_CONTEXT  # no smaller window is a candidate
     warm_start: bool = True  # a new study starts from earlier similar studies' winners
     anchor_every: int = drift.ANCHOR_EVERY  # trials between drift checks; 0: none
+    busy_limit: float = drift.BUSY_LIMIT  # others' CPU (% of a core) to re-measure at; 0: never
     racing: bool = True  # a finalist clearly behind runs no further confirmation round
     gpu_margin: int = DEFAULT_MARGIN  # left free on each offload device (measure/fit.py)
 
@@ -194,7 +195,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
     with costs.timing("search_s"):
         search(study, model, space, measurement, machine.host, options.trials,
                options.timeout_s, on_event, sampler_seed=seed,
-               anchor_every=options.anchor_every)
+               anchor_every=options.anchor_every, busy_limit=options.busy_limit)
     drifted = drift.describe(StudyRecord.read(study).anchors[checked:])
     notes = (*notes, *((drifted,) if drifted else ()))
     points = [p for p in profiles.points_of(study)  # a resumed study may hold smaller windows
@@ -249,7 +250,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                            baseline.missed if baseline else ()),
         improvement=outcome.improvement, candidates=outcome.confirmation.candidates,
         notes=notes, out=str(written) if written else None, export=text,
-        costs=costs.parts(), profiles=tuple(kept.values()),
+        costs=costs.parts(), held=tuple(costs.held), profiles=tuple(kept.values()),
         phases={"search": costs.search_s, "confirmation": costs.confirmation_s},
         context=window.holds(chosen_window, winner_run.stats if winner_run else None),
         context_warning=window.warning(chosen_window) or "", tie_break=outcome.tie_break,

@@ -491,6 +491,8 @@ class TuneReport:
     explanation: tuple[str, ...] = ()
     objective: str = "score"  # what the study minimised and the winner was chosen by
     targets: tuple[str, ...] = ()  # its targets and memory budgets, as `p95<=1.5s`
+    # when each of this run's measurements held the machine: (from, until), epoch seconds
+    held: tuple[tuple[float, float], ...] = ()
     kind: ClassVar[str] = "tune"
 
     def to_dict(self) -> dict[str, object]:
