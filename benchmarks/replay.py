@@ -69,8 +69,9 @@ from autotune.search import study as study_module
 from autotune.search.confirm import confirm
 from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
-from autotune.search.study import Measurement, feasible, open_study, search
+from autotune.search.study import Measurement, open_study, search
 from autotune.search.tune import TuneOptions, finalists
+from autotune.studies import standing
 from autotune.studies.records import StudyRecord, TrialRecord, Winner, keep, study_attrs
 
 RESULTS = Path(__file__).parent / "results"
@@ -443,7 +444,7 @@ def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> di
     """
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     repeats = {t.number: int(label.rsplit(" ", 1)[1]) for t in trials
-               if (label := TrialRecord.read(t).label or "").startswith(study_module.REPEAT_LABEL)}
+               if (label := TrialRecord.read(t).label or "").startswith(standing.REPEAT_LABEL)}
     if len(trials) - len(repeats) != len(measurement.log):
         raise RuntimeError(f"{len(trials)} trials, {len(repeats)} repeats, but "
                            f"{len(measurement.log)} replayed runs")
@@ -453,7 +454,7 @@ def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> di
     elapsed, best_value, best_cell, consumed = 0.0, math.inf, None, 0
     times, regrets, cells, pruned = [], [], [], 0
     labels = {t.number: TrialRecord.read(t).label or "" for t in trials}
-    gone: set[int] = set()  # superseded so far: a re-measurement ran (study.superseded)
+    gone: set[int] = set()  # superseded so far: a re-measurement ran (standing.superseded)
     for trial in trials:
         if trial.number in repeats:
             cell = cell_of[repeats[trial.number]]
@@ -467,13 +468,12 @@ def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> di
         cell_of[trial.number] = cell
         if trial.state == optuna.trial.TrialState.PRUNED:
             pruned += 1
-        if labels[trial.number].startswith(study_module.DRIFT_LABEL):
-            # measured again after the anchor drifted: the earlier run (and its repeats)
-            # no longer ranks, and the incumbent is chosen again without them
-            taken = int(labels[trial.number].removeprefix(study_module.DRIFT_LABEL))
+        if (taken := standing.remeasures(labels[trial.number])) is not None:
+            # measured again after the anchor drifted or the machine was busy: the earlier
+            # run (and its repeats) no longer ranks, and the incumbent is chosen again
             gone |= {taken} | {n for n, of in repeats.items() if of == taken}
             best_value, best_cell = incumbent(trials[:trial.number + 1], gone, cell_of)
-        elif feasible(trial) and trial.value < best_value:
+        elif standing.feasible(trial) and trial.value < best_value:
             best_value, best_cell = trial.value, cell
         times.append(elapsed)
         regrets.append(grid.regret(best_cell))
@@ -486,7 +486,7 @@ def incumbent(trials, gone, cell_of) -> tuple[float, int | None]:
     """The best feasible trial among `trials` that no re-measurement superseded."""
     best_value, best_cell = math.inf, None
     for trial in trials:
-        if trial.number not in gone and feasible(trial) and trial.value < best_value:
+        if trial.number not in gone and standing.feasible(trial) and trial.value < best_value:
             best_value, best_cell = trial.value, cell_of.get(trial.number)
     return best_value, best_cell
 

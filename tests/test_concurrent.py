@@ -19,18 +19,11 @@ from autotune.measure.machine_lock import LOCK_FILE_ENV
 from autotune.measure.model import inspect_model
 from autotune.measure.settings import Settings
 from autotune.measure.trial import BUSY_PERCENT, run_trial
-from autotune.search import drift
 from autotune.search.events import BusyTrial, TrialEnded
 from autotune.search.space import build_space
-from autotune.search.study import (
-    REPEAT_LABEL,
-    Measurement,
-    open_study,
-    ranked_feasible,
-    search,
-    superseded,
-)
+from autotune.search.study import Measurement, open_study, search
 from autotune.studies.records import TrialRecord
+from autotune.studies.standing import BUSY_LABEL, REPEAT_LABEL, ranked, superseded
 from autotune.studies.storage import open_storage
 
 TrialState = optuna.trial.TrialState
@@ -80,14 +73,14 @@ def test_a_trial_measured_beside_a_busy_program_is_measured_again_at_once(
     assert len(trials) == 3 and measurement.costs.trials == 3
     # queued at once: it runs as soon as the other baseline, queued before it, has
     again = TrialRecord.read(trials[2])
-    assert again.label == f"{drift.BUSY_LABEL}0"
+    assert again.label == f"{BUSY_LABEL}0"
     assert again.settings == TrialRecord.read(trials[0]).settings
     assert TrialRecord.read(trials[0]).stats.other_cpu_percent_mean > limit
     assert again.stats.other_cpu_percent_mean < limit
     assert [e for e in events if isinstance(e, BusyTrial)] == [
         BusyTrial(0, TrialRecord.read(trials[0]).stats.other_cpu_percent_mean, limit, True)]
     assert superseded(study) == {0}
-    assert 0 not in {t.number for t in ranked_feasible(study)}
+    assert 0 not in {t.number for t in ranked(study)}
 
 
 @pytest.mark.slow
@@ -102,12 +95,12 @@ def test_a_machine_that_stays_busy_costs_one_more_trial_and_is_said(
     search(study, model, space, measurement, machine.host, trials=2, timeout_s=None,
            on_event=events.append, anchor_every=0, busy_limit=limit)
     labels = [TrialRecord.read(t).label for t in study.trials]
-    assert labels[2:] == [f"{drift.BUSY_LABEL}0", f"{drift.BUSY_LABEL}1"]
+    assert labels[2:] == [f"{BUSY_LABEL}0", f"{BUSY_LABEL}1"]
     busy = [e for e in events if isinstance(e, BusyTrial)]
     # both baselines were busy; the first re-measurement was busy again: the load is the
     # machine's, the re-measurements already queued run, and nothing more is taken again
     assert [(e.number, e.remeasured) for e in busy] == [(0, True), (1, True), (2, False)]
-    assert {t.number for t in ranked_feasible(study)} == {2, 3}
+    assert {t.number for t in ranked(study)} == {2, 3}
 
 
 # --- several commands at once --------------------------------------------------------------
@@ -160,7 +153,7 @@ def test_tuners_and_a_bench_at_once_take_turns_and_lose_nothing(
         assert [t.number for t in trials] == list(range(len(trials)))  # each kept once
         assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         records = [TrialRecord.read(t) for t in trials]
-        again = [r for r in records if (r.label or "").startswith(drift.BUSY_LABEL)]
+        again = [r for r in records if (r.label or "").startswith(BUSY_LABEL)]
         assert len(trials) == 2 * runs + len(again), [r.label for r in records]
         pids = [r.pid for r in records]
         assert sorted(set(pids)) == sorted(p.pid for (study, _), p in zip(plan, tuners,
@@ -173,11 +166,11 @@ def test_tuners_and_a_bench_at_once_take_turns_and_lose_nothing(
                 assert (record.stats.measured_from, record.stats.measured_until) in measured
         # no trial ranks that other processes' load slowed, but for a load that stayed
         gone = superseded(optuna.load_study(study_name=name, storage=storage))
-        for trial in ranked_feasible(optuna.load_study(study_name=name, storage=storage)):
+        for trial in ranked(optuna.load_study(study_name=name, storage=storage)):
             others = TrialRecord.read(trial).stats.other_cpu_percent_mean or 0.0
             label = TrialRecord.read(trial).label or ""
             assert trial.number not in gone
-            assert others <= BUSY_PERCENT or label.startswith(drift.BUSY_LABEL)
+            assert others <= BUSY_PERCENT or label.startswith(BUSY_LABEL)
     assert overlaps(held) == []
     # the bench asked once the tuners had started; it waited behind at most one
     # measurement of each of the four tuners, in the order asked

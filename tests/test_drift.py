@@ -12,8 +12,8 @@ from autotune.measure.faults import ENV, SLOW_S
 from autotune.measure.records import Status
 from autotune.search import drift
 from autotune.search.events import AnchorChecked, TrialEnded
-from autotune.search.study import ranked_feasible, superseded
 from autotune.studies.records import AnchorCheck, StudyRecord, TrialRecord, trial_attrs
+from autotune.studies.standing import DRIFT_LABEL, ranked, superseded
 from autotune.studies.storage import open_storage
 
 
@@ -38,17 +38,18 @@ def hand_made(labels: list[str | None]) -> optuna.Study:
 
 def test_a_re_measured_trial_and_its_repeats_no_longer_rank() -> None:
     study = hand_made(["guide defaults", None, "repeat of trial 1", None,
-                       f"{drift.DRIFT_LABEL}1"])
+                       f"{DRIFT_LABEL}1"])
     assert superseded(study) == {1, 2}
-    assert [t.number for t in ranked_feasible(study)] == [0, 3, 4]
+    assert [t.number for t in ranked(study)] == [0, 3, 4]
 
 
 def test_only_trials_that_ran_their_own_worker_are_taken_again() -> None:
-    study = hand_made([None, "repeat of trial 0", f"{drift.DRIFT_LABEL}0"])
+    study = hand_made([None, "repeat of trial 0", f"{DRIFT_LABEL}0"])
     study.add_trial(made(3, None, state=optuna.trial.TrialState.PRUNED, status=Status.PRUNED))
     study.add_trial(made(4, None, status=Status.CRASHED))
     taken = [t.number for t in drift.measured_in(study, range(5))]
-    assert taken == [0, 3]  # not a repeat, a re-measurement, nor a crash
+    # not a repeat, a re-measurement, a crash, nor trial 0, which trial 2 took again already
+    assert taken == [3]
 
 
 def test_the_report_line_says_steady_or_what_was_measured_again() -> None:
@@ -101,7 +102,7 @@ def test_a_machine_that_slows_mid_search_has_those_trials_measured_again(
             os.environ.pop(ENV, None)  # and quiet again for what comes after
 
     search(study, model, space, measurement, machine.host, trials=2, timeout_s=None,
-           on_event=on_event, anchor_every=2)
+           on_event=on_event, anchor_every=2, busy_limit=0)
     first = next(e for e in events if isinstance(e, AnchorChecked))
     assert first.drifted and first.ratio > 1 + drift.DRIFT_LIMIT
     assert first.requeued == (0, 1)  # both trials since the start, taken again
@@ -109,11 +110,11 @@ def test_a_machine_that_slows_mid_search_has_those_trials_measured_again(
     assert len(trials) == 4 and measurement.costs.trials == 4
     for again, drifted in ((trials[2], trials[0]), (trials[3], trials[1])):
         kept = TrialRecord.read(again)
-        assert kept.label == f"{drift.DRIFT_LABEL}{drifted.number}"
+        assert kept.label == f"{DRIFT_LABEL}{drifted.number}"
         assert kept.settings == TrialRecord.read(drifted).settings
         assert again.state == optuna.trial.TrialState.COMPLETE
     assert superseded(study) == {0, 1}
-    assert {t.number for t in ranked_feasible(study)} <= {2, 3}
+    assert {t.number for t in ranked(study)} <= {2, 3}
     kept = StudyRecord.read(study).anchors
     assert kept[0].requeued == (0, 1) and kept[0].drifted and kept[0].after_trial == 1
     assert kept[0].ratio == pytest.approx(first.ratio)

@@ -17,7 +17,7 @@ process taking a core doubles a 2-thread request), not on a run's noise.
 
 When a check finds drift, the trials measured since the last check are queued again, once
 each, labelled `re-measured after drift: trial N`. The drifted trial N (and any trial that
-reused its measurement as a repeat) no longer ranks: `study.superseded`. A re-measurement
+reused its measurement as a repeat) no longer ranks: `studies.standing.superseded`. A re-measurement
 is never queued again, so a machine that stays drifted costs each trial at most one more
 run, and the report says the anchor moved. Each check is kept in the study's record
 (`anchors`).
@@ -52,6 +52,12 @@ from autotune.studies.records import (
     study_attrs,
     trial_attrs,
 )
+from autotune.studies.standing import (
+    DRIFT_LABEL,
+    REMEASURED,
+    REPEAT_LABEL,
+    superseded,
+)
 
 if TYPE_CHECKING:
     from autotune.search.study import Measurement
@@ -62,10 +68,7 @@ ANCHOR_REQUESTS = 4  # the requests each check re-runs: the pruner's first look
 # 30% (95th percentile); see benchmarks/results/grid.md.
 DRIFT_CALIBRATION = "10% at the median and 30% at the 95th percentile"
 DRIFT_LIMIT = 0.35
-DRIFT_LABEL = "re-measured after drift: trial "
 BUSY_LIMIT = BUSY_PERCENT  # other processes' CPU, percent of one core; 0 turns it off
-BUSY_LABEL = "re-measured on a busy machine: trial "
-REMEASURED = (DRIFT_LABEL, BUSY_LABEL)  # labels of the runs that take an earlier trial again
 
 
 def anchor_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -87,8 +90,6 @@ def measured_in(study: optuna.Study, numbers: Iterable[int]) -> list[optuna.tria
     """Of trials `numbers`, those that ran a worker over the workload and may be taken
     again: finished or pruned, neither a repeat nor a re-measurement itself, nor taken
     again already."""
-    from autotune.search.study import REPEAT_LABEL, superseded
-
     trials = study.get_trials(deepcopy=False)
     gone = superseded(study, trials)
     chosen = []

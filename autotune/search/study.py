@@ -93,6 +93,7 @@ from autotune.search.goals import Goals, tail_certainly_worse
 from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
 from autotune.search.warm import warm_starts
+from autotune.studies import standing
 from autotune.studies.liveness import process_identity
 from autotune.studies.records import (
     SCHEMA_VERSION,
@@ -114,8 +115,6 @@ P_THRESHOLD = 0.05
 PRUNE_AFTER_REQUESTS = 4
 # How long a tuner joining a study waits for the tuner creating it to write its record.
 RECORD_WAIT_S = 30.0
-REPEAT_LABEL = "repeat of trial "  # a trial that reused an earlier one's measurement
-DRIFT_LABEL = drift.DRIFT_LABEL
 
 
 
@@ -375,7 +374,7 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
 
         total = len(measurement.workload.requests)
         objective = measurement.goals.objective
-        best = best_feasible(trial.study) if objective.tail is not None else None
+        best = standing.best(trial.study) if objective.tail is not None else None
         seen: list[float] = []
 
         def on_request(event: RequestRecord) -> bool:
@@ -419,7 +418,7 @@ def measured_before(study: optuna.Study, settings: object) -> optuna.trial.Froze
     None."""
     wanted = settings.to_dict()  # type: ignore[attr-defined]
     trials = study.get_trials(deepcopy=False)
-    gone = superseded(study, trials)
+    gone = standing.superseded(study, trials)
     for trial in trials:
         if trial.state != optuna.trial.TrialState.COMPLETE or trial.number in gone:
             continue
@@ -427,18 +426,6 @@ def measured_before(study: optuna.Study, settings: object) -> optuna.trial.Froze
         if kept.settings == wanted and kept.status is not None:
             return trial
     return None
-
-
-def superseded(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None
-               ) -> set[int]:
-    """The trials queued again because the machine drifted or was busy while they ran
-    (drift.py), and the repeats that reused their measurement: none of them ranks any more."""
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    labels = {t.number: TrialRecord.read(t, study.study_name).label or "" for t in trials}
-    gone = {int(label.removeprefix(prefix)) for label in labels.values()
-            for prefix in drift.REMEASURED if label.startswith(prefix)}
-    return gone | {number for number, label in labels.items() if label.startswith(
-        REPEAT_LABEL) and int(label.removeprefix(REPEAT_LABEL)) in gone}
 
 
 def repeat_of(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float:
@@ -451,22 +438,14 @@ def repeat_of(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float:
     one's record, labelled as its repeat.
     """
     kept = TrialRecord.read(earlier, trial.study.study_name)
-    copied = trial_attrs(label=f"{REPEAT_LABEL}{earlier.number}", status=kept.status,
-                         reason=kept.reason, stats=kept.stats, latencies=kept.latencies,
-                         settings=kept.settings, score=kept.score, infeasible=kept.infeasible)
+    copied = trial_attrs(label=f"{standing.REPEAT_LABEL}{earlier.number}",
+                         status=kept.status, reason=kept.reason, stats=kept.stats,
+                         latencies=kept.latencies, settings=kept.settings, score=kept.score,
+                         infeasible=kept.infeasible)
     keep(trial.set_user_attr, {k: v for k, v in copied.items() if v is not None and v != ""})
     for name, value in earlier.constraints.items():
         trial.set_constraint(name, value)
     return earlier.value  # type: ignore[return-value]
-
-
-def feasible(trial: optuna.trial.FrozenTrial, study_name: str = "") -> bool:
-    """Finished its workload without failing, without overflowing the context, and within
-    every target and budget of the study; `study_name` names the study in a damaged-record
-    error."""
-    return (trial.state == optuna.trial.TrialState.COMPLETE
-            and TrialRecord.read(trial, study_name).status == Status.OK
-            and all(v <= 0 for v in trial.constraints.values()))
 
 
 def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measurement: Measurement,
@@ -497,12 +476,13 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
                                             drift.BUSY_LABEL))
                 total += len(again)
         if on_event is not None:
-            best = best_feasible(study)
+            best = standing.best(study)
             kept = TrialRecord.read(trial, study.study_name)
             on_event(TrialEnded(
                 done=done, total=total, number=trial.number, state=trial.state.name,
                 status=kept.status, reason=kept.reason,
-                value=trial.value if feasible(trial) else None, infeasible=kept.infeasible,
+                value=trial.value if standing.feasible(trial) else None,
+                infeasible=kept.infeasible,
                 params={**trial.params, **kept.pinned}, label=kept.label,
                 best=best.value if best else None,
                 other_cpu_percent=kept.stats.other_cpu_percent_mean if kept.stats else None,
@@ -536,16 +516,3 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
         if failure is None or failure is err:
             raise
         raise failure from None
-
-
-def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    ranked = ranked_feasible(study)
-    return ranked[0] if ranked else None
-
-
-def ranked_feasible(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The feasible trials, best first; none that a re-measurement superseded."""
-    trials = study.get_trials(deepcopy=False)
-    gone = superseded(study, trials)
-    return sorted((t for t in trials if t.number not in gone and feasible(t)),
-                  key=lambda t: t.value)

@@ -39,10 +39,9 @@ from autotune.search.study import (
     Measurement,
     open_study,
     process_seed,
-    ranked_feasible,
     search,
 )
-from autotune.studies import export, profiles, window
+from autotune.studies import export, profiles, standing, window
 from autotune.studies.explain import explanation
 from autotune.studies.records import (
     Confirmation,
@@ -110,7 +109,7 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
     `min_context` (a resumed study may hold smaller ones), then the guide's defaults."""
     chosen: list[Candidate] = []
     seen = set()
-    for trial in ranked_feasible(study):
+    for trial in standing.ranked(study):
         kept = TrialRecord.read(trial, study.study_name)
         if kept.settings is None or (is_baseline_run(kept.label) and
                                      is_guide_defaults(kept.settings)):
@@ -126,8 +125,9 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
 
 
 def is_baseline_run(label: str | None) -> bool:
-    """The guide-defaults baseline trial, or its re-measurement after drift (drift.py)."""
-    return label == BASELINE or (label or "").startswith(drift.DRIFT_LABEL)
+    """The guide-defaults baseline trial, or a re-measurement (drift.py): of the defaults,
+    when its settings are theirs."""
+    return label == BASELINE or standing.remeasures(label) is not None
 
 
 def is_guide_defaults(settings: dict[str, object]) -> bool:

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from autotune.guide import GUIDE_DEFAULTS
-from autotune.measure.records import Alternative, Status, StudyEvidence
+from autotune.measure.records import Alternative, StudyEvidence
 from autotune.measure.settings import format_value
+from autotune.studies import standing
 from autotune.studies.records import StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
@@ -61,11 +62,11 @@ class Bought:
 
 
 def finished(study: optuna.Study) -> list[Measured]:
-    """The trials that ran their whole workload, with the settings they ran."""
+    """The trials that count (studies.standing), with the settings they ran."""
     found = []
-    for trial in study.get_trials(deepcopy=False):
+    for trial in standing.standing(study):
         kept = TrialRecord.read(trial, study.study_name)
-        if (kept.status == Status.OK and kept.settings is not None and kept.stats is not None
+        if (kept.settings is not None and kept.stats is not None
                 and kept.stats.mean_s is not None):
             found.append(Measured(trial.number, dict(kept.settings), kept.stats.mean_s))
     return found

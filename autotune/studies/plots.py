@@ -12,7 +12,7 @@ from autotune.errors import AutotuneError, Option
 from autotune.measure.settings import BY_FIELD
 from autotune.safe_text import visible
 from autotune.search.space import BASELINE_LABEL
-from autotune.search.study import best_feasible
+from autotune.studies import standing
 from autotune.studies.records import StudyRecord, TrialRecord
 from autotune.studies.tables import feasible_study
 
@@ -43,7 +43,7 @@ def latency_groups(study: optuna.Study) -> list[tuple[str, list[float]]]:
     chosen = kept.get(number) if number is not None else None
     if chosen is not None and chosen.latencies:
         groups.append((f"{name}\nconfirmed winner (trial {number})", list(chosen.latencies)))
-    elif winner is None and (best := best_feasible(study)) is not None:
+    elif winner is None and (best := standing.best(study)) is not None:
         groups.append((f"{name}\nbest search trial {best.number} (unconfirmed)",
                        list(kept[best.number].latencies)))
     for record in kept.values():
@@ -60,7 +60,7 @@ def best_settings_rows(studies: list[optuna.Study]) -> list[list[str]]:
         record = StudyRecord.read(study)
         settings, source = (record.winner.settings if record.winner else None), "confirmed winner"
         if not settings:
-            best = best_feasible(study)
+            best = standing.best(study)
             settings = (TrialRecord.read(best, study.study_name).settings or {}) if best else {}
             source = f"best search trial {best.number}, unconfirmed" if best else "no trial"
         rows.append([f"{visible(study.study_name, NAME_LIMIT)} ({source})"]

@@ -41,7 +41,7 @@ from autotune.measure.settings import Settings
 from autotune.search.goals import Goals
 from autotune.search.scoring import Weights, score
 from autotune.search.space import BASELINE_LABEL
-from autotune.search.study import feasible
+from autotune.studies import standing
 from autotune.studies.records import (
     CandidateResult,
     Confirmation,
@@ -81,12 +81,16 @@ def points_of(study: optuna.Study) -> list[Point]:
     record = StudyRecord.read(study)
     goals = record.goals or Goals()
     best: dict[tuple, Point] = {}
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    gone = standing.superseded(study, trials)
+    for trial in trials:
+        if trial.number in gone:
+            continue  # a drifted or busy machine measured it, and it was taken again
         kept = TrialRecord.read(trial, study.study_name)
         memory = memory_of(kept.stats)
         if kept.settings is None or memory is None:
             continue
-        if feasible(trial, study.study_name) and trial.value is not None:
+        if standing.feasible(trial, study.study_name) and trial.value is not None:
             point = Point(trial.number, trial.value, memory, dict(kept.settings),
                           kept.label or "")
         elif (value := pruned_estimate(trial, kept, goals, record.weights)) is not None:

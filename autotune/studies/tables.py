@@ -23,7 +23,7 @@ import pandas as pd
 from autotune.guide import DEFAULTS_LABEL
 from autotune.measure.records import Status, TrialStats
 from autotune.measure.settings import BY_FIELD, format_value
-from autotune.search.study import best_feasible, feasible
+from autotune.studies import standing
 from autotune.studies.records import StudyRecord, TrialRecord
 from autotune.studies.storage import load_study, open_storage, study_names
 
@@ -113,7 +113,7 @@ def summary_row(study: optuna.Study) -> dict[str, object]:
     record = StudyRecord.read(study)
     trials = study.get_trials(deepcopy=False)
     statuses = [TrialRecord.read(t, study.study_name).status for t in trials]
-    best = best_feasible(study)
+    best = standing.best(study)
     best_kept = TrialRecord.read(best, study.study_name) if best else None
     winner = record.winner
     improvement = winner.improvement if winner else None
@@ -152,9 +152,11 @@ def study_summaries(location: str | os.PathLike[str] | None = None,
 
 
 def feasible_study(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy holding only the feasible trials: for importances and plots.
+    """An in-memory copy holding only the trials that count (studies.standing): for
+    importances and plots.
 
-    Failed trials carry a placeholder score that would swamp both.
+    Failed trials carry a placeholder score that would swamp both, and a superseded one
+    says what a drifted or busy machine measured.
     """
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a study the user made
@@ -162,7 +164,7 @@ def feasible_study(study: optuna.Study) -> optuna.Study:
         copy = optuna.create_study(direction="minimize", study_name=study.study_name)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    copy.add_trials([t for t in study.get_trials(deepcopy=False) if feasible(t)])
+    copy.add_trials(standing.standing(study))
     return copy
 
 

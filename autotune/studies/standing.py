@@ -1,0 +1,79 @@
+"""Which of a study's trials stand: one rule for the search and for every view of a study.
+
+A trial stands when it finished its workload (Optuna's COMPLETE, status ok), met every
+constraint of the study (feasible: no failure, no context overflow, every target and
+budget), and no later trial took it again. A trial measured while the machine drifted, or
+while other processes kept it busy, is queued again (search/drift.py); its re-measurement
+supersedes it, and so are the repeats that had reused its measurement.
+
+The tuner's finalists, the export's best trial, "what each setting bought", the profiles'
+front, the pandas tables and the plots all read `standing` or `ranked`, so none of them
+rests on a trial the study itself set aside.
+
+Example:
+    >>> [t.number for t in ranked(study)]  # best first
+    [4, 0, 3]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from autotune.measure.records import Status
+from autotune.studies.records import TrialRecord
+
+if TYPE_CHECKING:
+    import optuna
+
+REPEAT_LABEL = "repeat of trial "  # a trial that reused an earlier one's measurement
+DRIFT_LABEL = "re-measured after drift: trial "
+BUSY_LABEL = "re-measured on a busy machine: trial "
+REMEASURED = (DRIFT_LABEL, BUSY_LABEL)  # labels of the runs that take an earlier trial again
+
+
+def remeasures(label: str | None) -> int | None:
+    """The trial that a re-measurement labelled so takes again; None for any other label."""
+    for prefix in REMEASURED:
+        if label and label.startswith(prefix):
+            return int(label.removeprefix(prefix))
+    return None
+
+
+def superseded(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None
+               ) -> set[int]:
+    """The trials a re-measurement took again, and the repeats that reused their
+    measurement: none of them stands any more."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    labels = {t.number: TrialRecord.read(t, study.study_name).label or "" for t in trials}
+    gone = {n for n in map(remeasures, labels.values()) if n is not None}
+    return gone | {number for number, label in labels.items() if label.startswith(
+        REPEAT_LABEL) and int(label.removeprefix(REPEAT_LABEL)) in gone}
+
+
+def feasible(trial: optuna.trial.FrozenTrial, study_name: str = "") -> bool:
+    """Finished its workload without failing, without overflowing the context, and within
+    every target and budget of the study; `study_name` names the study in a damaged-record
+    error. Whether a re-measurement superseded it is `standing`'s to say."""
+    import optuna
+
+    return (trial.state == optuna.trial.TrialState.COMPLETE
+            and TrialRecord.read(trial, study_name).status == Status.OK
+            and all(v <= 0 for v in trial.constraints.values()))
+
+
+def standing(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count, in the order they ran: feasible, and not superseded."""
+    trials = study.get_trials(deepcopy=False)
+    gone = superseded(study, trials)
+    return [t for t in trials if t.number not in gone and feasible(t, study.study_name)]
+
+
+def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count, best first."""
+    return sorted(standing(study), key=lambda t: t.value)  # type: ignore[arg-type,return-value]
+
+
+def best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best trial that counts, or None."""
+    found = ranked(study)
+    return found[0] if found else None

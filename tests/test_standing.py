@@ -1,0 +1,62 @@
+"""One rule for which trials count: a trial a re-measurement took again counts nowhere.
+
+Hand-made studies (the rule reads records; nothing is measured)."""
+
+from __future__ import annotations
+
+import optuna
+from conftest import keep_study_record
+
+from autotune.guide import GUIDE_DEFAULTS
+from autotune.measure.records import Status, TrialStats
+from autotune.measure.settings import CORE_FIELDS
+from autotune.studies import explain, profiles, standing, tables
+from autotune.studies.records import Winner, keep, study_attrs, trial_attrs
+
+DEFAULTS = dict(GUIDE_DEFAULTS)
+SMALL = {"context_window": 1024}
+
+
+def drifted_study(again_label: str = standing.DRIFT_LABEL) -> optuna.Study:
+    """Trial 1 ran while the machine drifted (faster, here), trial 2 took it again; the
+    winner, trial 3, differs from both in n_threads alone."""
+    study = optuna.create_study(study_name="drifted")
+    keep_study_record(study, tuned_fields=list(CORE_FIELDS))
+    rows = [({}, 3.0, "guide defaults"), (SMALL, 1.5, None), (SMALL, 2.5, f"{again_label}1"),
+            ({**SMALL, "n_threads": 2}, 2.0, None)]
+    for changes, mean, label in rows:
+        attrs = trial_attrs(status=Status.OK, settings={**DEFAULTS, **changes}, label=label,
+                            stats=TrialStats(mean_s=mean, peak_rss_bytes=1000))
+        study.add_trial(optuna.trial.create_trial(
+            value=mean, user_attrs={k: v for k, v in attrs.items() if v is not None}))
+    keep(study.set_user_attr, study_attrs(winner=Winner(
+        label="trial 3", trial_number=3, settings={**DEFAULTS, **SMALL, "n_threads": 2},
+        score_s=2.0, mean_s=2.0, improvement=None)))
+    return study
+
+
+def test_a_drifted_trial_counts_nowhere() -> None:
+    study = drifted_study()
+    assert standing.superseded(study) == {1}
+    assert [t.number for t in standing.standing(study)] == [0, 2, 3]
+    assert [t.number for t in standing.ranked(study)] == [3, 2, 0]
+    # what n_threads bought rests on the re-measurement, not on the drifted run
+    assert explain.explanation(study)[1] == (
+        "n_threads 2 instead of 8: 0.50 s less per request (trial 3 against trial 2, "
+        "otherwise alike)")
+    front = {p.trial_number for p in profiles.points_of(study)}
+    assert 1 not in front and 2 in front
+    assert [t.value for t in tables.feasible_study(study).trials] == [3.0, 2.5, 2.0]
+
+
+def test_a_trial_measured_on_a_busy_machine_counts_nowhere_either() -> None:
+    study = drifted_study(standing.BUSY_LABEL)
+    assert [t.number for t in standing.standing(study)] == [0, 2, 3]
+    assert "trial 3 against trial 2" in explain.explanation(study)[1]
+
+
+def test_the_label_of_a_re_measurement_names_the_trial_it_takes_again() -> None:
+    assert standing.remeasures(f"{standing.DRIFT_LABEL}12") == 12
+    assert standing.remeasures(f"{standing.BUSY_LABEL}3") == 3
+    assert standing.remeasures(f"{standing.REPEAT_LABEL}3") is None  # reuses, not retakes
+    assert standing.remeasures(None) is None and standing.remeasures("trial 3") is None
