@@ -9,10 +9,6 @@ supersedes it, and so are the repeats that had reused its measurement.
 The tuner's finalists, the export's best trial, "what each setting bought", the profiles'
 front, the pandas tables and the plots all read `standing` or `ranked`, so none of them
 rests on a trial the study itself set aside.
-
-Example:
-    >>> [t.number for t in ranked(study)]  # best first
-    [4, 0, 3]
 """
 
 from __future__ import annotations
