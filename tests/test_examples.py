@@ -18,7 +18,7 @@ FAST = ["autotune.safe_text", "autotune.measure.records", "autotune.measure.sett
         "autotune.measure.model", "autotune.measure.gguf_header", "autotune.search.scoring",
         "autotune.studies.records", "autotune.measure.hardware",
         "autotune.studies.export", "autotune.studies.profiles", "autotune.search.warm",
-        "autotune.studies.window"]
+        "autotune.studies.window", "autotune.search.rounds"]
 MEASURING = ["autotune.measure.trial", "autotune.measure.machine_lock",
              "autotune.measure.bench"]
 
