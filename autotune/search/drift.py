@@ -52,12 +52,7 @@ from autotune.studies.records import (
     study_attrs,
     trial_attrs,
 )
-from autotune.studies.standing import (
-    DRIFT_LABEL,
-    REMEASURED,
-    REPEAT_LABEL,
-    superseded,
-)
+from autotune.studies.standing import DRIFT_LABEL, superseded
 
 if TYPE_CHECKING:
     from autotune.search.study import Measurement
@@ -98,13 +93,12 @@ def measured_in(study: optuna.Study, numbers: Iterable[int]) -> list[optuna.tria
         if number in gone:
             continue
         kept = TrialRecord.read(trial, study.study_name)
-        label = kept.label or ""
         if trial.state not in (optuna.trial.TrialState.COMPLETE,
                                optuna.trial.TrialState.PRUNED):
             continue
         if kept.status not in (Status.OK, Status.PRUNED) or kept.settings is None:
             continue
-        if label.startswith((REPEAT_LABEL, *REMEASURED)):
+        if kept.repeat_of is not None or kept.remeasures is not None:
             continue
         chosen.append(trial)
     return chosen
@@ -144,11 +138,11 @@ def check(study: optuna.Study, model: ModelInfo, measurement: Measurement, host:
 
 def requeue(study: optuna.Study, trials: list[optuna.trial.FrozenTrial],
             label: str = DRIFT_LABEL) -> Iterable[int]:
-    """Queue each trial's configuration again, labelled as its re-measurement."""
+    """Queue each trial's configuration again, as its re-measurement (`label` says why)."""
     for trial in trials:
         kept = TrialRecord.read(trial, study.study_name)
         study.enqueue_trial(dict(trial.params), user_attrs=trial_attrs(
-            label=f"{label}{trial.number}", pinned=kept.pinned))
+            label=f"{label}{trial.number}", remeasures=trial.number, pinned=kept.pinned))
         yield trial.number
 
 

@@ -439,9 +439,9 @@ def repeat_of(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float:
     """
     kept = TrialRecord.read(earlier, trial.study.study_name)
     copied = trial_attrs(label=f"{standing.REPEAT_LABEL}{earlier.number}",
-                         status=kept.status, reason=kept.reason, stats=kept.stats,
-                         latencies=kept.latencies, settings=kept.settings, score=kept.score,
-                         infeasible=kept.infeasible)
+                         repeat_of=earlier.number, status=kept.status, reason=kept.reason,
+                         stats=kept.stats, latencies=kept.latencies, settings=kept.settings,
+                         score=kept.score, infeasible=kept.infeasible)
     keep(trial.set_user_attr, {k: v for k, v in copied.items() if v is not None and v != ""})
     for name, value in earlier.constraints.items():
         trial.set_constraint(name, value)
@@ -469,11 +469,11 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
         busy = None if busy_ends else drift.measured_busy(trial, study.study_name, busy_limit)
         again: tuple[int, ...] = ()
         if busy is not None:
-            label = TrialRecord.read(trial, study.study_name).label or ""
-            busy_ends = label.startswith(drift.BUSY_LABEL)
+            # a re-measurement as busy as the run it took again: the load is the machine's
+            busy_ends = TrialRecord.read(trial, study.study_name).remeasures is not None
             if not busy_ends:
                 again = tuple(drift.requeue(study, drift.measured_in(study, [trial.number]),
-                                            drift.BUSY_LABEL))
+                                            standing.BUSY_LABEL))
                 total += len(again)
         if on_event is not None:
             best = standing.best(study)

@@ -111,7 +111,7 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
     seen = set()
     for trial in standing.ranked(study):
         kept = TrialRecord.read(trial, study.study_name)
-        if kept.settings is None or (is_baseline_run(kept.label) and
+        if kept.settings is None or (is_baseline_run(kept) and
                                      is_guide_defaults(kept.settings)):
             continue  # the guide's defaults are re-measured as the baseline anyway
         if int(kept.settings.get("context_window", 0)) < min_context:  # type: ignore[call-overload]
@@ -124,10 +124,10 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
     return [*chosen, Candidate(BASELINE, Settings(**GUIDE_DEFAULTS))]
 
 
-def is_baseline_run(label: str | None) -> bool:
+def is_baseline_run(kept: TrialRecord) -> bool:
     """The guide-defaults baseline trial, or a re-measurement (drift.py): of the defaults,
     when its settings are theirs."""
-    return label == BASELINE or standing.remeasures(label) is not None
+    return kept.label == BASELINE or kept.remeasures is not None
 
 
 def is_guide_defaults(settings: dict[str, object]) -> bool:

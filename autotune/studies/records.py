@@ -19,6 +19,11 @@ Schema versions (`SCHEMA_VERSION`), checked whenever a study is read:
      value is the objective's quantity, which need not be the score: an autotune that
      reads only 1 and 2 refuses the study rather than rank its values as scores. Studies
      of 1 and 2 read with the default goals (the score, no targets).
+  4. a trial's links to other trials are fields of its record: `repeat_of` (the trial
+     whose measurement it reused) and `remeasures` (the trial it measured again, after
+     drift or on a busy machine). Labels are for people. A trial of a study of 1 to 3 has
+     them in its label alone (`repeat of trial 3`, `re-measured after drift: trial 3`),
+     which `TrialRecord.read` parses when the fields are absent.
 
 Example:
     >>> schema_of({"model": {}, "versions": {"schema": "1"}}), schema_of({"model": {}, "schema": 2})
@@ -53,7 +58,7 @@ from autotune.search.scoring import Score, Weights
 if TYPE_CHECKING:
     import optuna
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 OLDEST_SCHEMA = 1
 
 
@@ -405,6 +410,8 @@ class TrialRecord:
     infeasible: str | None = None
     # llama.cpp's buffers by name and kind, bytes: where the layers went (RPC0[...], CUDA0)
     buffers: dict[str, dict[str, int]] = field(default_factory=dict)
+    repeat_of: int | None = None  # the trial whose measurement this one reused
+    remeasures: int | None = None  # the trial this one measured again (drift, a busy machine)
 
     @classmethod
     def read(cls, trial: optuna.trial.FrozenTrial | optuna.Trial, study_name: str = ""
@@ -422,7 +429,24 @@ class TrialRecord:
                                    f"({visible(err, 120)})") from None
         if record.status is None and getattr(trial, "state", None) == TrialState.FAIL:
             record = dataclasses.replace(record, status=Status.INTERRUPTED)
+        if record.repeat_of is None and record.remeasures is None and record.label:
+            record = dataclasses.replace(record, **links_in_label(record.label))
         return record
+
+
+REPEAT_LABEL = "repeat of trial "  # a trial that reused an earlier one's measurement
+DRIFT_LABEL = "re-measured after drift: trial "
+BUSY_LABEL = "re-measured on a busy machine: trial "
+
+
+def links_in_label(label: str) -> dict[str, int]:
+    """`repeat_of` or `remeasures` as a label of schema 1 to 3 said them; {} for others."""
+    for prefix, name in ((REPEAT_LABEL, "repeat_of"), (DRIFT_LABEL, "remeasures"),
+                         (BUSY_LABEL, "remeasures")):
+        number = label.removeprefix(prefix)
+        if label.startswith(prefix) and number.isdigit():
+            return {name: int(number)}
+    return {}
 
 
 def trial_attrs(**fields: object) -> dict[str, object]:
