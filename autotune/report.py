@@ -202,7 +202,7 @@ def print_tune(console: Console, report: TuneReport) -> None:
 
 def print_goals(console: Console, report: TuneReport) -> None:
     """What the study minimised, the winner against the defaults on it, and the targets."""
-    from autotune.search.goals import Objective
+    from autotune.measure.goals import Objective
 
     objective = Objective(report.objective)
     winner, baseline = report.winner.objective_value, report.baseline.objective_value

@@ -62,12 +62,12 @@ import optuna
 from autotune.measure.hardware import Hardware
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status, TrialResult
+from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
 from autotune.measure.workload import Request, Workload
 from autotune.search import drift
 from autotune.search import study as study_module
 from autotune.search.confirm import confirm
-from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
 from autotune.search.study import Measurement, open_study, search
 from autotune.search.tune import TuneOptions, finalists

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from autotune.errors import AutotuneError
 from autotune.measure.gguf_header import Header, HeaderError, TensorInfo, read_header
+from autotune.measure.mapping import from_mapping
 
 GGUF_MAGIC = b"GGUF"
 FINGERPRINT_CHUNK = 4 * 1024 * 1024
@@ -64,9 +65,7 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, data: object) -> ModelInfo:
-        """A kept record back (see autotune.measure.records.from_mapping)."""
-        from autotune.measure.records import from_mapping
-
+        """A kept record back (see autotune.measure.mapping.from_mapping)."""
         return from_mapping(cls, {"chat_template": None, **data}  # type: ignore[dict-item]
                             if isinstance(data, dict) else data)
 

@@ -18,7 +18,7 @@ median score within TIE_MARGIN (3%) of the best: two runs of one configuration d
 more than that (8% in the median on the recorded 2-core grid, benchmarks/results/
 grid-small.json), so no ranking inside it is real. The report says when this decided.
 
-With goals (goals.py), the winner has the lowest median of the study's objective instead,
+With goals (measure/goals.py), the winner has the lowest median of the study's objective instead,
 among the candidates whose medians over the rounds meet every target and budget; the
 guide's defaults are measured as the comparison all the same, and win only if they meet
 them too. The improvement stays the ratio of mean latencies.
@@ -43,12 +43,12 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from autotune.measure.goals import METRICS, Goals, Objective
 from autotune.measure.records import TrialResult, TrialStats
+from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
 from autotune.measure.stats import summarize
 from autotune.search.events import ConfirmEnded, OnEvent
-from autotune.search.goals import METRICS, Goals, Objective
-from autotune.search.scoring import Weights, score
 from autotune.search.space import BASELINE_LABEL
 from autotune.studies.records import CandidateResult, Confirmation, ConfirmRun, Improvement
 

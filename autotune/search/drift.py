@@ -34,15 +34,15 @@ machine's own: from then on the command keeps its trials as measured, and says s
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import optuna
 
 from autotune.measure.model import ModelInfo
-from autotune.measure.records import RequestRecord, Status
+from autotune.measure.records import RequestRecord, Status, TrialResult
 from autotune.measure.settings import Settings
-from autotune.measure.trial import BUSY_PERCENT
+from autotune.measure.trial import BUSY_PERCENT, OnRequest
 from autotune.search.space import ADVICE_LABEL, BASELINE_LABEL
 from autotune.studies.records import (
     AnchorCheck,
@@ -54,8 +54,13 @@ from autotune.studies.records import (
 )
 from autotune.studies.standing import DRIFT_LABEL, superseded
 
-if TYPE_CHECKING:
-    from autotune.search.study import Measurement
+
+class Measures(Protocol):
+    """How the anchor is re-run: the study's own way of measuring (study.Measurement)."""
+
+    def run(self, model: ModelInfo, settings: Settings, on_request: OnRequest | None = None,
+            before: Callable[[], object] | None = None, anchor: bool = False
+            ) -> TrialResult: ...
 
 ANCHOR_EVERY = 4  # trials between checks; 0 turns the anchor off
 ANCHOR_REQUESTS = 4  # the requests each check re-runs: the pruner's first look
@@ -104,7 +109,7 @@ def measured_in(study: optuna.Study, numbers: Iterable[int]) -> list[optuna.tria
     return chosen
 
 
-def check(study: optuna.Study, model: ModelInfo, measurement: Measurement, host: str,
+def check(study: optuna.Study, model: ModelInfo, measurement: Measures, host: str,
           since: list[int]) -> AnchorCheck | None:
     """Re-run the anchor; when it drifted beyond DRIFT_LIMIT, queue again the trials
     `since` the last check that `measured_in` allows. The check is kept and returned;

@@ -53,7 +53,7 @@ Together, against the tuner before this replay (p=0.02, the defaults first, 12 t
 search and confirmation 177 s instead of 232 s, quality 98% instead of 94%.
 
 Constraints: besides "failed" and "context_overflow", each target and memory budget of the
-study's goals (goals.py) is one, `measured - limit`.
+study's goals (measure/goals.py) is one, `measured - limit`.
 
 Repeats: TPE samples the small, discrete space's best region again and again, and a
 configuration the study already measured whole is not measured again (`repeat_of`): the
@@ -79,18 +79,18 @@ import optuna
 
 from autotune import __version__
 from autotune.errors import AutotuneError, Option
+from autotune.measure.goals import Goals, tail_certainly_worse
 from autotune.measure.hardware import Hardware, machine_class
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status, TrialResult
+from autotune.measure.scoring import Weights, score
 from autotune.measure.stats import summarize
 from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
 from autotune.measure.workload import Workload
 from autotune.search import drift
 from autotune.search.costs import Costs
 from autotune.search.events import AnchorChecked, BusyTrial, OnEvent, TrialEnded
-from autotune.search.goals import Goals, tail_certainly_worse
-from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
 from autotune.search.warm import warm_starts
 from autotune.studies import standing

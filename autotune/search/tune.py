@@ -20,10 +20,12 @@ import optuna
 from autotune.errors import MeasurementFailed
 from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.fit import DEFAULT_MARGIN
+from autotune.measure.goals import Goals, closest
 from autotune.measure.hardware import Hardware, detect, machine_class
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import inspect_model
 from autotune.measure.records import Status
+from autotune.measure.scoring import Weights
 from autotune.measure.settings import Settings
 from autotune.measure.trial import DEFAULT_TOKENS
 from autotune.measure.workload import Workload, builtin_workload
@@ -32,8 +34,6 @@ from autotune.search import drift
 from autotune.search.confirm import BASELINE, Candidate, confirm, median_stats
 from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, Started, Waiting
-from autotune.search.goals import Goals, closest
-from autotune.search.scoring import Weights
 from autotune.search.space import DEFAULT_MIN_CONTEXT, build_space
 from autotune.search.study import (
     Measurement,

@@ -15,7 +15,7 @@ Schema versions (`SCHEMA_VERSION`), checked whenever a study is read:
      Added later without a new version, since a reader that does not know them ignores
      them: the study's `machine_class` (a study without it belongs to its host alone) and
      each trial's `sampler_seed`, the host that confirmed the winner.
-  3. the study's `goals` (goals.py): its objective, targets and memory budgets. A trial's
+  3. the study's `goals` (measure/goals.py): its objective, targets and memory budgets. A trial's
      value is the objective's quantity, which need not be the score: an autotune that
      reads only 1 and 2 refuses the study rather than rank its values as scores. Studies
      of 1 and 2 read with the default goals (the score, no targets).
@@ -42,18 +42,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from autotune.errors import AutotuneError
+from autotune.measure.goals import Goals
 from autotune.measure.hardware import Hardware, HardwareClass
+from autotune.measure.mapping import RecordError, from_mapping
 from autotune.measure.model import ModelInfo
-from autotune.measure.records import (
-    OUTPUT_VERSION,
-    RecordError,
-    Status,
-    TrialStats,
-    from_mapping,
-)
+from autotune.measure.records import OUTPUT_VERSION, Status, TrialStats
+from autotune.measure.scoring import Score, Weights
 from autotune.safe_text import visible
-from autotune.search.goals import Goals
-from autotune.search.scoring import Score, Weights
 
 if TYPE_CHECKING:
     import optuna

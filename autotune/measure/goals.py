@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from autotune.errors import AutotuneError, Option
-from autotune.measure.records import RequestRecord, TrialStats, from_mapping
+from autotune.measure.mapping import from_mapping
+from autotune.measure.records import RequestRecord, TrialStats
+from autotune.measure.scoring import Score
 from autotune.measure.stats import percentile
 from autotune.safe_text import visible
-from autotune.search.scoring import Score
 
 
 class Objective(StrEnum):
