@@ -38,10 +38,12 @@ demo: install
 
 test: install
 	$(BIN)/ruff check autotune tests benchmarks studies
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check autotune tests benchmarks studies
+	$(BIN)/mypy
 
 fix: install
 	$(BIN)/ruff check --fix autotune tests benchmarks studies

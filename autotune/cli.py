@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -14,6 +13,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -256,7 +256,7 @@ def studies_folder(studies_dir: str | None, storage: str | None) -> str | None:
     return os.environ.get(STUDIES_ENV) or None
 
 
-def print_event(progress: Progress, task: int, event: ProgressEvent) -> None:
+def print_event(progress: Progress, task: TaskID, event: ProgressEvent) -> None:
     """One line per finished trial or confirmation run, and the bar moved on.
 
     Names, notes and reasons can quote the model file: each goes through `terminal`, so
@@ -716,4 +716,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -28,11 +28,11 @@ def seconds(value: object) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
-def mebibytes(value: object) -> str:
+def mebibytes(value: float | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f} MiB"
 
 
-def signed_mebibytes(value: object) -> str:
+def signed_mebibytes(value: float | None) -> str:
     return "-" if value is None else f"{value / 2**20:+,.1f} MiB"
 
 

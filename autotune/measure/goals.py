@@ -50,7 +50,7 @@ class Objective(StrEnum):
     def describe(self) -> str:
         return OBJECTIVE_NAMES[self]
 
-    def value(self, stats: TrialStats, score: Score | None) -> float | None:
+    def of(self, stats: TrialStats, score: Score | None) -> float | None:
         """The trial's value under this objective; None when it did not finish."""
         if self is Objective.SCORE:
             return score.total_s if score is not None else None

@@ -66,7 +66,7 @@ class ModelInfo:
     @classmethod
     def from_dict(cls, data: object) -> ModelInfo:
         """A kept record back (see autotune.measure.mapping.from_mapping)."""
-        return from_mapping(cls, {"chat_template": None, **data}  # type: ignore[dict-item]
+        return from_mapping(cls, {"chat_template": None, **data}
                             if isinstance(data, dict) else data)
 
 
@@ -156,11 +156,11 @@ class Metadata:
                                   for n in numbers):
             raise AutotuneError(f"model {self.file}: metadata {key} is {kind_of(value)}, "
                                 "expected a whole number (or one per layer)")
-        largest = max(numbers)  # type: ignore[type-var]
-        if not minimum <= largest <= maximum:  # type: ignore[operator]
+        largest = max(numbers)
+        if not minimum <= largest <= maximum:
             raise AutotuneError(f"model {self.file}: metadata {key} = {largest} is outside "
                                 f"{minimum}..{maximum}")
-        return int(largest)  # type: ignore[call-overload]
+        return int(largest)
 
 
 def kind_of(value: object) -> str:

@@ -118,6 +118,8 @@ def check(study: optuna.Study, model: ModelInfo, measurement: Measures, host: st
     if anchor is None:
         return None
     kept = TrialRecord.read(anchor, study.study_name)
+    if kept.settings is None:  # anchor_trial chose it for its settings: never so
+        return None
     seen: list[RequestRecord] = []
 
     def on_request(event: RequestRecord) -> bool:

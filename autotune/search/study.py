@@ -338,7 +338,7 @@ def record(trial: optuna.Trial, result: TrialResult, weights: Weights,
                                if v is not None and v != "" and v != {}})
     if parts is None:
         return None
-    return (goals or Goals()).objective.value(stats, parts)
+    return (goals or Goals()).objective.of(stats, parts)
 
 
 def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement,
@@ -384,8 +384,8 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
                 return False  # a finished trial is kept
             if objective.tail is None:
                 return trial.should_prune()
-            return best is not None and tail_certainly_worse(seen, total, objective.tail,
-                                                             best.value)
+            return (best is not None and best.value is not None
+                    and tail_certainly_worse(seen, total, objective.tail, best.value))
 
         # A tuner that held the machine may have been killed while we waited for it.
         result = measurement.run(model, settings, on_request,
@@ -399,14 +399,14 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         # generation setting would: however fast, it is not a candidate.
         reloads = result.reloads
         trial.set_constraint("context_overflow", float(reloads))
-        why = [f"context overflow: {reloads} request(s) dropped history"] if reloads else []
+        broken = [f"context overflow: {reloads} request(s) dropped history"] if reloads else []
         if value is not None:
             stats = summarize(result)
             for name, excess in measurement.goals.constraints(stats).items():
                 trial.set_constraint(name, excess)
-            why += [f"missed {m}" for m in measurement.goals.missed(stats)]
-        if why:
-            keep(trial.set_user_attr, trial_attrs(infeasible="; ".join(why)))
+            broken += [f"missed {m}" for m in measurement.goals.missed(stats)]
+        if broken:
+            keep(trial.set_user_attr, trial_attrs(infeasible="; ".join(broken)))
         return FAILED_SCORE_S if value is None else value
 
     return objective

@@ -119,7 +119,7 @@ def pruned_estimate(trial: optuna.trial.FrozenTrial, kept: TrialRecord, goals: G
             or len(kept.latencies) < ESTIMATE_REQUESTS or kept.stats.reloads
             or goals.missed(kept.stats)):
         return None
-    return goals.objective.value(kept.stats, score(kept.latencies, weights))
+    return goals.objective.of(kept.stats, score(kept.latencies, weights))
 
 
 def front(points: Iterable[Point]) -> list[Point]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from autotune.errors import AutotuneError
 from autotune.measure.goals import Goals
@@ -434,7 +434,7 @@ DRIFT_LABEL = "re-measured after drift: trial "
 BUSY_LABEL = "re-measured on a busy machine: trial "
 
 
-def links_in_label(label: str) -> dict[str, int]:
+def links_in_label(label: str) -> dict[str, Any]:
     """`repeat_of` or `remeasures` as a label of schema 1 to 3 said them; {} for others."""
     for prefix, name in ((REPEAT_LABEL, "repeat_of"), (DRIFT_LABEL, "remeasures"),
                          (BUSY_LABEL, "remeasures")):
