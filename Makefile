@@ -38,16 +38,18 @@ demo: install
 
 test: install
 	$(BIN)/ruff check autotune tests benchmarks studies
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check autotune tests benchmarks studies
+	$(BIN)/mypy
 
 fix: install
 	$(BIN)/ruff check --fix autotune tests benchmarks studies
 
 # The small grid (about 10 minutes of measuring) and the replay of the real study on it,
-# against the simpler searches: under 15 minutes on two cores. The full run: see README.
+# against the simpler searches: under 15 minutes on two cores. The full run: see docs/benchmarks.md.
 bench: install
 	$(BIN)/python benchmarks/grid_truth.py "$(DEMO_MODEL)" --small
 	$(BIN)/python benchmarks/replay.py benchmarks/results/grid-small.json --seeds 20 \

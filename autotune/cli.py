@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from autotune.errors import AutotuneError, Option
 from autotune.measure import bench as bench_lib
 from autotune.measure.machine_lock import Holder, MachineLock
 from autotune.measure.records import StudyEvidence
+from autotune.measure.scoring import Weights
 from autotune.measure.settings import Settings, load_env_file
 from autotune.measure.trial import BUSY_PERCENT
 from autotune.measure.workload import load_workload
@@ -39,7 +39,6 @@ from autotune.search.events import (
     TrialEnded,
     Waiting,
 )
-from autotune.search.scoring import Weights
 from autotune.search.space import parse_fixes
 
 err_console = Console(stderr=True)
@@ -270,7 +269,7 @@ def studies_folder(studies_dir: str | None, storage: str | None) -> str | None:
     return os.environ.get(STUDIES_ENV) or None
 
 
-def print_event(progress: Progress, task: int, event: ProgressEvent) -> None:
+def print_event(progress: Progress, task: TaskID, event: ProgressEvent) -> None:
     """One line per finished trial or confirmation run, and the bar moved on.
 
     Names, notes and reasons can quote the model file: each goes through `terminal`, so
@@ -449,7 +448,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
     mid-run (a full disk, a read-only folder): what it kept is safe; free space or make
     the folder writable, and run the same command again to resume.
     """
-    from autotune.search.goals import parse_size
+    from autotune.measure.goals import parse_size
     from autotune.search.tune import TuneOptions
     from autotune.search.tune import tune as tune_lib
 
@@ -478,7 +477,7 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
 def goals_from(objective: str, targets: tuple[str, ...], max_memory: str | None,
                max_gpu_memory: str | None):
     """The tune command's goals; a bad target or size is one line, exit status 2."""
-    from autotune.search.goals import Goals, Objective, Target, parse_size
+    from autotune.measure.goals import Goals, Objective, Target, parse_size
 
     return Goals(objective=Objective(objective),
                  targets=tuple(Target.parse(t) for t in targets),
@@ -720,4 +719,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 class Option:
     """A caller's setting named in a message: its library parameter, and a value to show.
 
-    `value` is the text the caller passed (already made visible) or a bool to pass; None
+    `value` is the text the caller passed (already made visible), a number or a bool to pass; None
     names the setting alone ("pass another study_name").
     """
 
     name: str
-    value: str | bool | None = None
+    value: str | bool | int | None = None
 
     def __str__(self) -> str:
         return self.name if self.value is None else f"{self.name}={self.value}"

@@ -6,8 +6,10 @@ guide reads these; none keeps a copy.
 
 from __future__ import annotations
 
+from typing import Any
+
 # The settings the guide recommends: what most users run, and what every winner must beat.
-GUIDE_DEFAULTS: dict[str, object] = {
+GUIDE_DEFAULTS: dict[str, Any] = {
     "context_window": 4096, "n_threads": 8, "n_gpu_layers": -1,
     "enable_context_cache": True, "max_cache_size": 100}
 DEFAULTS_LABEL = "guide defaults"

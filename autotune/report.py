@@ -28,11 +28,11 @@ def seconds(value: object) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
-def mebibytes(value: object) -> str:
+def mebibytes(value: float | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f} MiB"
 
 
-def signed_mebibytes(value: object) -> str:
+def signed_mebibytes(value: float | None) -> str:
     return "-" if value is None else f"{value / 2**20:+,.1f} MiB"
 
 
@@ -202,7 +202,7 @@ def print_tune(console: Console, report: TuneReport) -> None:
 
 def print_goals(console: Console, report: TuneReport) -> None:
     """What the study minimised, the winner against the defaults on it, and the targets."""
-    from autotune.search.goals import Objective
+    from autotune.measure.goals import Objective
 
     objective = Objective(report.objective)
     winner, baseline = report.winner.objective_value, report.baseline.objective_value

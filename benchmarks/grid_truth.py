@@ -40,11 +40,11 @@ from pathlib import Path
 from autotune.measure.hardware import detect
 from autotune.measure.model import demo_model_path, inspect_model
 from autotune.measure.records import TrialResult
+from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
 from autotune.measure.trial import DEFAULT_TOKENS
 from autotune.measure.workload import builtin_workload, load_workload
 from autotune.search.rounds import interleaved_rounds
-from autotune.search.scoring import Weights, score
 from autotune.search.space import MIN_CONTEXT, build_space
 from autotune.search.study import Measurement, versions
 

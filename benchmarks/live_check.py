@@ -28,10 +28,10 @@ from pathlib import Path
 from autotune.guide import DEFAULTS_LABEL, GUIDE_DEFAULTS
 from autotune.measure.hardware import detect
 from autotune.measure.model import demo_model_path, inspect_model
+from autotune.measure.scoring import score
 from autotune.measure.settings import Settings
 from autotune.measure.workload import builtin_workload
 from autotune.search.rounds import interleaved_rounds
-from autotune.search.scoring import score
 from autotune.search.study import Measurement, versions
 from autotune.search.tune import TuneOptions, tune
 

@@ -68,15 +68,15 @@ from autotune.errors import MeasurementFailed
 from autotune.measure.hardware import Hardware
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status, TrialResult
+from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
 from autotune.measure.workload import Request, Workload
 from autotune.search import orchestrate
 from autotune.search import study as study_module
 from autotune.search.orchestrate import Parts, guide_baselines
-from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
 from autotune.search.study import Measurement, PrunerFactory, SamplerFactory, wilcoxon_pruner
-from autotune.search.tune import TuneOptions
+from autotune.search.options import TuneOptions
 from autotune.studies import standing
 from autotune.studies.records import StudyRecord, TrialRecord
 
@@ -459,8 +459,8 @@ def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> di
     no measuring time and stands in the earlier trial's cell.
     """
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    repeats = {t.number: int(label.rsplit(" ", 1)[1]) for t in trials
-               if (label := TrialRecord.read(t).label or "").startswith(standing.REPEAT_LABEL)}
+    records = {t.number: TrialRecord.read(t) for t in trials}
+    repeats = {n: r.repeat_of for n, r in records.items() if r.repeat_of is not None}
     if len(trials) - len(repeats) != len(measurement.log):
         raise RuntimeError(f"{len(trials)} trials, {len(repeats)} repeats, but "
                            f"{len(measurement.log)} replayed runs")
@@ -469,7 +469,6 @@ def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> di
     cell_of: dict[int, int] = {}
     elapsed, best_value, best_cell, consumed = 0.0, math.inf, None, 0
     times, regrets, cells, pruned = [], [], [], 0
-    labels = {t.number: TrialRecord.read(t).label or "" for t in trials}
     gone: set[int] = set()  # superseded so far: a re-measurement ran (standing.superseded)
     for trial in trials:
         if trial.number in repeats:
@@ -484,7 +483,7 @@ def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> di
         cell_of[trial.number] = cell
         if trial.state == optuna.trial.TrialState.PRUNED:
             pruned += 1
-        if (taken := standing.remeasures(labels[trial.number])) is not None:
+        if (taken := records[trial.number].remeasures) is not None:
             # measured again after the anchor drifted or the machine was busy: the earlier
             # run (and its repeats) no longer ranks, and the incumbent is chosen again
             gone |= {taken} | {n for n, of in repeats.items() if of == taken}

@@ -132,7 +132,7 @@ def make_model(**changes: object) -> ModelInfo:
 def keep_study_record(study, drop: tuple[str, ...] = (), **changes: object) -> None:
     """Give a hand-made Optuna study the record the tuner writes when it creates one
     (with `changes`, and without the attributes named in `drop`)."""
-    from autotune.search.scoring import Weights
+    from autotune.measure.scoring import Weights
     from autotune.studies.records import MeasurementIdentity, StudyRecord, Versions
 
     record = StudyRecord(model=make_model(), hardware=make_hardware(),

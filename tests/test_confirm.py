@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 
+from autotune.measure.goals import Goals, Objective
 from autotune.measure.records import RequestRecord, Status, TrialResult, TrialStats
+from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
 from autotune.search.confirm import BASELINE, Candidate, confirm, decide, paired_bootstrap
-from autotune.search.goals import Goals, Objective
-from autotune.search.scoring import Weights, score
 from autotune.studies.records import ConfirmRun, Improvement
 
 WINNER = "trial 3"

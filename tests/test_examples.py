@@ -14,8 +14,9 @@ from autotune.measure.settings import Settings
 from autotune.measure.trial import TrialSpec, run_trial
 from autotune.measure.workload import Workload
 
-FAST = ["autotune.safe_text", "autotune.measure.records", "autotune.measure.settings",
-        "autotune.measure.model", "autotune.measure.gguf_header", "autotune.search.scoring",
+FAST = ["autotune.safe_text", "autotune.measure.mapping", "autotune.measure.records",
+        "autotune.measure.settings",
+        "autotune.measure.model", "autotune.measure.gguf_header", "autotune.measure.scoring",
         "autotune.studies.records", "autotune.measure.hardware",
         "autotune.studies.export", "autotune.studies.profiles", "autotune.search.warm",
         "autotune.studies.window", "autotune.search.rounds"]

@@ -13,10 +13,7 @@ from conftest import QUICK_STUDY, keep_study_record
 
 from autotune.errors import AutotuneError
 from autotune.guide import DEFAULTS_LABEL, GUIDE_DEFAULTS
-from autotune.measure.records import Status, TrialStats
-from autotune.measure.settings import Settings
-from autotune.search.confirm import Candidate, decide
-from autotune.search.goals import (
+from autotune.measure.goals import (
     Goals,
     Objective,
     Target,
@@ -24,7 +21,10 @@ from autotune.search.goals import (
     parse_size,
     tail_certainly_worse,
 )
-from autotune.search.scoring import score
+from autotune.measure.records import Status, TrialStats
+from autotune.measure.scoring import score
+from autotune.measure.settings import Settings
+from autotune.search.confirm import Candidate, decide
 from autotune.search.study import check_same_goals
 from autotune.studies.records import ConfirmRun, StudyRecord, study_attrs
 from autotune.studies.storage import open_storage

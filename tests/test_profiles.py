@@ -11,8 +11,8 @@ import pytest
 from conftest import QUICK_STUDY
 
 from autotune.measure.records import Status, TrialStats
+from autotune.measure.scoring import score
 from autotune.measure.settings import Settings
-from autotune.search.scoring import score
 from autotune.studies import profiles
 from autotune.studies.profiles import Point, choose, front, kept_profiles
 from autotune.studies.records import CandidateResult, Confirmation, ConfirmRun

@@ -11,8 +11,8 @@ import optuna
 import pytest
 
 from autotune.measure.records import RequestRecord, Status
+from autotune.measure.scoring import score
 from autotune.measure.settings import Settings
-from autotune.search.scoring import score
 from tests.conftest import load_benchmark as load
 from tests.conftest import make_hardware, make_model
 

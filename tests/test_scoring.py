@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from autotune.search import scoring
-from autotune.search.scoring import Score, Weights, score
+from autotune.measure import scoring
+from autotune.measure.scoring import Score, Weights, score
 
 
 def test_spike_over_three_times_the_median_and_cv_penalty() -> None:

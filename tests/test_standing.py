@@ -5,28 +5,32 @@ Hand-made studies (the rule reads records; nothing is measured)."""
 from __future__ import annotations
 
 import optuna
+import pytest
 from conftest import keep_study_record
 
 from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.records import Status, TrialStats
 from autotune.measure.settings import CORE_FIELDS
 from autotune.studies import explain, profiles, standing, tables
-from autotune.studies.records import Winner, keep, study_attrs, trial_attrs
+from autotune.studies.records import TrialRecord, Winner, keep, study_attrs, trial_attrs
 
 DEFAULTS = dict(GUIDE_DEFAULTS)
 SMALL = {"context_window": 1024}
 
 
-def drifted_study(again_label: str = standing.DRIFT_LABEL) -> optuna.Study:
+def drifted_study(again_label: str = standing.DRIFT_LABEL, fields: bool = True
+                  ) -> optuna.Study:
     """Trial 1 ran while the machine drifted (faster, here), trial 2 took it again; the
-    winner, trial 3, differs from both in n_threads alone."""
+    winner, trial 3, differs from both in n_threads alone. Without `fields`, trial 2 says
+    so in its label alone, as studies of schema 1 to 3 did."""
     study = optuna.create_study(study_name="drifted")
     keep_study_record(study, tuned_fields=list(CORE_FIELDS))
     rows = [({}, 3.0, "guide defaults"), (SMALL, 1.5, None), (SMALL, 2.5, f"{again_label}1"),
             ({**SMALL, "n_threads": 2}, 2.0, None)]
-    for changes, mean, label in rows:
+    for number, (changes, mean, label) in enumerate(rows):
         attrs = trial_attrs(status=Status.OK, settings={**DEFAULTS, **changes}, label=label,
-                            stats=TrialStats(mean_s=mean, peak_rss_bytes=1000))
+                            stats=TrialStats(mean_s=mean, peak_rss_bytes=1000),
+                            remeasures=1 if fields and number == 2 else None)
         study.add_trial(optuna.trial.create_trial(
             value=mean, user_attrs={k: v for k, v in attrs.items() if v is not None}))
     keep(study.set_user_attr, study_attrs(winner=Winner(
@@ -35,8 +39,9 @@ def drifted_study(again_label: str = standing.DRIFT_LABEL) -> optuna.Study:
     return study
 
 
-def test_a_drifted_trial_counts_nowhere() -> None:
-    study = drifted_study()
+@pytest.mark.parametrize("fields", [True, False], ids=["schema 4", "schema 3 labels"])
+def test_a_drifted_trial_counts_nowhere(fields: bool) -> None:
+    study = drifted_study(fields=fields)
     assert standing.superseded(study) == {1}
     assert [t.number for t in standing.standing(study)] == [0, 2, 3]
     assert [t.number for t in standing.ranked(study)] == [3, 2, 0]
@@ -55,8 +60,17 @@ def test_a_trial_measured_on_a_busy_machine_counts_nowhere_either() -> None:
     assert "trial 3 against trial 2" in explain.explanation(study)[1]
 
 
-def test_the_label_of_a_re_measurement_names_the_trial_it_takes_again() -> None:
-    assert standing.remeasures(f"{standing.DRIFT_LABEL}12") == 12
-    assert standing.remeasures(f"{standing.BUSY_LABEL}3") == 3
-    assert standing.remeasures(f"{standing.REPEAT_LABEL}3") is None  # reuses, not retakes
-    assert standing.remeasures(None) is None and standing.remeasures("trial 3") is None
+def test_links_are_fields_and_an_old_label_still_says_them() -> None:
+    def read(**attrs: object) -> TrialRecord:
+        return TrialRecord.read(optuna.trial.create_trial(value=1.0, user_attrs=trial_attrs(
+            status=Status.OK, **attrs)))
+
+    assert read(label=f"{standing.DRIFT_LABEL}12").remeasures == 12
+    assert read(label=f"{standing.BUSY_LABEL}3").remeasures == 3
+    old_repeat = read(label=f"{standing.REPEAT_LABEL}3")
+    assert (old_repeat.repeat_of, old_repeat.remeasures) == (3, None)
+    # a label is for people: the field says which trial, whatever the label shows
+    assert read(label=f"{standing.REPEAT_LABEL}7", repeat_of=2).repeat_of == 2
+    assert read(label="re-measured after drift: trial x").remeasures is None
+    assert read(label="guide defaults") == read(label="guide defaults")
+    assert read(label="trial 3").remeasures is None and read().repeat_of is None

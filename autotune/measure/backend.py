@@ -15,11 +15,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from autotune.measure.settings import Settings
 from autotune.measure.workload import Request
+
+if TYPE_CHECKING:
+    from llama_cpp import LlamaState
+
+    Tokens = Sequence[int] | np.ndarray
 
 GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1
@@ -30,7 +36,7 @@ CHATML = (
 )
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Tokens, b: Tokens) -> int:
     """Length of the longest common prefix of two token sequences."""
     n = min(len(a), len(b))
     if n == 0:
@@ -45,7 +51,7 @@ class PromptCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.entries: OrderedDict[tuple[int, ...], object] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, ...], LlamaState] = OrderedDict()
 
     def longest(self, tokens: Sequence[int]) -> tuple[tuple[int, ...] | None, int]:
         """The cached key sharing the longest prefix with `tokens`, and that length."""
@@ -56,11 +62,11 @@ class PromptCache:
                 best, best_len = key, length
         return best, best_len
 
-    def take(self, key: tuple[int, ...]) -> object:
+    def take(self, key: tuple[int, ...]) -> LlamaState:
         self.entries.move_to_end(key)
         return self.entries[key]
 
-    def put(self, tokens: Sequence[int], state: object) -> None:
+    def put(self, tokens: Sequence[int], state: LlamaState) -> None:
         key = tuple(tokens)
         self.entries[key] = state
         self.entries.move_to_end(key)
@@ -89,9 +95,10 @@ class Backend:
     """A Llama built from Settings, serving requests one at a time."""
 
     def __init__(self, model_path: str, settings: Settings) -> None:
-        from llama_cpp import Llama
+        from llama_cpp import Llama, LogitsProcessorList
 
         self.settings = settings
+        self.logits_processor = LogitsProcessorList([self._suppress_end])
         started = time.perf_counter()
         kv_type = GGML_TYPE_F16 if settings.f16_kv else GGML_TYPE_F32
         self.llm = Llama(
@@ -181,7 +188,7 @@ class Backend:
         generated = 0
         for _ in self.llm.generate(tokens, top_k=self.settings.top_k, top_p=self.settings.top_p,
                                    temp=TEMPERATURE, repeat_penalty=self.settings.repeat_penalty,
-                                   logits_processor=[self._suppress_end]):
+                                   logits_processor=self.logits_processor):
             if generated == 0:
                 ttft = time.perf_counter() - started
                 if self.cache is not None:  # the state now holds exactly the prompt

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 # enum ggml_backend_dev_type, in the header's order.
 DEVICE_TYPES = ("cpu", "gpu", "igpu", "accel", "meta")
@@ -58,7 +59,7 @@ class Registry:
     """The backend registry's functions, each looked up through libllama's own handle."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        def function(name: str, restype: object, *argtypes: object):
+        def function(name: str, restype: Any, *argtypes: Any) -> Any:
             return ctypes.CFUNCTYPE(restype, *argtypes)((name, lib))
 
         pointer, size, text = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p

@@ -64,7 +64,8 @@ def layer_costs(path: str | os.PathLike[str]) -> LayerCosts:
     fields = header.fields
     arch = fields.get("general.architecture")
     count = fields.get(f"{arch}.block_count")
-    n_layers = int(count if isinstance(count, int) else max(count or [0]))  # type: ignore[type-var]
+    layers = count if isinstance(count, list) else [count]
+    n_layers = max((n for n in layers if isinstance(n, int)), default=0)
     repeating = [0] * n_layers
     named: dict[str, int] = {}
     for tensor in header.tensors:

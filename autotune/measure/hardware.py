@@ -28,6 +28,7 @@ from functools import cache
 import psutil
 
 from autotune.measure.devices import Device, offload_devices
+from autotune.measure.mapping import from_mapping
 
 # Every trial records the host that measured it; tests (and a machine whose node name is
 # not the name it is known by) set the host's name here.
@@ -71,10 +72,8 @@ class Hardware:
 
     @classmethod
     def from_dict(cls, data: object) -> Hardware:
-        """A kept record back (see autotune.measure.records.from_mapping); a record from
+        """A kept record back (see autotune.measure.mapping.from_mapping); a record from
         before devices were read lists none."""
-        from autotune.measure.records import from_mapping
-
         return from_mapping(cls, data, {
             "gpus": lambda gpus: tuple(from_mapping(Gpu, gpu) for gpu in gpus),
             "devices": lambda devices: tuple(from_mapping(Device, d) for d in devices)})
@@ -194,8 +193,6 @@ class HardwareClass:
     @classmethod
     def from_dict(cls, data: object) -> HardwareClass:
         """A kept record back; its `name` is derived again, not read."""
-        from autotune.measure.records import from_mapping
-
         return from_mapping(cls, data, {"gpus": tuple, "devices": tuple})
 
 

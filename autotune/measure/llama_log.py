@@ -47,7 +47,7 @@ class LlamaLog:
         self.buffers: dict[str, dict[str, int]] = {}
         self.errors: deque[str] = deque(maxlen=KEPT_ERRORS)
         self.partial = ""
-        self.callback = None  # kept alive as long as llama.cpp may call it
+        self.callback: object = None  # kept alive as long as llama.cpp may call it
 
     @classmethod
     def install(cls, verbose: bool) -> LlamaLog:

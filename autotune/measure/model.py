@@ -19,6 +19,7 @@ from pathlib import Path
 
 from autotune.errors import AutotuneError
 from autotune.measure.gguf_header import Header, HeaderError, TensorInfo, read_header
+from autotune.measure.mapping import from_mapping
 
 GGUF_MAGIC = b"GGUF"
 FINGERPRINT_CHUNK = 4 * 1024 * 1024
@@ -64,10 +65,8 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, data: object) -> ModelInfo:
-        """A kept record back (see autotune.measure.records.from_mapping)."""
-        from autotune.measure.records import from_mapping
-
-        return from_mapping(cls, {"chat_template": None, **data}  # type: ignore[dict-item]
+        """A kept record back (see autotune.measure.mapping.from_mapping)."""
+        return from_mapping(cls, {"chat_template": None, **data}
                             if isinstance(data, dict) else data)
 
 
@@ -157,11 +156,11 @@ class Metadata:
                                   for n in numbers):
             raise AutotuneError(f"model {self.file}: metadata {key} is {kind_of(value)}, "
                                 "expected a whole number (or one per layer)")
-        largest = max(numbers)  # type: ignore[type-var]
-        if not minimum <= largest <= maximum:  # type: ignore[operator]
+        largest = max(numbers)
+        if not minimum <= largest <= maximum:
             raise AutotuneError(f"model {self.file}: metadata {key} = {largest} is outside "
                                 f"{minimum}..{maximum}")
-        return int(largest)  # type: ignore[call-overload]
+        return int(largest)
 
 
 def kind_of(value: object) -> str:

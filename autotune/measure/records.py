@@ -22,10 +22,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar
+
+from autotune.measure.mapping import RecordError, from_mapping
 
 if TYPE_CHECKING:
     from autotune.measure.hardware import Hardware
@@ -33,9 +35,6 @@ if TYPE_CHECKING:
 
 # The version of every JSON document autotune prints or saves (`--json`, result files).
 OUTPUT_VERSION = 1
-
-R = TypeVar("R")
-
 
 class Status(StrEnum):
     """How a trial ended. A StrEnum: it is stored, printed and compared as its text."""
@@ -68,40 +67,6 @@ class EventKind(StrEnum):
     THREAD_PROBE = "thread_probe"
     LOAD_FAILED = "load_failed"
     DONE = "done"
-
-
-class RecordError(ValueError):
-    """A record that does not have the shape its definition gives; `missing` names the
-    fields it lacks, when that is what is wrong."""
-
-    def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.missing = missing
-
-
-def from_mapping(cls: type[R], data: object, nested: Mapping[str, Any] | None = None) -> R:
-    """An instance of the dataclass `cls` from a mapping read back from JSON or a storage.
-
-    Unknown keys are ignored (a newer writer may add fields); a missing field takes its
-    default, and a field without a default must be present. `nested` maps a field name to
-    the function that converts its value.
-    """
-    if not isinstance(data, Mapping):
-        raise RecordError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    values = {}
-    missing = []
-    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if not spec.init:
-            continue
-        if spec.name in data:
-            value = data[spec.name]
-            convert = (nested or {}).get(spec.name)
-            values[spec.name] = value if convert is None or value is None else convert(value)
-        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            missing.append(spec.name)
-    if missing:
-        raise RecordError(f"{cls.__name__} without {', '.join(missing)}", tuple(missing))
-    return cls(**values)
 
 
 # --- the worker's events ---------------------------------------------------------------

@@ -27,6 +27,7 @@ import resource
 import socket
 import sys
 import threading
+from typing import Any
 
 SERVERS_ENV = "AUTOTUNE_RPC_SERVERS"
 CONNECT_TIMEOUT_S = 2.0
@@ -70,7 +71,7 @@ def rpc_registry() -> int:
     return int(reg)
 
 
-def proc(name: str, *signature: object):
+def proc(name: str, *signature: Any) -> Any:
     """A function of the RPC backend, found through the registry as llama.cpp exposes it."""
     from autotune.measure.devices import registry
 

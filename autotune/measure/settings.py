@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from autotune.errors import AutotuneError, Option
 
@@ -102,7 +103,7 @@ class Settings:
                  ) -> Settings:
         """Read every JARVIS_* variable present in `env`; absent ones keep their defaults."""
         env = os.environ if env is None else env
-        values = {}
+        values: dict[str, Any] = {}
         for var in VARIABLES:
             raw = env.get(var.name)
             if raw is not None and raw.strip() != "":
@@ -112,7 +113,7 @@ class Settings:
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Settings:
         """Build from field names (as stored on a study trial); unknown keys are ignored."""
-        known = {k: v for k, v in data.items() if k in BY_FIELD}
+        known: dict[str, Any] = {k: v for k, v in data.items() if k in BY_FIELD}
         return cls(**known)
 
     def to_dict(self) -> dict[str, object]:
@@ -123,7 +124,7 @@ class Settings:
         chosen = [v for v in VARIABLES if fields is None or v.field in fields]
         return {v.name: format_value(getattr(self, v.field)) for v in chosen}
 
-    def replace(self, **changes: object) -> Settings:
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 from autotune.guide import SPIKE_LIMIT_S
 from autotune.measure.records import CacheCost, RequestRecord, TrialResult, TrialStats
@@ -29,7 +30,7 @@ def summarize(result: TrialResult) -> TrialStats:
     """The trial's statistics; latency fields are None when no request finished."""
     requests = result.requests
     latencies = result.latencies
-    common = dict(
+    common: dict[str, Any] = dict(
         requests_done=len(requests), load_s=result.load_s, warmup_s=result.warmup_s,
         peak_rss_bytes=result.peak_rss_bytes,
         gpu_memory_peak_bytes=result.gpu_memory_peak_bytes,

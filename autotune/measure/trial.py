@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psutil
 
@@ -242,8 +243,8 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     sampler.stopped.set()
     for thread in threads:
         thread.join(timeout=2)
-    process.stdout.close()
-    process.stderr.close()
+    close_quietly(process.stdout)
+    close_quietly(process.stderr)
     result.stderr_tail = "".join(stderr_tail)[-4000:]
     result.returncode = returncode
     result.peak_rss_bytes = max([sampler.peak_rss, *[r.rss_bytes for r in result.requests]])
@@ -358,9 +359,10 @@ def end_worker(process: subprocess.Popen, ended: Ended) -> tuple[int | None, End
     return returncode, ended
 
 
-def close_quietly(stream) -> None:
+def close_quietly(stream: IO[str] | None) -> None:
     with contextlib.suppress(OSError):  # what was left of the spec could not reach a dead worker
-        stream.close()
+        if stream is not None:
+            stream.close()
 
 
 def device_fault(text: str) -> Status | None:

@@ -35,6 +35,7 @@ from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.hardware import HardwareClass, detect, llama_cpp_version, machine_class
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import ModelInfo, inspect_model
+from autotune.measure.scoring import Weights
 from autotune.measure.settings import BY_NAME, CORE_FIELDS, Settings
 from autotune.measure.trial import DEFAULT_TOKENS
 from autotune.measure.workload import Workload, builtin_workload
@@ -42,7 +43,6 @@ from autotune.safe_text import visible
 from autotune.search.confirm import BASELINE, Candidate, confirm, improvement
 from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, Waiting
-from autotune.search.scoring import Weights
 from autotune.search.study import Measurement
 from autotune.studies import export
 from autotune.studies.records import (

@@ -18,7 +18,7 @@ median score within TIE_MARGIN (3%) of the best: two runs of one configuration d
 more than that (8% in the median on the recorded 2-core grid, benchmarks/results/
 grid-small.json), so no ranking inside it is real. The report says when this decided.
 
-With goals (goals.py), the winner has the lowest median of the study's objective instead,
+With goals (measure/goals.py), the winner has the lowest median of the study's objective instead,
 among the candidates whose medians over the rounds meet every target and budget; the
 guide's defaults are measured as the comparison all the same, and win only if they meet
 them too. The improvement stays the ratio of mean latencies.
@@ -42,14 +42,15 @@ import random
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from autotune.measure.goals import METRICS, Goals, Objective
 from autotune.measure.records import TrialResult, TrialStats
+from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
 from autotune.measure.stats import summarize
 from autotune.search.events import ConfirmEnded, OnEvent
-from autotune.search.goals import METRICS, Goals, Objective
 from autotune.search.rounds import interleaved_rounds
-from autotune.search.scoring import Weights, score
 from autotune.search.space import BASELINE_LABEL
 from autotune.studies.records import CandidateResult, Confirmation, ConfirmRun, Improvement
 
@@ -117,7 +118,7 @@ def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResu
                          latencies={r.index: r.latency_s for r in result.requests})
         runs.append(run)
         if on_event is not None:
-            value = (goals or Goals()).objective.value(run.stats, run.score)
+            value = (goals or Goals()).objective.of(run.stats, run.score)
             on_event(ConfirmEnded(done=len(runs), total=total, label=candidate.label,
                                   status=result.status, value=value if run.score else None))
         return run
@@ -185,13 +186,15 @@ def decide(candidates: list[Candidate], runs: list[ConfirmRun], seed: int | None
     for candidate in candidates:
         mine = [r for r in runs if r.label == candidate.label]
         ok = [r for r in mine if r.score is not None]
+        scores = [r.score.total_s for r in ok if r.score is not None]
+        means = [r.stats.mean_s for r in ok if r.stats.mean_s is not None]
         typical = median_stats(goals, [r.stats for r in ok])
         table.append(CandidateResult(
             label=candidate.label, trial_number=candidate.trial_number,
             settings=candidate.settings.to_dict(), runs=len(mine), ok_runs=len(ok),
-            median_score_s=statistics.median(r.score.total_s for r in ok) if ok else None,
-            median_mean_s=statistics.median(r.stats.mean_s for r in ok) if ok else None,
-            median_objective=median_of([goals.objective.value(r.stats, r.score)
+            median_score_s=statistics.median(scores) if scores else None,
+            median_mean_s=statistics.median(means) if means else None,
+            median_objective=median_of([goals.objective.of(r.stats, r.score)
                                         for r in ok]),
             missed=goals.missed(typical) if typical else (),
             dropped=dropped.get(candidate.label, "")))
@@ -236,8 +239,9 @@ def median_stats(goals: Goals, runs: list[TrialStats]) -> TrialStats | None:
     if not runs:
         return None
     fields = {METRICS[t.metric].stat for t in goals.limits}
-    return dataclasses.replace(runs[0], **{
-        name: median_of([getattr(r, name) for r in runs]) for name in fields})
+    medians: dict[str, Any] = {name: median_of([getattr(r, name) for r in runs])
+                               for name in fields}
+    return dataclasses.replace(runs[0], **medians)
 
 
 def improvement(runs: list[ConfirmRun], winner: str, seed: int | None = None
@@ -247,8 +251,10 @@ def improvement(runs: list[ConfirmRun], winner: str, seed: int | None = None
     pairs: list[list[tuple[float, float]]] = []
     for round_no in sorted({r.round for r in runs}):
         here = {r.label: r for r in runs if r.round == round_no and r.score is not None}
-        if BASELINE in here and winner in here:
-            ratios.append(here[BASELINE].stats.mean_s / here[winner].stats.mean_s)
+        base_mean = here[BASELINE].stats.mean_s if BASELINE in here else None
+        best_mean = here[winner].stats.mean_s if winner in here else None
+        if base_mean is not None and best_mean is not None:
+            ratios.append(base_mean / best_mean)
             base, best = here[BASELINE].latencies, here[winner].latencies
             pairs.append([(base[i], best[i]) for i in sorted(base.keys() & best.keys())])
     if not ratios:

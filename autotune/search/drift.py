@@ -34,15 +34,15 @@ machine's own: from then on the command keeps its trials as measured, and says s
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import optuna
 
 from autotune.measure.model import ModelInfo
-from autotune.measure.records import RequestRecord, Status
+from autotune.measure.records import RequestRecord, Status, TrialResult
 from autotune.measure.settings import Settings
-from autotune.measure.trial import BUSY_PERCENT
+from autotune.measure.trial import BUSY_PERCENT, OnRequest
 from autotune.search.space import ADVICE_LABEL, BASELINE_LABEL
 from autotune.studies.records import (
     AnchorCheck,
@@ -52,15 +52,15 @@ from autotune.studies.records import (
     study_attrs,
     trial_attrs,
 )
-from autotune.studies.standing import (
-    DRIFT_LABEL,
-    REMEASURED,
-    REPEAT_LABEL,
-    superseded,
-)
+from autotune.studies.standing import DRIFT_LABEL, superseded
 
-if TYPE_CHECKING:
-    from autotune.search.study import Measurement
+
+class Measures(Protocol):
+    """How the anchor is re-run: the study's own way of measuring (study.Measurement)."""
+
+    def run(self, model: ModelInfo, settings: Settings, on_request: OnRequest | None = None,
+            before: Callable[[], object] | None = None, anchor: bool = False
+            ) -> TrialResult: ...
 
 ANCHOR_EVERY = 4  # trials between checks; 0 turns the anchor off
 ANCHOR_REQUESTS = 4  # the requests each check re-runs: the pruner's first look
@@ -98,19 +98,18 @@ def measured_in(study: optuna.Study, numbers: Iterable[int]) -> list[optuna.tria
         if number in gone:
             continue
         kept = TrialRecord.read(trial, study.study_name)
-        label = kept.label or ""
         if trial.state not in (optuna.trial.TrialState.COMPLETE,
                                optuna.trial.TrialState.PRUNED):
             continue
         if kept.status not in (Status.OK, Status.PRUNED) or kept.settings is None:
             continue
-        if label.startswith((REPEAT_LABEL, *REMEASURED)):
+        if kept.repeat_of is not None or kept.remeasures is not None:
             continue
         chosen.append(trial)
     return chosen
 
 
-def check(study: optuna.Study, model: ModelInfo, measurement: Measurement, host: str,
+def check(study: optuna.Study, model: ModelInfo, measurement: Measures, host: str,
           since: list[int]) -> AnchorCheck | None:
     """Re-run the anchor; when it drifted beyond DRIFT_LIMIT, queue again the trials
     `since` the last check that `measured_in` allows. The check is kept and returned;
@@ -119,6 +118,8 @@ def check(study: optuna.Study, model: ModelInfo, measurement: Measurement, host:
     if anchor is None:
         return None
     kept = TrialRecord.read(anchor, study.study_name)
+    if kept.settings is None:  # anchor_trial chose it for its settings: never so
+        return None
     seen: list[RequestRecord] = []
 
     def on_request(event: RequestRecord) -> bool:
@@ -144,11 +145,11 @@ def check(study: optuna.Study, model: ModelInfo, measurement: Measurement, host:
 
 def requeue(study: optuna.Study, trials: list[optuna.trial.FrozenTrial],
             label: str = DRIFT_LABEL) -> Iterable[int]:
-    """Queue each trial's configuration again, labelled as its re-measurement."""
+    """Queue each trial's configuration again, as its re-measurement (`label` says why)."""
     for trial in trials:
         kept = TrialRecord.read(trial, study.study_name)
         study.enqueue_trial(dict(trial.params), user_attrs=trial_attrs(
-            label=f"{label}{trial.number}", pinned=kept.pinned))
+            label=f"{label}{trial.number}", remeasures=trial.number, pinned=kept.pinned))
         yield trial.number
 
 

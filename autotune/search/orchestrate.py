@@ -13,12 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import optuna
 
 from autotune.errors import MeasurementFailed
 from autotune.guide import GUIDE_DEFAULTS
+from autotune.measure.goals import Goals, closest
 from autotune.measure.hardware import Hardware
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import Status
@@ -26,7 +26,7 @@ from autotune.measure.settings import Settings
 from autotune.search import drift
 from autotune.search.confirm import BASELINE, Candidate, Outcome, confirm, median_stats
 from autotune.search.events import OnEvent
-from autotune.search.goals import Goals, closest
+from autotune.search.options import TuneOptions
 from autotune.search.space import SearchSpace
 from autotune.search.study import (
     Baseline,
@@ -49,9 +49,6 @@ from autotune.studies.records import (
     keep,
     study_attrs,
 )
-
-if TYPE_CHECKING:
-    from autotune.search.tune import TuneOptions
 
 
 def guide_baselines(space: SearchSpace, model: ModelInfo, machine: Hardware) -> list[Baseline]:
@@ -163,7 +160,7 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
     seen = set()
     for trial in standing.ranked(study):
         kept = TrialRecord.read(trial, study.study_name)
-        if kept.settings is None or (is_baseline_run(kept.label) and
+        if kept.settings is None or (is_baseline_run(kept) and
                                      is_guide_defaults(kept.settings)):
             continue  # the guide's defaults are re-measured as the baseline anyway
         if int(kept.settings.get("context_window", 0)) < min_context:  # type: ignore[call-overload]
@@ -176,10 +173,10 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
     return [*chosen, Candidate(BASELINE, Settings(**GUIDE_DEFAULTS))]
 
 
-def is_baseline_run(label: str | None) -> bool:
+def is_baseline_run(kept: TrialRecord) -> bool:
     """The guide-defaults baseline trial, or a re-measurement (drift.py): of the defaults,
     when its settings are theirs."""
-    return label == BASELINE or standing.remeasures(label) is not None
+    return kept.label == BASELINE or kept.remeasures is not None
 
 
 def is_guide_defaults(settings: dict[str, object]) -> bool:

@@ -21,8 +21,9 @@ the f16 KV cache.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 
@@ -44,7 +45,7 @@ from autotune.studies.records import SpaceSummary, TrialRecord
 
 MIN_CONTEXT = 512
 # The default floor of the context window: the guide's (and the backend's) default.
-DEFAULT_MIN_CONTEXT = int(GUIDE_DEFAULTS["context_window"])  # type: ignore[call-overload]
+DEFAULT_MIN_CONTEXT = int(GUIDE_DEFAULTS["context_window"])
 MEMORY_SHARE = 0.5
 CACHE_SIZE_RANGE = (1, 128)
 BATCH_CHOICES = (128, 256, 512, 1024, 2048)
@@ -83,7 +84,7 @@ class SearchSpace:
             warnings.filterwarnings("ignore", message="Fixed parameter")
             # A baseline's values outside the space (8 threads on 2 cores) are pinned on
             # the trial rather than stored as out-of-range parameters.
-            values = {**self.fixed, **TrialRecord.read(trial).pinned}
+            values: dict[str, Any] = {**self.fixed, **TrialRecord.read(trial).pinned}
 
             def pick(name: str, sample: Callable[[], object]) -> None:
                 if name not in values:
@@ -92,8 +93,8 @@ class SearchSpace:
             pick("n_threads", lambda: trial.suggest_int("n_threads", *self.n_threads))
             pick("context_window",
                  lambda: trial.suggest_categorical("context_window", self.context_choices))
-            if self.gpu_layers is not None:
-                pick("n_gpu_layers", lambda: trial.suggest_int("n_gpu_layers", *self.gpu_layers))
+            if (layers := self.gpu_layers) is not None:
+                pick("n_gpu_layers", lambda: trial.suggest_int("n_gpu_layers", *layers))
             pick("enable_context_cache",
                  lambda: trial.suggest_categorical("enable_context_cache", (True, False)))
             if values["enable_context_cache"]:
@@ -133,6 +134,7 @@ class SearchSpace:
         """
         window = self.context_at_least  # inside the space, at or above its floor
         defaults = dict(GUIDE_DEFAULTS, context_window=window(4096))
+        advice: dict[str, Any]
         if model.n_params < SMALL_MODEL_PARAMS:
             advice = {"context_window": window(8192),
                       "n_threads": machine.logical_cores, "n_gpu_layers": -1}
@@ -143,25 +145,26 @@ class SearchSpace:
         else:
             advice = {"context_window": window(4096),
                       "n_threads": machine.physical_cores, "n_gpu_layers": -1}
-        if self.gpu_layers is not None and (advice["n_gpu_layers"] < 0 or  # type: ignore[operator]
-                                            advice["n_gpu_layers"] > self.gpu_layers[1]):  # type: ignore[operator]
+        if self.gpu_layers is not None and (advice["n_gpu_layers"] < 0 or
+                                            advice["n_gpu_layers"] > self.gpu_layers[1]):
             advice["n_gpu_layers"] = self.gpu_layers[1]  # all that fit: the rest on the CPU
         advice.update(enable_context_cache=True, max_cache_size=100)
         return [(ADVICE_LABEL, *self.split(advice)),
                 (BASELINE_LABEL, *self.split(defaults))]
 
-    def split(self, values: dict[str, object]) -> tuple[dict, dict]:
+    def split(self, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Values the space can record as parameters, and the rest (pinned on the trial)."""
-        params, pinned = {}, {}
+        params: dict[str, Any] = {}
+        pinned: dict[str, Any] = {}
         for name, value in values.items():
             if name in self.fixed or (name == "n_gpu_layers" and self.gpu_layers is None):
                 continue
-            if name == "n_gpu_layers" and self.offload is not None and int(value) < 0:  # type: ignore[call-overload]
+            if name == "n_gpu_layers" and self.offload is not None and int(value) < 0:
                 value = self.offload.all_layers  # -1, "all", is that many layers
             inside = not (name == "n_threads" and not
-                          self.n_threads[0] <= int(value) <= self.n_threads[1])  # type: ignore[call-overload]
+                          self.n_threads[0] <= int(value) <= self.n_threads[1])
             inside = inside and not (name == "n_gpu_layers" and self.gpu_layers is not None and
-                                     not 0 <= int(value) <= self.gpu_layers[1])  # type: ignore[call-overload]
+                                     not 0 <= int(value) <= self.gpu_layers[1])
             (params if inside else pinned)[name] = value
         return params, pinned
 
@@ -171,7 +174,7 @@ def context_choices(model: ModelInfo, machine: Hardware, floor: int = MIN_CONTEX
     """Powers of two from `floor` (itself first when it is none) up to what the model was
     trained for and the memory budget holds; only the largest when the floor is above it."""
     budget = MEMORY_SHARE * machine.available_memory_bytes - model.size_bytes
-    every = []
+    every: list[int] = []
     n_ctx = MIN_CONTEXT
     while n_ctx <= max(MIN_CONTEXT, model.context_length):
         if every and n_ctx * model.kv_bytes_per_token > budget:

@@ -16,53 +16,28 @@ and stops a candidate that is clearly worse. The worker is killed at once. A tai
 must exceed the best feasible trial's (goals.tail_certainly_worse), with no test at all.
 
 The defaults below were chosen by replaying this very code over the recorded grid of the
-demo model on a 2-core machine (benchmarks/replay.py over benchmarks/results/grid.json: 41
-cells x 3 repeats, 8 tokens per request). "Quality" is the share of seeds whose confirmed
-winner's true score is within 5% of the grid's best cell (a 2048 window, below the
-default floor: the best cell the tuner may choose is within 1% of it); times are the
-recorded runs' own, start-up included. The knobs were compared over 200 seeds
-(benchmarks/results/replay-grid-defaults.md), the searches over 50
-(benchmarks/results/replay-grid.md).
-- Budget, 8 trials (was 12): the median seed is within 5% after trial 1 and stays there;
-  at 8 trials the search takes 74 s against 105 s, and the quality is 98% against 94%:
-  on this grid, more trials buy no quality, only time. Resuming with `--trials N` adds
-  trials to a study.
-- Baselines, the guide's size advice first and its defaults second: the advice is within
-  5% of the optimum at trial 1 on this machine, and the defaults (8 threads on 2 cores)
-  running second are pruned as soon as they are clearly worse instead of run whole first.
-  Without baselines, the search needs 5 trials (58 s) to get within 5% instead of 1
-  (12 s), and 76% of seeds reach the quality instead of 98%.
-- Pruner level, p=0.05 per look (was 0.02, about the Pocock-corrected level for an
-  overall 0.1 over 10 looks): a candidate pruned wrongly is one the test could barely tell
-  from the best, so a looser level costs little, up to a point: quality 98% at 0.05,
-  95% at 0.02, 92% at 0.1; search time 74 s, 79 s, 67 s.
-- Pruning saves 44% of the search time at the budget against no pruning (74 s against
-  132 s), at equal or better quality (98% against 95%).
-- Racing in confirmation (confirm.py) saves 10 s of its 109 s at the same quality; 2
-  finalists instead of 3 save 13 s more and lose 8 points of quality (90%).
-- Sampler, TPE: on this small space the baselines carry any sampler, and random search
-  with the same baselines and pruner does about as well (96% of seeds); GPSampler
-  (PyTorch, which autotune does not install; no pruner) 96% in 130 s of search. TPE stays:
-  it models the conditional cache size natively and prunes with the Wilcoxon test. The
-  llama-optimus-like TPE (45 trials x 3 repeats, no pruning, no baselines) needs 288 s to
-  get within 5% where the default needs 12 s.
-Noise: over 50 seeds, two replays of the same search differ by up to 6 points of quality
-(`no-anchor` against `default`, where the anchor never fires on recorded runs but draws
-other repeats); hence 200 seeds for the knobs.
-Together, against the tuner before this replay (p=0.02, the defaults first, 12 trials):
-search and confirmation 177 s instead of 232 s, quality 98% instead of 94%.
+demo model on a 2-core machine (benchmarks/replay.py over benchmarks/results/grid.json);
+the tables, and the numbers behind each reason, are in docs/benchmarks.md.
+- Budget, 8 trials: the median seed is within 5% of the optimum after the first trial and
+  stays there; more trials buy time, not quality. `--trials N` on a resumed study adds N.
+- Baselines, the guide's size advice first and its defaults second: the advice starts the
+  search near the optimum, and the defaults, run second, are pruned once clearly worse.
+- Pruner level, p=0.05 per look (was 0.02): a candidate pruned wrongly is one the test could
+  barely tell from the best, so a looser level costs little; at 0.1 it costs quality.
+- Pruning saves over 40% of the search time at the budget, at equal quality.
+- Racing in confirmation (confirm.py) saves time at the same quality; 2 finalists instead
+  of 3 would save more and lose quality.
+- Sampler, TPE: random search does about as well on this small space, but TPE models the
+  conditional cache size natively and prunes with the Wilcoxon test.
 
 Constraints: besides "failed" and "context_overflow", each target and memory budget of the
-study's goals (goals.py) is one, `measured - limit`.
+study's goals (measure/goals.py) is one, `measured - limit`.
 
 Repeats: TPE samples the small, discrete space's best region again and again, and a
 configuration the study already measured whole is not measured again (`repeat_of`): the
 trial keeps the earlier measurement, labelled as its repeat. A pruned one is measured
-again, since it was cut short against another best. In the replay of the recorded small
-grid (14 cells; benchmarks/results/replay-grid-small.md, 50 seeds, `measure-repeats`
-against `default`), this cut the search's time at the 12-trial budget from 138 s to 115 s
-and search with confirmation from 249 s to 225 s, at the same quality; on the full grid
-at 8 trials the repeats are rarer and both take 73-74 s.
+again, since it was cut short against another best. In the replay this saves search time
+at the same quality (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -79,18 +54,18 @@ import optuna
 
 from autotune import __version__
 from autotune.errors import AutotuneError, Option
+from autotune.measure.goals import Goals, tail_certainly_worse
 from autotune.measure.hardware import Hardware, machine_class
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status, TrialResult
+from autotune.measure.scoring import Weights, score
 from autotune.measure.stats import summarize
 from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
 from autotune.measure.workload import Workload
 from autotune.search import drift
 from autotune.search.costs import Costs
 from autotune.search.events import AnchorChecked, BusyTrial, OnEvent, TrialEnded
-from autotune.search.goals import Goals, tail_certainly_worse
-from autotune.search.scoring import Weights, score
 from autotune.search.space import SearchSpace
 from autotune.search.warm import warm_starts
 from autotune.studies import standing
@@ -216,13 +191,13 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo
     """
     if baselines is None:
         baselines = space.baselines(model, machine)
-    sampler, pruner = sampler(seed), pruner()
+    made_sampler, made_pruner = sampler(seed), pruner()
     try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                    pruner=pruner, direction="minimize")
+        study = optuna.create_study(study_name=name, storage=storage, sampler=made_sampler,
+                                    pruner=made_pruner, direction="minimize")
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
-                                  pruner=pruner)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=made_sampler,
+                                  pruner=made_pruner)
         wait_for_record(study)  # another tuner of the fleet may be creating it right now
         fit_context(study, space)
     else:
@@ -358,7 +333,7 @@ def record(trial: optuna.Trial, result: TrialResult, weights: Weights,
                                if v is not None and v != "" and v != {}})
     if parts is None:
         return None
-    return (goals or Goals()).objective.value(stats, parts)
+    return (goals or Goals()).objective.of(stats, parts)
 
 
 def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement,
@@ -404,8 +379,8 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
                 return False  # a finished trial is kept
             if objective.tail is None:
                 return trial.should_prune()
-            return best is not None and tail_certainly_worse(seen, total, objective.tail,
-                                                             best.value)
+            return (best is not None and best.value is not None
+                    and tail_certainly_worse(seen, total, objective.tail, best.value))
 
         # A tuner that held the machine may have been killed while we waited for it.
         result = measurement.run(model, settings, on_request,
@@ -419,14 +394,14 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         # generation setting would: however fast, it is not a candidate.
         reloads = result.reloads
         trial.set_constraint("context_overflow", float(reloads))
-        why = [f"context overflow: {reloads} request(s) dropped history"] if reloads else []
+        broken = [f"context overflow: {reloads} request(s) dropped history"] if reloads else []
         if value is not None:
             stats = summarize(result)
             for name, excess in measurement.goals.constraints(stats).items():
                 trial.set_constraint(name, excess)
-            why += [f"missed {m}" for m in measurement.goals.missed(stats)]
-        if why:
-            keep(trial.set_user_attr, trial_attrs(infeasible="; ".join(why)))
+            broken += [f"missed {m}" for m in measurement.goals.missed(stats)]
+        if broken:
+            keep(trial.set_user_attr, trial_attrs(infeasible="; ".join(broken)))
         return FAILED_SCORE_S if value is None else value
 
     return objective
@@ -459,9 +434,9 @@ def repeat_of(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float:
     """
     kept = TrialRecord.read(earlier, trial.study.study_name)
     copied = trial_attrs(label=f"{standing.REPEAT_LABEL}{earlier.number}",
-                         status=kept.status, reason=kept.reason, stats=kept.stats,
-                         latencies=kept.latencies, settings=kept.settings, score=kept.score,
-                         infeasible=kept.infeasible)
+                         repeat_of=earlier.number, status=kept.status, reason=kept.reason,
+                         stats=kept.stats, latencies=kept.latencies, settings=kept.settings,
+                         score=kept.score, infeasible=kept.infeasible)
     keep(trial.set_user_attr, {k: v for k, v in copied.items() if v is not None and v != ""})
     for name, value in earlier.constraints.items():
         trial.set_constraint(name, value)
@@ -489,11 +464,11 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
         busy = None if busy_ends else drift.measured_busy(trial, study.study_name, busy_limit)
         again: tuple[int, ...] = ()
         if busy is not None:
-            label = TrialRecord.read(trial, study.study_name).label or ""
-            busy_ends = label.startswith(drift.BUSY_LABEL)
+            # a re-measurement as busy as the run it took again: the load is the machine's
+            busy_ends = TrialRecord.read(trial, study.study_name).remeasures is not None
             if not busy_ends:
                 again = tuple(drift.requeue(study, drift.measured_in(study, [trial.number]),
-                                            drift.BUSY_LABEL))
+                                            standing.BUSY_LABEL))
                 total += len(again)
         if on_event is not None:
             best = standing.best(study)

@@ -14,62 +14,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import optuna
 
 from autotune.guide import GUIDE_DEFAULTS
-from autotune.measure.fit import DEFAULT_MARGIN
 from autotune.measure.hardware import Hardware, detect, machine_class
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import inspect_model
 from autotune.measure.settings import Settings
-from autotune.measure.trial import DEFAULT_TOKENS
-from autotune.measure.workload import Workload, builtin_workload
+from autotune.measure.workload import builtin_workload
 from autotune.safe_text import visible
-from autotune.search import drift
 from autotune.search.confirm import BASELINE
 from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, Started, Waiting
-from autotune.search.goals import Goals
+from autotune.search.options import TuneOptions
 from autotune.search.orchestrate import Parts, Tuned, open_study_with, run_study
-from autotune.search.scoring import Weights
-from autotune.search.space import DEFAULT_MIN_CONTEXT, SearchSpace, build_space
+from autotune.search.space import SearchSpace, build_space
 from autotune.search.study import Measurement, process_seed
 from autotune.studies import export, window
 from autotune.studies.explain import explanation
 from autotune.studies.records import ConfirmRun, Contender, TuneReport
 from autotune.studies.storage import location, open_storage, study_names
-
-
-@dataclass
-class TuneOptions:
-    trials: int = 8  # the study module's docstring says why
-    timeout_s: float | None = None
-    seed: int | None = None
-    workload: Workload | None = None
-    tokens_per_request: int = DEFAULT_TOKENS
-    clients: int = 1
-    extended: bool = False
-    fixed: dict[str, object] = field(default_factory=dict)
-    finalists: int = 3
-    rounds: int = 2
-    weights: Weights = field(default_factory=Weights)
-    goals: Goals = field(default_factory=Goals)
-    trial_timeout_s: float = 300.0
-    study_name: str | None = None
-    studies_dir: str | None = None
-    storage: str | None = None
-    out: str | None = "jarvis.env"
-    fmt: str = "shell"
-    force: bool = False
-    wait: bool = True
-    min_context: int = DEFAULT_MIN_CONTEXT  # no smaller window is a candidate
-    warm_start: bool = True  # a new study starts from earlier similar studies' winners
-    anchor_every: int = drift.ANCHOR_EVERY  # trials between drift checks; 0: none
-    busy_limit: float = drift.BUSY_LIMIT  # others' CPU (% of a core) to re-measure at; 0: never
-    racing: bool = True  # a finalist clearly behind runs no further confirmation round
-    gpu_margin: int = DEFAULT_MARGIN  # left free on each offload device (measure/fit.py)
 
 
 def default_study_name(model_path: str, machine: Hardware,

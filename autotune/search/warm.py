@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import optuna
 
 from autotune.measure.hardware import Hardware, machine_class
+from autotune.measure.mapping import RecordError
 from autotune.measure.model import ModelInfo
-from autotune.measure.records import RecordError
 from autotune.search.space import (
     BATCH_CHOICES,
     CACHE_SIZE_RANGE,

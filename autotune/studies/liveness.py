@@ -33,7 +33,6 @@ def is_alive(pid: object, started: object) -> bool:
         return False
     except (psutil.AccessDenied, OSError):
         return True
-    try:
-        return abs(process_started - float(started)) < 1e-3  # else the pid was reused
-    except (TypeError, ValueError):
-        return True
+    if not isinstance(started, (int, float)) or isinstance(started, bool):
+        return True  # an unreadable start time: cannot tell
+    return abs(process_started - started) < 1e-3  # else the pid was reused

@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 
 from autotune.errors import AutotuneError, Option
+from autotune.guide import DEFAULTS_LABEL
 from autotune.measure.settings import BY_FIELD
 from autotune.safe_text import visible
-from autotune.search.space import BASELINE_LABEL
 from autotune.studies import standing
 from autotune.studies.records import StudyRecord, TrialRecord
 from autotune.studies.tables import feasible_study
@@ -47,7 +47,7 @@ def latency_groups(study: optuna.Study) -> list[tuple[str, list[float]]]:
         groups.append((f"{name}\nbest search trial {best.number} (unconfirmed)",
                        list(kept[best.number].latencies)))
     for record in kept.values():
-        if record.label == BASELINE_LABEL and record.latencies:
+        if record.label == DEFAULTS_LABEL and record.latencies:
             groups.append((f"{name}\nguide defaults", list(record.latencies)))
             break
     return groups

@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 
 import optuna
 
+from autotune.guide import DEFAULTS_LABEL
+from autotune.measure.goals import Goals
 from autotune.measure.records import TrialStats
+from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
-from autotune.search.goals import Goals
-from autotune.search.scoring import Weights, score
-from autotune.search.space import BASELINE_LABEL
 from autotune.studies import standing
 from autotune.studies.records import (
     CandidateResult,
@@ -119,7 +119,7 @@ def pruned_estimate(trial: optuna.trial.FrozenTrial, kept: TrialRecord, goals: G
             or len(kept.latencies) < ESTIMATE_REQUESTS or kept.stats.reloads
             or goals.missed(kept.stats)):
         return None
-    return goals.objective.value(kept.stats, score(kept.latencies, weights))
+    return goals.objective.of(kept.stats, score(kept.latencies, weights))
 
 
 def front(points: Iterable[Point]) -> list[Point]:
@@ -187,7 +187,7 @@ def confirmed_as(point: Point, confirmation: Confirmation) -> CandidateResult | 
     settings = Settings.from_dict(point.settings)
     return next((c for c in confirmation.candidates
                  if Settings.from_dict(c.settings) == settings
-                 or (point.label == BASELINE_LABEL and c.label == BASELINE_LABEL)), None)
+                 or (point.label == DEFAULTS_LABEL and c.label == DEFAULTS_LABEL)), None)
 
 
 def profile_of(name: str, result: CandidateResult | None, confirmation: Confirmation,

@@ -15,10 +15,15 @@ Schema versions (`SCHEMA_VERSION`), checked whenever a study is read:
      Added later without a new version, since a reader that does not know them ignores
      them: the study's `machine_class` (a study without it belongs to its host alone) and
      each trial's `sampler_seed`, the host that confirmed the winner.
-  3. the study's `goals` (goals.py): its objective, targets and memory budgets. A trial's
+  3. the study's `goals` (measure/goals.py): its objective, targets and memory budgets. A trial's
      value is the objective's quantity, which need not be the score: an autotune that
      reads only 1 and 2 refuses the study rather than rank its values as scores. Studies
      of 1 and 2 read with the default goals (the score, no targets).
+  4. a trial's links to other trials are fields of its record: `repeat_of` (the trial
+     whose measurement it reused) and `remeasures` (the trial it measured again, after
+     drift or on a busy machine). Labels are for people. A trial of a study of 1 to 3 has
+     them in its label alone (`repeat of trial 3`, `re-measured after drift: trial 3`),
+     which `TrialRecord.read` parses when the fields are absent.
 
 Example:
     >>> schema_of({"model": {}, "versions": {"schema": "1"}}), schema_of({"model": {}, "schema": 2})
@@ -34,26 +39,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from autotune.errors import AutotuneError
+from autotune.measure.goals import Goals
 from autotune.measure.hardware import Hardware, HardwareClass
+from autotune.measure.mapping import RecordError, from_mapping
 from autotune.measure.model import ModelInfo
-from autotune.measure.records import (
-    OUTPUT_VERSION,
-    RecordError,
-    Status,
-    TrialStats,
-    from_mapping,
-)
+from autotune.measure.records import OUTPUT_VERSION, Status, TrialStats
+from autotune.measure.scoring import Score, Weights
 from autotune.safe_text import visible
-from autotune.search.goals import Goals
-from autotune.search.scoring import Score, Weights
 
 if TYPE_CHECKING:
     import optuna
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 OLDEST_SCHEMA = 1
 
 
@@ -405,6 +405,8 @@ class TrialRecord:
     infeasible: str | None = None
     # llama.cpp's buffers by name and kind, bytes: where the layers went (RPC0[...], CUDA0)
     buffers: dict[str, dict[str, int]] = field(default_factory=dict)
+    repeat_of: int | None = None  # the trial whose measurement this one reused
+    remeasures: int | None = None  # the trial this one measured again (drift, a busy machine)
 
     @classmethod
     def read(cls, trial: optuna.trial.FrozenTrial | optuna.Trial, study_name: str = ""
@@ -422,7 +424,24 @@ class TrialRecord:
                                    f"({visible(err, 120)})") from None
         if record.status is None and getattr(trial, "state", None) == TrialState.FAIL:
             record = dataclasses.replace(record, status=Status.INTERRUPTED)
+        if record.repeat_of is None and record.remeasures is None and record.label:
+            record = dataclasses.replace(record, **links_in_label(record.label))
         return record
+
+
+REPEAT_LABEL = "repeat of trial "  # a trial that reused an earlier one's measurement
+DRIFT_LABEL = "re-measured after drift: trial "
+BUSY_LABEL = "re-measured on a busy machine: trial "
+
+
+def links_in_label(label: str) -> dict[str, Any]:
+    """`repeat_of` or `remeasures` as a label of schema 1 to 3 said them; {} for others."""
+    for prefix, name in ((REPEAT_LABEL, "repeat_of"), (DRIFT_LABEL, "remeasures"),
+                         (BUSY_LABEL, "remeasures")):
+        number = label.removeprefix(prefix)
+        if label.startswith(prefix) and number.isdigit():
+            return {name: int(number)}
+    return {}
 
 
 def trial_attrs(**fields: object) -> dict[str, object]:

@@ -16,34 +16,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autotune.measure.records import Status
-from autotune.studies.records import TrialRecord
+from autotune.studies.records import BUSY_LABEL, DRIFT_LABEL, REPEAT_LABEL, TrialRecord
+
+__all__ = ["BUSY_LABEL", "DRIFT_LABEL", "REPEAT_LABEL", "best", "feasible", "ranked",
+           "standing", "superseded"]
 
 if TYPE_CHECKING:
     import optuna
-
-REPEAT_LABEL = "repeat of trial "  # a trial that reused an earlier one's measurement
-DRIFT_LABEL = "re-measured after drift: trial "
-BUSY_LABEL = "re-measured on a busy machine: trial "
-REMEASURED = (DRIFT_LABEL, BUSY_LABEL)  # labels of the runs that take an earlier trial again
-
-
-def remeasures(label: str | None) -> int | None:
-    """The trial that a re-measurement labelled so takes again; None for any other label."""
-    for prefix in REMEASURED:
-        if label and label.startswith(prefix):
-            return int(label.removeprefix(prefix))
-    return None
-
 
 def superseded(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None
                ) -> set[int]:
     """The trials a re-measurement took again, and the repeats that reused their
     measurement: none of them stands any more."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    labels = {t.number: TrialRecord.read(t, study.study_name).label or "" for t in trials}
-    gone = {n for n in map(remeasures, labels.values()) if n is not None}
-    return gone | {number for number, label in labels.items() if label.startswith(
-        REPEAT_LABEL) and int(label.removeprefix(REPEAT_LABEL)) in gone}
+    records = {t.number: TrialRecord.read(t, study.study_name) for t in trials}
+    gone = {r.remeasures for r in records.values() if r.remeasures is not None}
+    return gone | {number for number, r in records.items() if r.repeat_of in gone}
 
 
 def feasible(trial: optuna.trial.FrozenTrial, study_name: str = "") -> bool:

@@ -250,7 +250,7 @@ def sqlite_file(url: str) -> str | None:
     return database
 
 
-def storage_failure(err: BaseException) -> AutotuneError | None:
+def storage_failure(err: BaseException | None) -> AutotuneError | None:
     """The storage error behind `err`, if any.
 
     Optuna turns an error raised while it records a trial's end into an AssertionError

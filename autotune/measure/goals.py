@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from autotune.errors import AutotuneError, Option
-from autotune.measure.records import RequestRecord, TrialStats, from_mapping
+from autotune.measure.mapping import from_mapping
+from autotune.measure.records import RequestRecord, TrialStats
+from autotune.measure.scoring import Score
 from autotune.measure.stats import percentile
 from autotune.safe_text import visible
-from autotune.search.scoring import Score
 
 
 class Objective(StrEnum):
@@ -49,7 +50,7 @@ class Objective(StrEnum):
     def describe(self) -> str:
         return OBJECTIVE_NAMES[self]
 
-    def value(self, stats: TrialStats, score: Score | None) -> float | None:
+    def of(self, stats: TrialStats, score: Score | None) -> float | None:
         """The trial's value under this objective; None when it did not finish."""
         if self is Objective.SCORE:
             return score.total_s if score is not None else None
