@@ -524,7 +524,7 @@ def compare(studies: tuple[str, ...], studies_dir: str | None, storage: str | No
 
         kind_of(plot)
         compare_figure(loaded, plot)
-    rows = [summary_row(s) for s in loaded]
+    rows = [summary_row(s).flat() for s in loaded]
     if as_json:
         click.echo(json.dumps(output("compare", studies=rows), indent=2, default=str))
     else:
@@ -581,7 +581,8 @@ def show(study: str, studies_dir: str | None, storage: str | None, plot_dir: str
 
         written = study_plots(loaded, plot_dir, plot_format)
     if as_json:
-        click.echo(json.dumps(output("show", study=study, schema=record.schema, trials=rows,
+        click.echo(json.dumps(output("show", study=study, schema=record.schema,
+                                     trials=[row.flat() for row in rows],
                                      importances=scores,
                                      importance_evaluator=importance.evaluator,
                                      importance_caveats=importance.caveats,

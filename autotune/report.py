@@ -22,6 +22,7 @@ from autotune.studies.records import Profile, TuneReport
 
 if TYPE_CHECKING:
     from autotune.search.check import CheckReport
+    from autotune.studies.tables import TrialRow
 
 
 def seconds(value: object) -> str:
@@ -280,7 +281,7 @@ def present(value: object, fmt) -> str:
     return terminal(fmt(value))
 
 
-def trials_table(trials: list[dict], fields: list[str], objective: str = "score") -> Table:
+def trials_table(trials: list[TrialRow], fields: list[str], objective: str = "score") -> Table:
     """A study's trials: outcome, score (and the study's own objective, when it is another),
     latency, and the settings each tried."""
     table = Table(title="Trials" if objective == "score" else
@@ -289,14 +290,14 @@ def trials_table(trials: list[dict], fields: list[str], objective: str = "score"
     for name in ("#", "status", *value, "score", "mean", "p95", *fields):
         table.add_column(name, justify="right" if name != "status" else "left")
     for row in trials:
-        status = row["status"] or row["state"].lower()
-        if row.get("label"):
-            status += f" ({row['label']})"
-        values = (present(row["value"], seconds),) if value else ()
-        table.add_row(str(row["trial"]), terminal(status), *values,
-                      present(row["score_s"], seconds), present(row["mean_s"], seconds),
-                      present(row["p95_s"], seconds),
-                      *(present(row.get(f), str) for f in fields))
+        status = str(row.status or row.state.lower())
+        if row.label:
+            status += f" ({row.label})"
+        values = (present(row.value, seconds),) if value else ()
+        table.add_row(str(row.trial), terminal(status), *values,
+                      present(row.score_s, seconds), present(row.stats.mean_s, seconds),
+                      present(row.stats.p95_s, seconds),
+                      *(present(row.settings.get(f), str) for f in fields))
     return table
 
 

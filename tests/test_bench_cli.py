@@ -19,7 +19,7 @@ THREADS = {"JARVIS_N_THREADS": "2"}
 REPORT_KEYS = {"version", "kind", "status", "reason", "stats", "targets", "findings",
                "diagnosis", "settings", "model", "hardware", "workload", "iterations",
                "clients", "tokens_per_request", "thread_probe", "stderr_tail", "requests",
-               "cache_cost", "evidence_study", "buffers", "measured_on"}
+               "cache_cost", "evidence_study", "buffers", "measured_on", "waited_s"}
 PHYSICAL_CORES = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 

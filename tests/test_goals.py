@@ -110,7 +110,7 @@ def test_a_trial_gets_one_constraint_per_limit_and_says_what_it_missed() -> None
 def test_objectives_read_their_quantity() -> None:
     stats = TrialStats(mean_s=1.0, p95_s=2.0, p99_s=3.0, ttft_mean_s=0.2)
     parts = score([1.0, 1.0])
-    assert [o.value(stats, parts) for o in Objective] == [1.0, 2.0, 3.0, 0.2, 1.0]
+    assert [o.of(stats, parts) for o in Objective] == [1.0, 2.0, 3.0, 0.2, 1.0]
 
 
 def test_the_closest_candidate_is_named_with_its_margin() -> None:

@@ -4,7 +4,7 @@ search, finalists, confirmation), then the export and the report.
 
 Example:
     >>> options = TuneOptions(trials=3, finalists=1, rounds=1, workload=workload, out=None,
-    ...                       studies_dir=folder, anchor_every=0)
+    ...                       studies_dir=folder, anchor_every=0, busy_limit=0)
     >>> report = tune(demo_model_path(), options)
     >>> report.n_trials, report.winner.score_s <= report.baseline.score_s
     (3, True)

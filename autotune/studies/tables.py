@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime
 import os
 import warnings
 from collections.abc import Iterable
@@ -22,9 +23,10 @@ import pandas as pd
 
 from autotune.guide import DEFAULTS_LABEL
 from autotune.measure.records import Status, TrialStats
+from autotune.measure.scoring import Score
 from autotune.measure.settings import BY_FIELD, format_value
 from autotune.studies import standing
-from autotune.studies.records import StudyRecord, TrialRecord
+from autotune.studies.records import Improvement, StudyRecord, TrialRecord
 from autotune.studies.storage import load_study, open_storage, study_names
 
 STAT_COLUMNS = ("mean_s", "p50_s", "p95_s", "p99_s", "max_s", "std_s", "cv", "spikes",
@@ -64,28 +66,55 @@ def metadata(study: optuna.Study, record: StudyRecord | None = None) -> dict[str
     }
 
 
-def trial_row(trial: optuna.trial.FrozenTrial, study_name: str = "") -> dict[str, object]:
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial as `show` prints it and `load_studies` tabulates it (`flat`)."""
+
+    trial: int
+    state: str  # Optuna's: COMPLETE, PRUNED, FAIL, RUNNING
+    status: Status | None
+    reason: str
+    label: str | None
+    trial_host: str | None
+    score_s: float | None  # the score, when it finished
+    value: float | None  # the study's objective (the score only by default)
+    infeasible: str | None
+    started: datetime.datetime | None
+    duration_s: float | None
+    settings: dict[str, object]  # each tuned setting, by field name
+    score: Score | None
+    stats: TrialStats
+
+    def flat(self) -> dict[str, object]:
+        """One flat row: the fields, each setting, the score's parts (`score_*`) and the
+        latency statistics, as pandas and `show --json` take it."""
+        row: dict[str, object] = {name: getattr(self, name) for name in FLAT_TRIAL_FIELDS}
+        row.update(self.settings)
+        for key in SCORE_COLUMNS:
+            row[f"score_{key}"] = getattr(self.score, key) if self.score else None
+        for key in STAT_COLUMNS:
+            row[key] = getattr(self.stats, key)
+        return row
+
+
+FLAT_TRIAL_FIELDS = ("trial", "state", "status", "reason", "label", "trial_host", "score_s",
+                     "value", "infeasible", "started", "duration_s")
+
+
+def trial_row(trial: optuna.trial.FrozenTrial, study_name: str = "") -> TrialRow:
     kept = TrialRecord.read(trial, study_name)
-    row: dict[str, object] = {
-        "trial": trial.number, "state": trial.state.name, "status": kept.status,
-        "reason": kept.reason, "label": kept.label, "trial_host": kept.host,
-        # the trial's value is its study's objective, the score only by default
-        "score_s": kept.score.total_s if kept.status == Status.OK and kept.score else None,
-        "value": trial.value if kept.status == Status.OK else None,
-        "infeasible": kept.infeasible,
-        "started": trial.datetime_start,
-        "duration_s": trial.duration.total_seconds() if trial.duration else None,
-    }
     settings = kept.settings or {}
-    for name, var in BY_FIELD.items():
-        if var.tuned:
-            row[name] = settings.get(name, trial.params.get(name))
-    for key in SCORE_COLUMNS:
-        row[f"score_{key}"] = getattr(kept.score, key) if kept.score else None
-    stats = kept.stats or TrialStats()
-    for key in STAT_COLUMNS:
-        row[key] = getattr(stats, key)
-    return row
+    finished = kept.status == Status.OK
+    return TrialRow(
+        trial=trial.number, state=trial.state.name, status=kept.status, reason=kept.reason,
+        label=kept.label, trial_host=kept.host,
+        score_s=kept.score.total_s if finished and kept.score else None,
+        value=trial.value if finished else None, infeasible=kept.infeasible,
+        started=trial.datetime_start,
+        duration_s=trial.duration.total_seconds() if trial.duration else None,
+        settings={name: settings.get(name, trial.params.get(name))
+                  for name, var in BY_FIELD.items() if var.tuned},
+        score=kept.score, stats=kept.stats or TrialStats())
 
 
 def selected(storage: optuna.storages.BaseStorage, names: Iterable[str] | None
@@ -104,51 +133,84 @@ def load_studies(location: str | os.PathLike[str] | None = None,
     rows = []
     for study in selected(open_location(location), studies):
         meta = metadata(study)
-        rows += [{**meta, **trial_row(t, study.study_name)}
+        rows += [{**meta, **trial_row(t, study.study_name).flat()}
                  for t in study.get_trials(deepcopy=False)]
     return pd.DataFrame(rows)
 
 
-def summary_row(study: optuna.Study) -> dict[str, object]:
+@dataclass(frozen=True)
+class SummaryRow:
+    """One study as `compare` prints it and `study_summaries` tabulates it (`flat`)."""
+
+    metadata: dict[str, object]  # the study-level columns (`metadata`)
+    trials: int
+    ok: int
+    pruned: int
+    failed: int
+    best_trial: int | None
+    objective: str
+    best_value: float | None
+    best_score_s: float | None
+    best_mean_s: float | None
+    winner: str | None
+    winner_score_s: float | None
+    winner_mean_s: float | None
+    defaults_mean_s: float | None
+    improvement: Improvement | None
+    exports: dict[str, str | None]  # the winner's tuned JARVIS_* variables (else the best's)
+
+    def flat(self) -> dict[str, object]:
+        """One flat row: the metadata, the counts and results, the speedup and its interval
+        (`speedup*`), then the variables, as pandas and `compare --json` take it."""
+        found = self.improvement
+        return {**self.metadata,
+                **{name: getattr(self, name) for name in FLAT_SUMMARY_FIELDS},
+                "speedup": found.speedup if found else None,
+                "speedup_min": found.speedup_min if found else None,
+                "speedup_max": found.speedup_max if found else None,
+                "speedup_low": found.low if found else None,
+                "speedup_high": found.high if found else None,
+                **self.exports}
+
+
+FLAT_SUMMARY_FIELDS = ("trials", "ok", "pruned", "failed", "best_trial", "objective",
+                       "best_value", "best_score_s", "best_mean_s", "winner",
+                       "winner_score_s", "winner_mean_s", "defaults_mean_s")
+
+
+def summary_row(study: optuna.Study) -> SummaryRow:
     record = StudyRecord.read(study)
     trials = study.get_trials(deepcopy=False)
     statuses = [TrialRecord.read(t, study.study_name).status for t in trials]
     best = standing.best(study)
     best_kept = TrialRecord.read(best, study.study_name) if best else None
     winner = record.winner
-    improvement = winner.improvement if winner else None
     baseline = record.confirmation.candidate(DEFAULTS_LABEL) if record.confirmation else None
-    row: dict[str, object] = {
-        **metadata(study, record),
-        "trials": len(trials), "ok": statuses.count(Status.OK),
-        "pruned": statuses.count(Status.PRUNED),
-        "failed": sum(s is not None and s.failed for s in statuses),
-        "best_trial": best.number if best else None,
-        "objective": str(record.goals.objective) if record.goals else "score",
-        "best_value": best.value if best else None,
-        "best_score_s": best_kept.score.total_s if best_kept and best_kept.score else None,
-        "best_mean_s": best_kept.stats.mean_s if best_kept and best_kept.stats else None,
-        "winner": winner.label if winner else None,
-        "winner_score_s": winner.score_s if winner else None,
-        "winner_mean_s": winner.mean_s if winner else None,
-        "defaults_mean_s": baseline.median_mean_s if baseline else None,
-        "speedup": improvement.speedup if improvement else None,
-        "speedup_min": improvement.speedup_min if improvement else None,
-        "speedup_max": improvement.speedup_max if improvement else None,
-        "speedup_low": improvement.low if improvement else None,
-        "speedup_high": improvement.high if improvement else None,
-    }
     settings = winner.settings if winner else (best_kept.settings or {} if best_kept else {})
-    for name in (f for f in record.tuned_fields if f in BY_FIELD):
-        value = settings.get(name)
-        row[BY_FIELD[name].name] = None if value is None else format_value(value)
-    return row
+    exports = {BY_FIELD[name].name: None if settings.get(name) is None
+               else format_value(settings.get(name))
+               for name in record.tuned_fields if name in BY_FIELD}
+    return SummaryRow(
+        metadata=metadata(study, record), trials=len(trials), ok=statuses.count(Status.OK),
+        pruned=statuses.count(Status.PRUNED),
+        failed=sum(s is not None and s.failed for s in statuses),
+        best_trial=best.number if best else None,
+        objective=str(record.goals.objective) if record.goals else "score",
+        best_value=best.value if best else None,
+        best_score_s=best_kept.score.total_s if best_kept and best_kept.score else None,
+        best_mean_s=best_kept.stats.mean_s if best_kept and best_kept.stats else None,
+        winner=winner.label if winner else None,
+        winner_score_s=winner.score_s if winner else None,
+        winner_mean_s=winner.mean_s if winner else None,
+        defaults_mean_s=baseline.median_mean_s if baseline else None,
+        improvement=winner.improvement if winner else None, exports=exports)
 
 
 def study_summaries(location: str | os.PathLike[str] | None = None,
                     studies: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per study: trial counts by outcome, best and confirmed winner, improvement."""
-    return pd.DataFrame([summary_row(s) for s in selected(open_location(location), studies)])
+    return pd.DataFrame([summary_row(s).flat()
+                         for s in selected(open_location(location), studies)])
 
 
 def feasible_study(study: optuna.Study) -> optuna.Study:
