@@ -73,10 +73,10 @@ from autotune.measure.settings import Settings
 from autotune.measure.workload import Request, Workload
 from autotune.search import orchestrate
 from autotune.search import study as study_module
+from autotune.search.options import TuneOptions
 from autotune.search.orchestrate import Parts, guide_baselines
 from autotune.search.space import SearchSpace
 from autotune.search.study import Measurement, PrunerFactory, SamplerFactory, wilcoxon_pruner
-from autotune.search.options import TuneOptions
 from autotune.studies import standing
 from autotune.studies.records import StudyRecord, TrialRecord
 
