@@ -322,12 +322,24 @@ def test_a_worker_that_stops_talking_but_lives_is_killed(model_path: Path,
     assert group_gone(result)
 
 
+@pytest.mark.parametrize("value", ["explode@load", "slow=soon@load"])
 def test_a_bad_fault_value_fails_the_worker_loudly(model_path: Path, tiny_workload: Workload,
-                                                  fault) -> None:
-    fault("explode@load")
+                                                  fault, value: str) -> None:
+    fault(value)
     result = run_trial(tiny_spec(model_path, tiny_workload))
     assert result.status == FAILED
-    assert result.reason.startswith(f"worker exited with status 2: {ENV}='explode@load'")
+    assert result.reason.startswith(f"worker exited with status 2: {ENV}={value!r}")
+    assert result.returncode == 2 and result.stderr_tail.strip().count("\n") == 0
+
+
+def test_a_slow_fault_of_a_given_size_sleeps_that_long_in_each_request(
+        model_path: Path, tiny_workload: Workload, fault) -> None:
+    fault("slow=0.3@warmup")  # after the warm-up: every measured request sleeps 0.3 s
+    result = run_trial(tiny_spec(model_path, tiny_workload))
+    assert result.status == OK, result.reason
+    assert f"{ENV}: slow=0.3@warmup" in result.stderr_tail
+    # the sleep is inside each request's measured time: none can take less
+    assert [r.latency_s >= 0.3 for r in result.requests] == [True] * len(tiny_workload.requests)
 
 
 @pytest.mark.parametrize(("value", "faults"), [
@@ -335,14 +347,23 @@ def test_a_bad_fault_value_fails_the_worker_loudly(model_path: Path, tiny_worklo
     ("abort@load", [Fault("abort", "loaded")]),
     ("garbage@warmup, segfault@request:12",
      [Fault("garbage", "warmup"), Fault("segfault", "request", 12)]),
+    ("slow", [Fault("slow", "start")]),
+    ("slow=1.5@request:2", [Fault("slow", "request", 2, 1.5)]),
+    ("slow=2e-3@load", [Fault("slow", "loaded", 1, 0.002)]),
     ("", []),
 ])
 def test_fault_values(value: str, faults: list[Fault]) -> None:
     assert parse(value) == faults
 
 
+def test_a_fault_reads_back_as_its_value() -> None:
+    assert [str(f) for f in parse("slow=1.5@request:2,slow,hang@load")] == [
+        "slow=1.5@request:2", "slow@start", "hang@load"]
+
+
 @pytest.mark.parametrize("value", ["boom", "hang@lunch", "exit@request:x", "exit@request:0",
-                                   "exit@load:2"])
+                                   "exit@load:2", "slow=", "slow=fast", "slow=-1", "slow=0",
+                                   "slow=nan", "slow=inf", "hang=2@load"])
 def test_bad_fault_values(value: str) -> None:
     with pytest.raises(ValueError, match="is not KIND@POINT"):
         parse(value)
