@@ -102,7 +102,14 @@ def test_cache_off_interleaved_follow_up_misses(uncached_run: list[Served]) -> N
         assert served.cache_hit is False
         assert served.reuse_source == "live"
         assert served.reused_tokens < first.prompt_tokens
-    assert all(s.cache_s < 0.01 for s in uncached_run)
+    assert [s.cache_s for s in uncached_run] == [0.0] * 4  # no cache, no time spent on one
+    assert [s.restored_tokens for s in uncached_run] == [0] * 4
+
+
+def test_cache_on_every_request_spends_time_saving_its_state(cached_run: list[Served]) -> None:
+    # each request saves its prompt's state, the follow-ups restore one too
+    assert all(s.cache_s > 0 for s in cached_run)
+    assert [s.restored_tokens > 0 for s in cached_run] == [False, False, True, True]
 
 
 def test_cache_and_no_cache_see_identical_prompts(cached_run: list[Served],

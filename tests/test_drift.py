@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autotune.measure.faults import ENV, SLOW_S
+from autotune.measure.faults import ENV
 from autotune.measure.records import Status
 from autotune.search import drift
 from autotune.search.events import AnchorChecked, TrialEnded
@@ -91,13 +91,21 @@ def test_a_machine_that_slows_mid_search_has_those_trials_measured_again(
     study.pruner = optuna.pruners.NopPruner()
     monkeypatch.delenv(ENV, raising=False)  # restored after the test, whatever it sets
     events = []
+    slow_s: list[float] = []
 
     def on_event(event) -> None:
         events.append(event)
         if isinstance(event, TrialEnded) and event.done == 2:
-            # the machine gets busier once both baselines are measured: every request of
-            # every worker started from now on takes SLOW_S longer, the anchor's included
-            os.environ[ENV] = "slow@start"
+            # The machine gets busier once both baselines are measured: every request of
+            # every worker started from now on (the anchor's) sleeps inside its measured
+            # time, sized so that the check's requests sleep 2 x (1 + DRIFT_LIMIT) times
+            # what they took in the anchor's own trial. The sleeps alone put the check's
+            # ratio there, however fast or slow this machine is.
+            anchor = drift.anchor_trial(study)
+            assert anchor is not None
+            first_s = sum(TrialRecord.read(anchor).latencies[:drift.ANCHOR_REQUESTS])
+            slow_s.append(2 * (1 + drift.DRIFT_LIMIT) * first_s / drift.ANCHOR_REQUESTS)
+            os.environ[ENV] = f"slow={slow_s[0]!r}@start"
         elif isinstance(event, AnchorChecked):
             os.environ.pop(ENV, None)  # and quiet again for what comes after
 
@@ -118,8 +126,8 @@ def test_a_machine_that_slows_mid_search_has_those_trials_measured_again(
     kept = StudyRecord.read(study).anchors
     assert kept[0].requeued == (0, 1) and kept[0].drifted and kept[0].after_trial == 1
     assert kept[0].ratio == pytest.approx(first.ratio)
-    # the slow anchor took SLOW_S longer a request: its requests alone took that long
-    assert measurement.costs.anchor_s > drift.ANCHOR_REQUESTS * SLOW_S
+    # the slow anchor slept slow_s in each request: its requests alone took that long
+    assert measurement.costs.anchor_s > drift.ANCHOR_REQUESTS * slow_s[0]
     assert all(not k.requeued for k in kept[1:])  # a re-measurement is never queued again
     shown = run_cli("show", "drift", "--studies-dir", str(tmp_path / "studies"), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr

@@ -233,11 +233,12 @@ def test_the_notebook_reads_a_postgresql_study(model_path: Path, tiny_workload_f
 
 @pytest.mark.slow
 def test_a_killed_host_is_failed_by_heartbeat_and_the_other_finishes(
-        model_path: Path, tiny_workload_file: Path, postgres_url: str, tmp_path: Path) -> None:
+        model_path: Path, tiny_workload_file: Path, postgres_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     heartbeat = {HEARTBEAT_ENV: "1,3"}  # beat every second, stale after 3
     doomed = tuner(model_path, postgres_url, tiny_workload_file, tmp_path, "a", 2,
                    AUTOTUNE_WORKER_FAULT="hang@request:1", **heartbeat)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + CLI_TIMEOUT_S  # only so that a broken test cannot hang
     while True:  # until the first trial has reported a request, and hangs
         assert doomed.poll() is None and time.monotonic() < deadline, doomed.communicate()
         names = study_names(open_storage(storage=postgres_url, create=False))
@@ -253,7 +254,16 @@ def test_a_killed_host_is_failed_by_heartbeat_and_the_other_finishes(
     (before,) = running
     assert TrialRecord.read(before).host == "a"
 
-    time.sleep(4)  # past the grace period: the next trial anywhere fails it
+    # Once its heartbeat is past the grace period, the next trial anywhere fails it. Wait
+    # until the server says it is (by its own clock, as the tuner's check asks it).
+    monkeypatch.setenv(HEARTBEAT_ENV, heartbeat[HEARTBEAT_ENV])
+    watcher = open_storage(storage=postgres_url, longest_trial_s=60)
+    study_id = watcher.get_study_id_from_name(the_study(postgres_url).study_name)
+    trial_id = watcher.get_trial_id_from_study_id_trial_number(study_id, before.number)
+    deadline = time.monotonic() + CLI_TIMEOUT_S  # only so that a broken test cannot hang
+    while trial_id not in watcher._get_stale_trial_ids(study_id):  # what fail_stale_trials asks
+        assert time.monotonic() < deadline, "the killed host's trial never went stale"
+        time.sleep(0.2)
     code, stderr = finish(tuner(model_path, postgres_url, tiny_workload_file, tmp_path,
                                 "b", 3, **heartbeat))
     assert code == 0, stderr

@@ -230,8 +230,10 @@ def write_lock(journal_path: Path, pid: int, started: float) -> Path:
     return lock
 
 
-def acquire_in_thread(journal_path: Path) -> threading.Event:
-    """Take the journal's lock and give it back in a thread; the event says it is done."""
+def acquire_in_thread(journal_path: Path, also: threading.Event | None = None
+                      ) -> threading.Event:
+    """Take the journal's lock and give it back in a thread; the event says it is done
+    (and so does `also`, when given)."""
     acquired = threading.Event()
 
     def take() -> None:
@@ -239,9 +241,30 @@ def acquire_in_thread(journal_path: Path) -> threading.Event:
         lock.acquire()
         lock.release()
         acquired.set()
+        if also is not None:
+            also.set()
 
     threading.Thread(target=take, daemon=True).start()
     return acquired
+
+
+def left_held(monkeypatch: pytest.MonkeyPatch, times: int = 3) -> threading.Event:
+    """Set once waiters have found the lock held by a holder they cannot call dead, and
+    left it, `times` times: a waiter that has looked, not one that has not started yet."""
+    seen = threading.Event()
+    kept: list[bool] = []
+    real = journal.HolderLock.break_if_stale
+
+    def looked(self: journal.HolderLock) -> bool:
+        broken = real(self)
+        if not broken:
+            kept.append(True)
+            if len(kept) >= times:
+                seen.set()
+        return broken
+
+    monkeypatch.setattr(journal.HolderLock, "break_if_stale", looked)
+    return seen
 
 
 def test_a_lock_waits_for_a_live_holder_and_is_broken_when_it_dies(
@@ -251,8 +274,10 @@ def test_a_lock_waits_for_a_live_holder_and_is_broken_when_it_dies(
     holder = start_holder(tmp_path)
     try:
         lock = write_lock(path, holder.pid, psutil.Process(holder.pid).create_time())
-        acquired = acquire_in_thread(path)
-        assert not acquired.wait(2), "took a lock whose holder is alive"
+        kept = left_held(monkeypatch)
+        acquired = acquire_in_thread(path, also=kept)  # a lock taken wrongly shows at once
+        assert kept.wait(120), "the waiter neither took the lock nor looked at it"
+        assert not acquired.is_set(), "took a lock whose holder is alive"
         assert lock.exists()
     finally:
         holder.kill()
@@ -269,8 +294,10 @@ def test_a_lock_of_a_reused_pid_is_stale_and_one_that_names_no_holder_is_kept(
     write_lock(path, me.pid, me.create_time() - 1000)  # same pid, another process's start
     assert acquire_in_thread(path).wait(120)
     Path(f"{path}.lock").write_text("")  # a plain Optuna holder: cannot tell, so alive
-    waiting = acquire_in_thread(path)
-    assert not waiting.wait(2)
+    kept = left_held(monkeypatch)
+    waiting = acquire_in_thread(path, also=kept)
+    assert kept.wait(120), "the waiter neither took the lock nor looked at it"
+    assert not waiting.is_set(), "took a lock that names no holder"
     os.unlink(f"{path}.lock")  # what the plain Optuna holder does when it is done
     assert waiting.wait(120)
 

@@ -22,6 +22,7 @@ import psutil
 import pytest
 from conftest import workers_of
 
+from autotune.measure import trial
 from autotune.measure.faults import ENV, Fault, parse
 from autotune.measure.records import Status, TrialResult
 from autotune.measure.settings import Settings
@@ -322,12 +323,24 @@ def test_a_worker_that_stops_talking_but_lives_is_killed(model_path: Path,
     assert group_gone(result)
 
 
+@pytest.mark.parametrize("value", ["explode@load", "slow=soon@load"])
 def test_a_bad_fault_value_fails_the_worker_loudly(model_path: Path, tiny_workload: Workload,
-                                                  fault) -> None:
-    fault("explode@load")
+                                                  fault, value: str) -> None:
+    fault(value)
     result = run_trial(tiny_spec(model_path, tiny_workload))
     assert result.status == FAILED
-    assert result.reason.startswith(f"worker exited with status 2: {ENV}='explode@load'")
+    assert result.reason.startswith(f"worker exited with status 2: {ENV}={value!r}")
+    assert result.returncode == 2 and result.stderr_tail.strip().count("\n") == 0
+
+
+def test_a_slow_fault_of_a_given_size_sleeps_that_long_in_each_request(
+        model_path: Path, tiny_workload: Workload, fault) -> None:
+    fault("slow=0.3@warmup")  # after the warm-up: every measured request sleeps 0.3 s
+    result = run_trial(tiny_spec(model_path, tiny_workload))
+    assert result.status == OK, result.reason
+    assert f"{ENV}: slow=0.3@warmup" in result.stderr_tail
+    # the sleep is inside each request's measured time: none can take less
+    assert [r.latency_s >= 0.3 for r in result.requests] == [True] * len(tiny_workload.requests)
 
 
 @pytest.mark.parametrize(("value", "faults"), [
@@ -335,26 +348,35 @@ def test_a_bad_fault_value_fails_the_worker_loudly(model_path: Path, tiny_worklo
     ("abort@load", [Fault("abort", "loaded")]),
     ("garbage@warmup, segfault@request:12",
      [Fault("garbage", "warmup"), Fault("segfault", "request", 12)]),
+    ("slow", [Fault("slow", "start")]),
+    ("slow=1.5@request:2", [Fault("slow", "request", 2, 1.5)]),
+    ("slow=2e-3@load", [Fault("slow", "loaded", 1, 0.002)]),
     ("", []),
 ])
 def test_fault_values(value: str, faults: list[Fault]) -> None:
     assert parse(value) == faults
 
 
+def test_a_fault_reads_back_as_its_value() -> None:
+    assert [str(f) for f in parse("slow=1.5@request:2,slow,hang@load")] == [
+        "slow=1.5@request:2", "slow@start", "hang@load"]
+
+
 @pytest.mark.parametrize("value", ["boom", "hang@lunch", "exit@request:x", "exit@request:0",
-                                   "exit@load:2"])
+                                   "exit@load:2", "slow=", "slow=fast", "slow=-1", "slow=0",
+                                   "slow=nan", "slow=inf", "hang=2@load"])
 def test_bad_fault_values(value: str) -> None:
     with pytest.raises(ValueError, match="is not KIND@POINT"):
         parse(value)
 
 
 def test_reaping_has_a_bound() -> None:
-    # a process that outlives the wait (as one stuck in the kernel outlives SIGKILL)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a process that outlives the wait (as one stuck in the kernel outlives SIGKILL): reap
+    # gives up while it still runs, rather than waiting out its ten minutes
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        started = time.perf_counter()
         assert reap(sleeper, 0.3) is None
-        assert time.perf_counter() - started < 30
+        assert sleeper.poll() is None
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -375,34 +397,49 @@ def test_an_event_without_its_fields_fails_the_trial(tiny_workload: Workload) ->
 def test_pruned_trial_stops_its_worker_at_once(model_path: Path, tiny_workload: Workload,
                                                fault, monkeypatch: pytest.MonkeyPatch) -> None:
     fault("hang@request:1")  # only the prune can end it
-    decided: list[float] = []
     pids: list[int] = []
+    ending: list[str] = []  # what the parent did to the worker after the prune, in order
 
     def prune(record: dict) -> bool:
         pids.append(worker_pid())
-        decided.append(time.perf_counter())
         return True
 
+    def kill_group(process: subprocess.Popen) -> int | None:
+        ending.append("kill")
+        return real_kill_group(process)
+
+    def reap(process: subprocess.Popen, within_s: float) -> int | None:
+        ending.append(f"wait {within_s:g} s")
+        return real_reap(process, within_s)
+
+    real_kill_group, real_reap = trial.kill_group, trial.reap
+    monkeypatch.setattr(trial, "kill_group", kill_group)
+    monkeypatch.setattr(trial, "reap", reap)
     result = run_trial(tiny_spec(model_path, tiny_workload), on_request=prune)
     assert result.status == PRUNED
     assert result.reason == "stopped after 1 requests"
-    assert len(decided) == 1
     assert pids == [result.pid]
-    assert result.ended_at is not None
-    assert result.ended_at - decided[0] < 5.0  # killed, not waited for
+    # killed, not waited for: the kill came first, then only the wait for it to land
+    assert ending == ["kill", f"wait {trial.REAP_S:g} s"]
+    assert result.returncode == -signal.SIGKILL and result.ended_at is not None
     assert not psutil.pid_exists(pids[0]) and group_gone(result)
     monkeypatch.delenv(ENV)
     assert_runs_ok(model_path, tiny_workload)
 
 
-def test_trial_past_its_time_limit(model_path: Path, tiny_workload: Workload) -> None:
-    # a million passes never end by themselves; the limit must hold even while records
-    # keep coming faster than the parent's 50 ms poll
+def test_trial_past_its_time_limit(model_path: Path, tiny_workload: Workload,
+                                   ok_result: TrialResult) -> None:
+    # A million passes never end by themselves; the limit must hold even while records
+    # keep coming faster than the parent's 50 ms poll. So that they are coming when it
+    # strikes, it leaves three times what a whole trial took on this machine.
+    limit = max(1.5, round(3 * ok_result.wall_s, 1))
     result = run_trial(tiny_spec(model_path, tiny_workload, tokens_per_request=1,
-                                 passes=10**6, timeout_s=1.5))
+                                 passes=10**6, timeout_s=limit))
     assert result.status == TIMED_OUT
-    assert "1.5 s limit" in result.reason
-    assert result.wall_s < 1.5 + 5.0
+    assert result.reason == f"trial ran past its {limit:g} s limit"
+    assert result.requests  # it struck mid-workload
+    assert len(result.pass_rss_bytes) < 10**6  # far from the million passes
+    assert result.returncode == -signal.SIGKILL  # the parent ended it, the worker did not
     assert result.pid is not None and not psutil.pid_exists(result.pid)
     assert group_gone(result)
 

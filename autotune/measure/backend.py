@@ -172,14 +172,15 @@ class Backend:
         live = common_prefix(self.llm.input_ids[: self.llm.n_tokens], tokens)
         reused, source = live, "live" if live else "none"
         restored = 0
-        cache_started = time.perf_counter()
+        cache_s = 0.0  # without a cache, none of the request's time is the cache's
         if self.cache is not None:
+            cache_started = time.perf_counter()
             key, cached = self.cache.longest(tokens)
             if key is not None and cached > live:
                 self.llm.load_state(self.cache.take(key))
                 reused, source = cached, "cache"
                 restored = cached - live
-        cache_s = time.perf_counter() - cache_started
+            cache_s = time.perf_counter() - cache_started
         previous = self.last_prompt.get(request.conversation)
         hit = None if previous is None else reused >= common_prefix(previous, tokens)
         self.last_prompt[request.conversation] = tokens

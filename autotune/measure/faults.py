@@ -20,7 +20,9 @@ KIND:
     stop      stops itself (SIGSTOP) until the parent sends SIGCONT: a test holds the worker
               at a point, changes the world (kills its offload device), then lets it go on
     slow      from then on, every request takes SLOW_S longer (a sleep inside its measured
-              time): a machine that got busier, for the drift anchor's tests
+              time): a machine that got busier, for the drift anchor's tests.
+              `slow=SECONDS` sizes the sleep, so a test can make it outweigh whatever its
+              requests take on this machine (a plain `slow` sleeps SLOW_S)
     busy      starts BUSY_PER_CORE busy-looping processes per core beside the worker, until
               it ends: another program taking the CPU while the trial runs, as the parent's
               resource sampler counts it (other processes' CPU)
@@ -34,11 +36,13 @@ POINT:
 Example:
     AUTOTUNE_WORKER_FAULT=hang@load        loads the model, then never answers
     AUTOTUNE_WORKER_FAULT=garbage@start,segfault@request:2
+    AUTOTUNE_WORKER_FAULT=slow=1.5@warmup   every measured request takes 1.5 s longer
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import resource
 import signal
@@ -63,24 +67,39 @@ class Fault:
     kind: str
     event: str  # fires after this event ("start": before the spec is read)
     count: int = 1  # ... the count-th time it is emitted
+    seconds: float | None = None  # a `slow` fault's sleep per request; None: SLOW_S
 
     def __str__(self) -> str:
         point = next(name for name, event in EVENT_AT.items() if event == self.event)
-        return f"{self.kind}@{point}" + (f":{self.count}" if point == "request" else "")
+        size = f"={self.seconds:g}" if self.seconds is not None else ""
+        return f"{self.kind}{size}@{point}" + (f":{self.count}" if point == "request" else "")
 
 
 def parse(text: str) -> list[Fault]:
-    """`hang@load,exit@request:2` -> faults; ValueError naming the bad part."""
+    """`hang@load,exit@request:2,slow=1.5@warmup` -> faults; ValueError naming the bad part."""
     faults = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         kind, _, point = part.partition("@")
+        kind, sized, size = kind.partition("=")
         name, _, count = (point or "start").partition(":")
+        seconds = seconds_of(size) if sized and kind == "slow" else None
         if kind not in KINDS or name not in EVENT_AT or (count and not count.isdigit()) \
-                or (count and name != "request") or count == "0":
+                or (count and name != "request") or count == "0" \
+                or (sized and seconds is None):
             raise ValueError(f"{ENV}={text!r}: {part!r} is not KIND@POINT with KIND one of "
-                             f"{', '.join(KINDS)} and POINT start, load, warmup or request:N")
-        faults.append(Fault(kind, EVENT_AT[name], int(count or 1)))
+                             f"{', '.join(KINDS)} (or slow=SECONDS, SECONDS above 0) and "
+                             "POINT start, load, warmup or request:N")
+        faults.append(Fault(kind, EVENT_AT[name], int(count or 1), seconds))
     return faults
+
+
+def seconds_of(text: str) -> float | None:
+    """`1.5` -> 1.5; None unless a finite number of seconds above 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 class Faults:
@@ -104,7 +123,7 @@ class Faults:
             if fault.event == event and fault.count == self.seen[event]:
                 if fault.kind == "slow":
                     say(f"{ENV}: {fault}")
-                    self.delay_s = SLOW_S
+                    self.delay_s = SLOW_S if fault.seconds is None else fault.seconds
                 else:
                     inject(fault, stream)
 
