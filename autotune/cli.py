@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import click
 from rich.console import Console
@@ -82,20 +83,32 @@ class DefaultGroup(click.Group):
             ctx.exit(err.exit_status)
 
 
+@dataclass(frozen=True)
+class Bar:
+    """One command's progress bar: moved on by each request, or by each tuning event."""
+
+    progress: Progress
+    task: TaskID
+
+    def advance(self, _event: object = None) -> bool:
+        """One step on (an `on_request` callback: False, never stop the trial)."""
+        self.progress.advance(self.task)
+        return False
+
+    def on_event(self, event: ProgressEvent) -> None:
+        print_event(self.progress, self.task, event)
+
+
 @contextmanager
-def progress_bar(description: str, total: int):
-    """A progress bar on stderr when it is a terminal; a no-op callback otherwise."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err_console, transient=True,
+def progress_bar(description: str, total: int, remaining: bool = True) -> Iterator[Bar]:
+    """The progress bar of every command: on stderr when it is a terminal (disabled
+    otherwise), gone when done; the time left shown unless not `remaining`."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), *([TimeRemainingColumn()] if remaining else [])]
+    progress = Progress(*columns, console=err_console, transient=True,
                         disable=not err_console.is_terminal)
     with progress:
-        task = progress.add_task(description, total=total)
-
-        def advance(_event: object = None) -> bool:
-            progress.advance(task)
-            return False
-
-        yield advance
+        yield Bar(progress, progress.add_task(description, total=total))
 
 
 def settings_from(env_file: str | None) -> Settings:
@@ -235,10 +248,10 @@ def bench(model: str, env_file: str | None, iterations: int, concurrent: bool, c
     workload = load_workload(workload_file)
     clients = clients if concurrent else 1
     evidence = study_evidence(study_name, env_file, settings, studies_dir, storage)
-    with progress_bar("bench", len(workload.requests) * iterations) as advance:
+    with progress_bar("bench", len(workload.requests) * iterations, remaining=False) as bar:
         report = bench_lib.bench(model, settings, workload, iterations=iterations,
                                  clients=clients, tokens_per_request=tokens,
-                                 timeout_s=timeout, on_request=advance,
+                                 timeout_s=timeout, on_request=bar.advance,
                                  lock=MachineLock(wait=not no_wait, on_wait=say_waiting),
                                  evidence=evidence)
     if as_json:
@@ -453,13 +466,8 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
         min_context=min_context, warm_start=not no_warm_start, anchor_every=anchor_every,
         busy_limit=busy_limit,
         racing=not no_racing, gpu_margin=parse_size(gpu_margin, "gpu_margin"))
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                        transient=True, disable=not err_console.is_terminal)
-    with progress:
-        task = progress.add_task(f"trial 0/{trials}", total=trials)
-        report = tune_lib(model, options,
-                          on_event=lambda event: print_event(progress, task, event))
+    with progress_bar(f"trial 0/{trials}", trials) as bar:
+        report = tune_lib(model, options, on_event=bar.on_event)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -697,13 +705,8 @@ def check_command(file: str, model: str, rounds: int, tokens: int | None,
         workload=load_workload(workload_file) if workload_file else None,
         trial_timeout_s=trial_timeout, study_name=study_name,
         studies_dir=studies_folder(studies_dir, storage), storage=storage, wait=not no_wait)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                        transient=True, disable=not err_console.is_terminal)
-    with progress:
-        task = progress.add_task(f"checking 0/{2 * rounds}", total=2 * rounds)
-        report = check_lib(file, model, options,
-                           on_event=lambda event: print_event(progress, task, event))
+    with progress_bar(f"checking 0/{2 * rounds}", 2 * rounds) as bar:
+        report = check_lib(file, model, options, on_event=bar.on_event)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

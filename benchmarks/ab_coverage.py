@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from autotune.measure.machine_lock import MachineLock
 from autotune.measure.settings import Settings
 from autotune.measure.trial import TrialSpec, run_trial
 from autotune.measure.workload import builtin_workload, load_workload
+from autotune.search.rounds import interleaved_rounds
 from autotune.search.study import Measurement
 from autotune.studies.records import StudyRecord
 from autotune.studies.storage import load_study, open_storage
@@ -52,23 +52,28 @@ def main(argv: list[str] | None = None) -> None:
     configs = {"defaults": Settings(**GUIDE_DEFAULTS),  # type: ignore[arg-type]
                "winner": Settings.from_dict(winner.settings)}
     improvement = winner.improvement
-    rng = random.Random(args.seed)
+    means: dict[int, dict[str, float]] = {}  # per A/B (a round), each side's mean
     ratios = []
-    for number in range(1, args.ab + 1):
-        means = {}
-        for name in rng.sample(list(configs), len(configs)):
-            spec = TrialSpec(args.model, configs[name], workload,
-                             tokens_per_request=measurement.tokens_per_request,
-                             clients=measurement.clients)
-            with MachineLock().held("A/B coverage benchmark"):
-                result = run_trial(spec)
-            if not result.ok:
-                raise SystemExit(f"A/B {number}: {name} {result.status}: {result.reason}")
-            means[name] = statistics.fmean(result.latencies)
-        ratios.append(means["defaults"] / means["winner"])
-        inside = improvement.low <= ratios[-1] <= improvement.high
-        print(f"A/B {number}: {ratios[-1]:.2f}x {'inside' if inside else 'OUTSIDE'}",
-              file=sys.stderr, flush=True)
+
+    def one(round_no: int, name: str) -> None:
+        number = round_no + 1
+        spec = TrialSpec(args.model, configs[name], workload,
+                         tokens_per_request=measurement.tokens_per_request,
+                         clients=measurement.clients)
+        with MachineLock().held("A/B coverage benchmark"):
+            result = run_trial(spec)
+        if not result.ok:
+            raise SystemExit(f"A/B {number}: {name} {result.status}: {result.reason}")
+        ab = means.setdefault(number, {})
+        ab[name] = statistics.fmean(result.latencies)
+        if len(ab) == len(configs):
+            ratios.append(ab["defaults"] / ab["winner"])
+            inside = improvement.low <= ratios[-1] <= improvement.high
+            print(f"A/B {number}: {ratios[-1]:.2f}x {'inside' if inside else 'OUTSIDE'}",
+                  file=sys.stderr, flush=True)
+
+    # each A/B is one round: both sides once, in a shuffled order
+    interleaved_rounds(configs, args.ab, args.seed, one)
     covered = sum(improvement.low <= r <= improvement.high for r in ratios)
     print(f"study {args.study}: confirmed {improvement.describe()}")
     print("| A/B | " + " | ".join(str(i) for i in range(1, len(ratios) + 1)) + " |")

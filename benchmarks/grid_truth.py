@@ -44,6 +44,7 @@ from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
 from autotune.measure.trial import DEFAULT_TOKENS
 from autotune.measure.workload import builtin_workload, load_workload
+from autotune.search.rounds import interleaved_rounds
 from autotune.search.space import MIN_CONTEXT, build_space
 from autotune.search.study import Measurement, versions
 
@@ -155,10 +156,15 @@ def save(doc: dict, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def measure(doc: dict, out: Path, measurement: Measurement, model, order: list[tuple[int, int]],
-            phase: str) -> None:
+def measure(doc: dict, out: Path, measurement: Measurement, model, cells: list[int],
+            rounds: int, rng: random.Random, phase: str) -> None:
+    """Every cell of `cells` once per round, interleaved, each run saved as it ends."""
     started = time.monotonic()
-    for done, (index, repeat) in enumerate(order, start=1):
+    total = len(cells) * rounds
+    counted = itertools.count(1)
+
+    def one(repeat: int, index: int) -> None:
+        done = next(counted)
         cell = doc["cells"][index]
         result = measurement.run(model, Settings.from_dict(cell["settings"]))
         record = run_record(index, repeat, phase, result, measurement.weights)
@@ -167,10 +173,12 @@ def measure(doc: dict, out: Path, measurement: Measurement, model, order: list[t
         took = time.monotonic() - started
         value = "-" if record["score_s"] is None else f"{record['score_s']:.3f}s"
         other = result.other_cpu_percent_mean
-        log(f"{phase} {done}/{len(order)} {cell['key']:24} {result.status:>9} score {value}"
+        log(f"{phase} {done}/{total} {cell['key']:24} {result.status:>9} score {value}"
             f" reloads {record['reloads']} wall {result.wall_s:.1f}s other-cpu "
             f"{'-' if other is None else f'{other:.0f}%'} (eta "
-            f"{took / done * (len(order) - done) / 60:.1f} min)")
+            f"{took / done * (total - done) / 60:.1f} min)")
+
+    interleaved_rounds(cells, rounds, rng, one)
 
 
 def name_optimum(doc: dict) -> dict | None:
@@ -279,25 +287,17 @@ def main(argv: list[str] | None = None) -> None:
             "cache_sizes": list(cache_sizes), "fixed": space.fixed, "notes": space.notes},
         "small": args.small, "cells": cells, "runs": [],
     }
-    rng = random.Random(args.seed)
-    order = []
-    for repeat in range(repeats):  # every cell once per round: drift falls on all alike
-        block = [(index, repeat) for index in range(len(cells))]
-        rng.shuffle(block)
-        order += block
-    log(f"grid: {len(cells)} cells x {repeats} repeats = {len(order)} trials, {tokens} tokens "
-        f"per request -> {out}")
-    measure(doc, out, measurement, model, order, "grid")
+    rng = random.Random(args.seed)  # one order for both phases, drawn in turn
+    log(f"grid: {len(cells)} cells x {repeats} repeats = {len(cells) * repeats} trials, "
+        f"{tokens} tokens per request -> {out}")
+    # every cell once per round: drift falls on all alike
+    measure(doc, out, measurement, model, list(range(len(cells))), repeats, rng, "grid")
     ranked = sorted((r for r in cell_summary(doc, "grid") if r["feasible"]),
                     key=lambda r: r["median_score_s"])
     best = [r["cell"] for r in ranked[:args.finalists]]
-    final_order = []
-    for round_no in range(args.rounds if len(best) > 1 else 0):
-        block = [(index, round_no) for index in best]
-        rng.shuffle(block)
-        final_order += block
     log(f"final: {len(best)} best cells x {args.rounds} interleaved rounds")
-    measure(doc, out, measurement, model, final_order, "final")
+    measure(doc, out, measurement, model, best, args.rounds if len(best) > 1 else 0, rng,
+            "final")
     doc["optimum"] = name_optimum(doc)
     doc["start_cost"] = start_cost(doc)
     others = [r["other_cpu_percent_mean"] for r in doc["runs"]

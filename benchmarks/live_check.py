@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from autotune.measure.model import demo_model_path, inspect_model
 from autotune.measure.scoring import score
 from autotune.measure.settings import Settings
 from autotune.measure.workload import builtin_workload
+from autotune.search.rounds import interleaved_rounds
 from autotune.search.study import Measurement, versions
 from autotune.search.tune import TuneOptions, tune
 
@@ -70,19 +70,17 @@ def side_by_side(model, configs: dict[str, dict], rounds: int, seed: int) -> dic
     """Every configuration once per round, shuffled: each one's scores over the rounds."""
     info = inspect_model(model)
     measurement = Measurement(builtin_workload())
-    scores: dict[str, list[float | None]] = {name: [] for name in configs}
-    rng = random.Random(seed)
-    for round_no in range(rounds):
-        order = list(configs)
-        rng.shuffle(order)
-        for name in order:
-            result = measurement.run(info, Settings.from_dict(configs[name]))
-            value = score(result.latencies, measurement.weights).total_s \
-                if result.ok and not result.reloads else None
-            scores[name].append(value)
-            log(f"side by side, round {round_no + 1}: {name}: "
-                f"{'failed' if value is None else f'{value:.3f} s'}")
-    return scores
+
+    def one(round_no: int, name: str) -> float | None:
+        result = measurement.run(info, Settings.from_dict(configs[name]))
+        value = score(result.latencies, measurement.weights).total_s \
+            if result.ok and not result.reloads else None
+        log(f"side by side, round {round_no + 1}: {name}: "
+            f"{'failed' if value is None else f'{value:.3f} s'}")
+        return value
+
+    done = interleaved_rounds(configs, rounds, seed, one)
+    return {name: [value for _, of, value in done if of == name] for name in configs}
 
 
 def median_or_none(values: list[float | None]) -> float | None:

@@ -7,9 +7,13 @@ Nothing is measured. Each trial of a real study (`open_study`, `search`, its TPE
 Wilcoxon pruner and constraints, in an in-memory storage) gets, instead of a live worker,
 one recorded repeat of the grid cell its settings fall in (drawn at random), streamed
 request by request through the trial's `on_request`, so the pruner sees what it would have
-seen and stops the trial where it would have stopped it. After `--budget` trials the real
-confirmation (`tune.finalists` and `confirm.confirm`, 3 finalists, 2 rounds, racing) picks the
-winner from replayed runs too; the search then goes on to `--trials`.
+seen and stops the trial where it would have stopped it. The study is opened, searched for
+`--budget` trials and confirmed by the tuner's own sequence (`orchestrate.open_study_with`
+and `orchestrate.run_study`, as `autotune MODEL` runs them, with `TuneOptions`' defaults:
+its finalists and the profiles' trials against the guide's defaults, in its rounds,
+racing), which picks and keeps the winner from replayed runs too; the search then goes on
+to `--trials`. A strategy is the tuner's parts and options with some swapped, never a copy
+of its sequence.
 
 A replayed trial takes the time its repeat took: its recorded wall time minus the
 latencies of the requests it did not serve (start-up, load and warm-up are paid in full),
@@ -21,20 +25,21 @@ context in any run is infeasible. Regret = (true score of the study's best feasi
 
 Strategies: `default` (the tuner as it ships: TPE multivariate, the Wilcoxon pruner at
 p=0.05, the guide's size advice then its defaults first, drift anchor, racing confirmation,
-`--budget` trials), `before` (the defaults before this replay chose them: p=0.02, the
-guide's defaults first, 12 trials), `p02`, `p10` (other pruner thresholds), `no-pruning`,
-`no-baselines`, `defaults-first`, `random` (random sampler, baselines, pruner), `gp`
-(GPSampler, no pruning), `optimus` (llama-optimus-like: Optuna's default TPE, 45 trials, 3
-repeats each, no pruning, no baselines, no confirmation), `grid` (every cell once, in random
-order), `measure-repeats` (a configuration measured whole is measured again when TPE
-samples it again), `no-anchor` (no drift anchor checks: on recorded runs every check that
-fires is a false alarm, and what they cost shows against `default`), `no-racing` (every
-finalist runs every confirmation round), `budget-12`, `finalists-2`, `warm-start` (the
-default, in a storage that already holds an earlier replayed default study of another seed,
-searched for `--budget` trials and confirmed: the new study enqueues that study's
-confirmed winner after the baselines, as `open_study` does on a machine with an earlier
-study of a similar model), `warm-start-no-baselines` (the same without the guide's
-baselines: what the warm start alone brings, against `no-baselines`).
+`--budget` trials: `orchestrate.Parts` and `TuneOptions` as they are), `before` (the
+defaults before this replay chose them: p=0.02, the guide's defaults first, 12 trials),
+`p02`, `p10` (other pruner thresholds), `no-pruning`, `no-baselines`, `defaults-first`,
+`random` (random sampler, baselines, pruner), `gp` (GPSampler, no pruning), `optimus`
+(llama-optimus-like: Optuna's default TPE, 45 trials, 3 repeats each, no pruning, no
+baselines, no confirmation), `grid` (every cell once, in random order), `measure-repeats`
+(a configuration measured whole is measured again when TPE samples it again), `no-anchor`
+(no drift anchor checks: on recorded runs every check that fires is a false alarm, and what
+they cost shows against `default`), `no-racing` (every finalist runs every confirmation
+round), `budget-12`, `finalists-2`, `warm-start` (the default, in a storage that already
+holds an earlier replayed default study of another seed, searched for `--budget` trials and
+confirmed by the tuner, which kept its winner: the new study enqueues that winner after the
+baselines, as `open_study` does on a machine with an earlier study of a similar model),
+`warm-start-no-baselines` (the same without the guide's baselines: what the warm start
+alone brings, against `no-baselines`).
 The drift anchor's checks replay a recorded repeat of the anchor's cell too, and their time
 counts in the study's. Writes JSON, Markdown and a PNG.
 """
@@ -59,20 +64,21 @@ from pathlib import Path
 
 import optuna
 
+from autotune.errors import MeasurementFailed
 from autotune.measure.hardware import Hardware
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status, TrialResult
 from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
 from autotune.measure.workload import Request, Workload
-from autotune.search import drift
+from autotune.search import orchestrate
 from autotune.search import study as study_module
-from autotune.search.confirm import confirm
+from autotune.search.options import TuneOptions
+from autotune.search.orchestrate import Parts, guide_baselines
 from autotune.search.space import SearchSpace
-from autotune.search.study import Measurement, open_study, search
-from autotune.search.tune import TuneOptions, finalists
+from autotune.search.study import Measurement, PrunerFactory, SamplerFactory, wilcoxon_pruner
 from autotune.studies import standing
-from autotune.studies.records import StudyRecord, TrialRecord, Winner, keep, study_attrs
+from autotune.studies.records import StudyRecord, TrialRecord
 
 RESULTS = Path(__file__).parent / "results"
 NEAR = 0.05  # "within 5% of the optimum"
@@ -81,7 +87,6 @@ CAP = 0.25  # the regret curves' top: the searches differ below it, and an infin
 # the best trial drew would hand the pruner exact ties, which no fresh run does (and on
 # which scipy's Wilcoxon test falls back to a permutation test, a second per look).
 JITTER = 1e-6
-FINALISTS, ROUNDS = 3, 2  # tune's defaults
 
 
 def log(text: str) -> None:
@@ -211,23 +216,33 @@ class Replayed:
 
 @dataclass
 class ReplayMeasurement(Measurement):
-    """A Measurement whose trials replay recorded repeats instead of running a worker."""
+    """A Measurement whose runs replay recorded repeats instead of running a worker.
+
+    What ran is kept apart by what asked: a trial streams its requests to the pruner
+    (`on_request`), a drift check is an `anchor`, and a confirmation run is neither.
+    """
 
     grid: Grid | None = None
     rng: random.Random = field(default_factory=random.Random)
     repeats: int = 1
-    log: list[Replayed] = field(default_factory=list)
+    log: list[Replayed] = field(default_factory=list)  # the trials' runs
     # the drift anchor's checks: (how many trial runs preceded it, the time it took)
     anchors: list[tuple[int, float]] = field(default_factory=list)
+    confirming: list[float] = field(default_factory=list)  # each confirmation run's time
     harness_s: float = 0.0
     last: float | None = None
 
     def run(self, model, settings, on_request=None, before=None, anchor=False) -> TrialResult:
         now = time.perf_counter()
-        study_s = 0.0 if self.last is None else now - self.last  # sampler, pruner, storage
-        self.harness_s += study_s
         assert self.grid is not None
         cell = self.grid.cell_for(settings)
+        if on_request is None and not anchor:  # confirmation: one repeat, its time alone
+            result, took = replay(self.grid, cell, self.rng, 1, None)
+            self.confirming.append(took)
+            self.last = None  # the search goes on later: its next trial is not charged
+            return result
+        study_s = 0.0 if self.last is None else now - self.last  # sampler, pruner, storage
+        self.harness_s += study_s
         result, took = replay(self.grid, cell, self.rng, 1 if anchor else self.repeats,
                               on_request)
         if anchor:
@@ -279,30 +294,34 @@ def replay(grid: Grid, cell: int, rng: random.Random, repeats: int,
 
 @dataclass(frozen=True)
 class Strategy:
+    """A way to search: the tuner's parts (orchestrate.Parts) and options (TuneOptions)
+    with those named here swapped, run by the tuner's own sequence."""
+
     name: str
-    sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None  # None: the study's
-    pruner: Callable[[], optuna.pruners.BasePruner] | None = None  # None: the study's
-    baselines: bool = True
-    repeats: int = 1
-    trials: int | None = None  # None: --trials
-    confirm: bool = True
-    warm_start: bool = False  # an earlier confirmed study of another seed in the storage
+    sampler: SamplerFactory | None = None  # None: the tuner's
+    pruner: PrunerFactory | None = None  # None: the tuner's
+    baselines: Callable[[SearchSpace, ModelInfo, Hardware], list] | None = None  # the tuner's
+    # TuneOptions fields; "trials" is the budget before confirmation (else --budget)
+    options: dict[str, object] = field(default_factory=dict)
+    repeats: int = 1  # recorded repeats replayed per trial, as one
     reuse_repeats: bool = True  # a configuration measured whole is not measured again
-    anchor_every: int = drift.ANCHOR_EVERY  # trials between drift checks (0: none)
-    racing: bool = True  # confirmation drops a finalist clearly behind
-    budget: int | None = None  # trials before confirmation (None: --budget)
-    finalists: int = FINALISTS
-    defaults_first: bool = False  # the guide's defaults queued before its size advice
+    trials: int | None = None  # None: --trials
+    confirm: bool = True  # False: search alone, no finalists, no confirmation
+    warm_start: bool = False  # an earlier confirmed study of another seed in the storage
+
+    def parts(self, measurement: Measurement, seed: int) -> Parts:
+        """The tuner's parts, with this strategy's sampler, pruner and baselines."""
+        swapped = {name: getattr(self, name) for name in ("sampler", "pruner", "baselines")
+                   if getattr(self, name) is not None}
+        return dataclasses.replace(Parts(measurement, seed=seed), **swapped)
 
 
-class NoBaselines(SearchSpace):
-    def baselines(self, model, machine):
-        return []
+def no_baselines(space: SearchSpace, model: ModelInfo, machine: Hardware) -> list:
+    return []
 
 
-class DefaultsFirst(SearchSpace):
-    def baselines(self, model, machine):
-        return list(reversed(super().baselines(model, machine)))
+def defaults_first(space: SearchSpace, model: ModelInfo, machine: Hardware) -> list:
+    return list(reversed(guide_baselines(space, model, machine)))
 
 
 def gp_sampler(seed: int) -> optuna.samplers.BaseSampler:
@@ -310,32 +329,32 @@ def gp_sampler(seed: int) -> optuna.samplers.BaseSampler:
 
 
 def wilcoxon(p: float) -> Callable[[], optuna.pruners.BasePruner]:
-    return lambda: optuna.pruners.WilcoxonPruner(
-        p_threshold=p, n_startup_steps=study_module.PRUNE_AFTER_REQUESTS)
+    return functools.partial(wilcoxon_pruner, p)
 
 
 STRATEGIES = {
     "default": Strategy("default"),
     # the tuner's defaults before the replay of the full grid chose the present ones
-    "before": Strategy("before", pruner=wilcoxon(0.02), defaults_first=True, budget=12),
+    "before": Strategy("before", pruner=wilcoxon(0.02), baselines=defaults_first,
+                       options={"trials": 12}),
     "p02": Strategy("p02", pruner=wilcoxon(0.02)),
     "p10": Strategy("p10", pruner=wilcoxon(0.1)),
     "no-pruning": Strategy("no-pruning", pruner=optuna.pruners.NopPruner),
-    "no-baselines": Strategy("no-baselines", baselines=False),
-    "defaults-first": Strategy("defaults-first", defaults_first=True),
+    "no-baselines": Strategy("no-baselines", baselines=no_baselines),
+    "defaults-first": Strategy("defaults-first", baselines=defaults_first),
     "random": Strategy("random", sampler=lambda seed: optuna.samplers.RandomSampler(seed)),
     "gp": Strategy("gp", sampler=gp_sampler, pruner=optuna.pruners.NopPruner),
     "optimus": Strategy("optimus", sampler=lambda seed: optuna.samplers.TPESampler(seed=seed),
-                        pruner=optuna.pruners.NopPruner, baselines=False, repeats=3,
-                        trials=45, confirm=False, reuse_repeats=False,
-                        anchor_every=0),  # as Optuna alone
+                        pruner=optuna.pruners.NopPruner, baselines=no_baselines,
+                        options={"anchor_every": 0}, repeats=3, reuse_repeats=False,
+                        trials=45, confirm=False),  # as Optuna alone
     "measure-repeats": Strategy("measure-repeats", reuse_repeats=False),
-    "no-anchor": Strategy("no-anchor", anchor_every=0),
-    "no-racing": Strategy("no-racing", racing=False),
-    "budget-12": Strategy("budget-12", budget=12),
-    "finalists-2": Strategy("finalists-2", finalists=2),
+    "no-anchor": Strategy("no-anchor", options={"anchor_every": 0}),
+    "no-racing": Strategy("no-racing", options={"racing": False}),
+    "budget-12": Strategy("budget-12", options={"trials": 12}),
+    "finalists-2": Strategy("finalists-2", options={"finalists": 2}),
     "warm-start": Strategy("warm-start", warm_start=True),
-    "warm-start-no-baselines": Strategy("warm-start-no-baselines", baselines=False,
+    "warm-start-no-baselines": Strategy("warm-start-no-baselines", baselines=no_baselines,
                                         warm_start=True),
 }
 EARLIER_SEED = 100_003  # the earlier study's seed is this plus the seed: another one
@@ -351,58 +370,52 @@ def gp_unavailable() -> str | None:
     return None
 
 
-def run_study(grid: Grid, strategy: Strategy, seed: int, trials: int, budget: int) -> dict:
-    """One replayed study: per trial its time, cell and the regret of the incumbent."""
-    model = ModelInfo.from_dict(grid.doc["model"])
-    machine = Hardware.from_dict(grid.doc["machine"])
-    space = grid.space()
-    if not strategy.baselines or strategy.defaults_first:
-        kind = DefaultsFirst if strategy.baselines else NoBaselines
-        space = kind(**{f.name: getattr(space, f.name) for f in dataclasses.fields(SearchSpace)})
+def replayed_parts(grid: Grid, strategy: Strategy, seed: int
+                   ) -> tuple[ModelInfo, Hardware, SearchSpace, ReplayMeasurement, Parts]:
+    """What a replayed study of `strategy` runs on and with: the grid's model, machine and
+    space, and the tuner's parts with its measurement replaying the grid."""
     measurement = ReplayMeasurement(grid.workload(), grid.doc["tokens_per_request"],
                                     weights=Weights(**grid.doc["weights"]), grid=grid,
                                     rng=random.Random(seed * 7919 + 17),
                                     repeats=strategy.repeats,
                                     reuse_repeats=strategy.reuse_repeats)
-    storage = optuna.storages.InMemoryStorage()
+    parts = strategy.parts(measurement, seed)
+    return (ModelInfo.from_dict(grid.doc["model"]), Hardware.from_dict(grid.doc["machine"]),
+            grid.space(), measurement, parts)
+
+
+def run_study(grid: Grid, strategy: Strategy, seed: int, trials: int, budget: int,
+              storage: optuna.storages.BaseStorage | None = None) -> dict:
+    """One replayed study: per trial its time, cell and the regret of the incumbent, and
+    what the tuner's confirmation after the budget chose. The study is kept in `storage`
+    (a fresh in-memory one by default) as `replay-<strategy>-<seed>`."""
+    model, machine, space, measurement, parts = replayed_parts(grid, strategy, seed)
+    options = dataclasses.replace(TuneOptions(trials=budget, seed=seed, out=None),
+                                  **strategy.options)
+    storage = storage or optuna.storages.InMemoryStorage()
     if strategy.warm_start:
         earlier_study(grid, storage, seed + EARLIER_SEED, budget)
-    study = open_study(f"replay-{strategy.name}-{seed}", storage, model, machine, measurement,
-                       space, seed, warm_start=strategy.warm_start)
-    if strategy.sampler is not None:
-        study.sampler = strategy.sampler(seed)
-    if strategy.pruner is not None:
-        study.pruner = strategy.pruner()
+    study = orchestrate.open_study_with(parts, f"replay-{strategy.name}-{seed}", storage,
+                                        model, machine, space, warm_start=options.warm_start)
     total = strategy.trials or trials
-    budget = strategy.budget or budget
+    budget = options.trials
     first = min(budget, total) if strategy.confirm else total
-    search(study, model, space, measurement, machine.host, first, None,
-           anchor_every=strategy.anchor_every)
     confirmed = None
     if strategy.confirm:
-        searched = len(measurement.log)
-        searched_s = measurement.spent_s()
-        candidates = finalists(study, strategy.finalists)
-        if len(candidates) > 1:
-            spent: list[float] = []
-
-            def measure(settings: Settings) -> TrialResult:
-                result, took = replay(grid, grid.cell_for(settings), measurement.rng, 1, None)
-                spent.append(took)
-                return result
-
-            outcome = confirm(candidates, measure, ROUNDS, measurement.weights, seed,
-                              racing=strategy.racing)
-            confirm_s = sum(spent)
-            win = outcome.winner
-            cell = grid.cell_for(Settings.from_dict(win.settings)) if win else None
-            confirmed = {"trials": searched, "search_s": searched_s, "confirm_s": confirm_s,
-                         "regret": grid.regret(cell), "cell": cell,
-                         "dropped": len(outcome.dropped)}
-        measurement.last = None
-        if total > first:
-            search(study, model, space, measurement, machine.host, total - first, None,
-                   anchor_every=strategy.anchor_every)
+        failed = ""
+        try:
+            orchestrate.run_study(study, model, machine, space, parts,
+                                  dataclasses.replace(options, trials=first))
+        except MeasurementFailed as err:  # as a user's tune would have ended: no winner
+            failed = str(err)
+        confirmed = confirmation_of(grid, study, measurement, failed)
+    else:
+        orchestrate.search_study(study, model, machine, space, parts,
+                                 dataclasses.replace(options, trials=first))
+    measurement.last = None
+    if total > first:
+        orchestrate.search_study(study, model, machine, space, parts,
+                                 dataclasses.replace(options, trials=total - first))
     checks = StudyRecord.read(study).anchors
     return {"seed": seed, **curve(grid, study, measurement), "confirmed": confirmed,
             "budget": budget, "harness_s": measurement.harness_s, "anchor_checks": len(checks),
@@ -410,30 +423,33 @@ def run_study(grid: Grid, strategy: Strategy, seed: int, trials: int, budget: in
             "anchor_s": sum(t for _, t in measurement.anchors)}
 
 
+def confirmation_of(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement,
+                    failed: str) -> dict:
+    """What the tuner kept in the study once it confirmed (nothing when it `failed`): the
+    winner's cell and regret, and the confirmation's rounds, candidates and time."""
+    record = StudyRecord.read(study)
+    winner = record.winner if not failed else None
+    cell = grid.cell_for(Settings.from_dict(winner.settings)) if winner else None
+    ran = record.confirmation if winner else None
+    return {"trials": len(measurement.log), "search_s": measurement.spent_s(),
+            "confirm_s": sum(measurement.confirming), "regret": grid.regret(cell), "cell": cell,
+            "rounds": len({r.round for r in ran.runs}) if ran else 0,
+            "candidates": [c.label for c in ran.candidates] if ran else [],
+            "dropped": sum(bool(c.dropped) for c in ran.candidates) if ran else 0,
+            "failed": failed}
+
+
 def earlier_study(grid: Grid, storage: optuna.storages.BaseStorage, seed: int,
                   budget: int) -> None:
     """What an earlier default study on this machine leaves in the storage: `budget`
-    replayed trials and a confirmed winner, kept as the tuner keeps it."""
-    model = ModelInfo.from_dict(grid.doc["model"])
-    machine = Hardware.from_dict(grid.doc["machine"])
-    space = grid.space()
-    measurement = ReplayMeasurement(grid.workload(), grid.doc["tokens_per_request"],
-                                    weights=Weights(**grid.doc["weights"]), grid=grid,
-                                    rng=random.Random(seed * 7919 + 17))
-    study = open_study(f"replay-earlier-{seed}", storage, model, machine, measurement, space,
-                       seed, warm_start=False)
-    search(study, model, space, measurement, machine.host, budget, None)
-    candidates = finalists(study, FINALISTS)
-    if len(candidates) == 1:
-        return
-    outcome = confirm(candidates, lambda s: replay(grid, grid.cell_for(s), measurement.rng, 1,
-                                                   None)[0], ROUNDS, measurement.weights, seed)
-    win = outcome.winner
-    if win is not None:
-        keep(study.set_user_attr, study_attrs(winner=Winner(
-            label=win.label, trial_number=win.trial_number, settings=win.settings,
-            score_s=win.median_score_s, mean_s=win.median_mean_s,  # type: ignore[arg-type]
-            improvement=outcome.improvement, confirmed=f"replay {seed}")))
+    replayed trials and, when one won, its confirmed winner, kept by the tuner's own
+    sequence."""
+    model, machine, space, _, parts = replayed_parts(grid, STRATEGIES["default"], seed)
+    study = orchestrate.open_study_with(parts, f"replay-earlier-{seed}", storage, model,
+                                        machine, space, warm_start=False)
+    with contextlib.suppress(MeasurementFailed):
+        orchestrate.run_study(study, model, machine, space, parts,
+                              TuneOptions(trials=budget, seed=seed, out=None))
 
 
 def curve(grid: Grid, study: optuna.Study, measurement: ReplayMeasurement) -> dict:
@@ -594,6 +610,7 @@ def fmt(value: float, unit: str = "", digits: int = 1) -> str:
 
 def markdown(grid: Grid, summary: dict, args, skipped: dict[str, str]) -> str:
     doc = grid.doc
+    defaults = TuneOptions()
     best = min(grid.reachable() & grid.true.keys(), key=grid.true.get)
     lines = [
         f"Replay of `{args.grid}` ({doc['created']}; {doc['model']['name']} on "
@@ -602,7 +619,8 @@ def markdown(grid: Grid, summary: dict, args, skipped: dict[str, str]) -> str:
         f"{optuna.__version__}): {len(grid.keys)} cells, true optimum {grid.keys[best]} "
         f"({grid.optimum:.3f} s); one pass of the grid takes "
         f"{summary['grid_one_pass_s']:.0f} s. {args.seeds} seeds, {args.trials} trials, "
-        f"budget {args.budget} trials + confirmation ({FINALISTS} finalists x {ROUNDS} rounds).",
+        f"budget {args.budget} trials + the tuner's confirmation ({defaults.finalists} "
+        f"finalists and the profiles' trials x {defaults.rounds} rounds).",
         "",
         "| strategy | trials to 5% | time to 5% | reached | regret @budget | time @budget "
         "| regret @1/3 grid time | final regret | pruned | confirmed regret | confirmed <=5% "

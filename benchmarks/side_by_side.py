@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from autotune.guide import DEFAULTS_LABEL, GUIDE_DEFAULTS
 from autotune.measure.records import OUTPUT_VERSION, TrialStats
 from autotune.measure.settings import CORE_FIELDS, Settings
+from autotune.search.rounds import interleaved_rounds
 
 AUTOTUNE = str(Path(sys.executable).with_name("autotune"))
 
@@ -56,16 +56,15 @@ def main() -> None:
         guide = Settings(**GUIDE_DEFAULTS).to_env(CORE_FIELDS)  # type: ignore[arg-type]
         defaults.write_text("".join(f"{k}={v}\n" for k, v in guide.items()))
         configs = {DEFAULTS_LABEL: str(defaults), **{f: f for f in args.env_files}}
-        means: dict[str, list[float]] = {name: [] for name in configs}
-        rng = random.Random(args.seed)
-        for round_no in range(args.rounds):
-            order = list(configs)
-            rng.shuffle(order)
-            for name in order:
-                stats, diagnosis = bench(args.model, configs[name], extra)
-                means[name].append(stats.mean_s)
-                print(f"round {round_no + 1}: {name}: mean {stats.mean_s:.3f} s, "
-                      f"p95 {stats.p95_s:.3f} s, diagnosis {diagnosis}", flush=True)
+
+        def one(round_no: int, name: str) -> float:
+            stats, diagnosis = bench(args.model, configs[name], extra)
+            print(f"round {round_no + 1}: {name}: mean {stats.mean_s:.3f} s, "
+                  f"p95 {stats.p95_s:.3f} s, diagnosis {diagnosis}", flush=True)
+            return stats.mean_s
+
+        done = interleaved_rounds(configs, args.rounds, args.seed, one)
+    means = {name: [mean for _, of, mean in done if of == name] for name in configs}
     base = statistics.median(means[DEFAULTS_LABEL])
     print(f"\n{'configuration':40} {'median mean':>12} {'vs defaults':>12}")
     for name, values in means.items():

@@ -10,7 +10,6 @@ token, cache save/restore time and peak memory, with its ratio to the guide's de
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 
 from autotune.guide import GUIDE_DEFAULTS
@@ -18,6 +17,7 @@ from autotune.measure.bench import bench
 from autotune.measure.hardware import detect
 from autotune.measure.records import TrialStats
 from autotune.measure.settings import Settings
+from autotune.search.rounds import interleaved_rounds
 
 
 def configurations(physical: int) -> dict[str, Settings]:
@@ -43,18 +43,17 @@ def main() -> None:
     args = parser.parse_args()
     machine = detect()
     configs = configurations(machine.physical_cores)
-    rows: dict[str, list[TrialStats]] = {name: [] for name in configs}
-    rng = random.Random(args.seed)
-    for round_no in range(args.rounds):
-        order = list(configs)
-        rng.shuffle(order)
-        for name in order:
-            report = bench(args.model, configs[name], tokens_per_request=args.tokens,
-                           machine=machine)
-            rows[name].append(report.stats)
-            mean = report.stats.mean_s
-            print(f"round {round_no + 1}: {name}: {report.status}, mean "
-                  f"{float('nan') if mean is None else mean:.3f} s", flush=True)
+
+    def one(round_no: int, name: str) -> TrialStats:
+        report = bench(args.model, configs[name], tokens_per_request=args.tokens,
+                       machine=machine)
+        mean = report.stats.mean_s
+        print(f"round {round_no + 1}: {name}: {report.status}, mean "
+              f"{float('nan') if mean is None else mean:.3f} s", flush=True)
+        return report.stats
+
+    done = interleaved_rounds(configs, args.rounds, args.seed, one)
+    rows = {name: [stats for _, of, stats in done if of == name] for name in configs}
     base = statistics.median(r.mean_s for r in next(iter(rows.values())))
     print(f"\n{machine.physical_cores} physical / {machine.logical_cores} logical cores, "
           f"{args.tokens} tokens per request, {args.rounds} interleaved rounds")

@@ -12,8 +12,8 @@ tree), interleaved over the rounds in a shuffled order, with the same interprete
   minus the load_s the worker reports.
 
 The default "before" is 2b1c07e, the last commit whose worker imported pandas and Optuna
-through autotune/__init__.py (f52f1bf made the studies API load on first use). Each round
-holds the machine lock, so the numbers are not taken while another measurement runs.
+through autotune/__init__.py (f52f1bf made the studies API load on first use). Each
+measurement holds the machine lock, so the numbers are not taken while another one runs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import ast
 import contextlib
 import json
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ import psutil
 
 from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import demo_model_path
+from autotune.search.rounds import interleaved_rounds
 
 REPO = Path(__file__).resolve().parents[1]
 WORKTREE = "worktree"
@@ -172,26 +172,25 @@ def main(argv: list[str] | None = None) -> None:
                                   "import_outside_s": [],
                                   "import_inside_s": [], "to_loaded_s": [], "load_s": [],
                                   "rss_bytes": [], "heavy": []}
-            rng = random.Random(args.seed)
-            for round_no in range(-args.warmup, args.rounds):
-                order = list(results)
-                rng.shuffle(order)
+
+            def one(round_no: int, label: str) -> None:
+                round_no -= args.warmup  # the warm-up rounds first, untimed
+                r, root = results[label], roots[label]
                 with MachineLock().held("worker start benchmark"):
-                    for label in order:
-                        r, root = results[label], roots[label]
-                        outside, inside, heavy = time_import(root, r["module"])
-                        to_loaded, load_s, rss = start_worker(root, r["command"], r["spec"])
-                        if round_no < 0:
-                            continue
-                        for key, value in (("import_outside_s", outside),
-                                           ("import_inside_s", inside),
-                                           ("to_loaded_s", to_loaded), ("load_s", load_s),
-                                           ("rss_bytes", rss)):
-                            r[key].append(value)
-                        r["heavy"] = heavy
-                        print(f"round {round_no + 1}: {label}: import {outside:.3f} s, "
-                              f"start-up {to_loaded - load_s:.3f} s, rss {rss / 2**20:.1f} MiB",
-                              file=sys.stderr, flush=True)
+                    outside, inside, heavy = time_import(root, r["module"])
+                    to_loaded, load_s, rss = start_worker(root, r["command"], r["spec"])
+                if round_no < 0:
+                    return
+                for key, value in (("import_outside_s", outside), ("import_inside_s", inside),
+                                   ("to_loaded_s", to_loaded), ("load_s", load_s),
+                                   ("rss_bytes", rss)):
+                    r[key].append(value)
+                r["heavy"] = heavy
+                print(f"round {round_no + 1}: {label}: import {outside:.3f} s, "
+                      f"start-up {to_loaded - load_s:.3f} s, rss {rss / 2**20:.1f} MiB",
+                      file=sys.stderr, flush=True)
+
+            interleaved_rounds(results, args.warmup + args.rounds, args.seed, one)
         finally:
             for root in roots.values():
                 if root != REPO:

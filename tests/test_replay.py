@@ -205,3 +205,31 @@ def test_the_drift_anchor_and_the_baseline_order_are_replayed(grid) -> None:
     before = replay.run_study(grid, replay.STRATEGIES["defaults-first"], seed=3, trials=4,
                               budget=4)
     assert grid.keys[before["cells"][0]] == "t8 c4096 cache100"
+
+
+def test_the_replay_confirms_with_the_tuner_s_own_sequence_and_defaults(grid) -> None:
+    from autotune.search.orchestrate import finalists
+    from autotune.search.tune import TuneOptions
+    from autotune.studies.records import StudyRecord
+
+    replay = load("replay")
+    storage = optuna.storages.InMemoryStorage()
+    run = replay.run_study(grid, replay.STRATEGIES["default"], seed=4, trials=6, budget=6,
+                           storage=storage)
+    study = optuna.load_study(study_name="replay-default-4", storage=storage)
+    record = StudyRecord.read(study)
+    defaults = TuneOptions()
+    # the winner is what the tuner kept in the study, as `autotune MODEL` keeps it
+    assert record.winner is not None and record.winner.host == "box"
+    assert run["confirmed"]["cell"] == grid.cell_for(Settings.from_dict(record.winner.settings))
+    # in the tuner's rounds, with its finalists (and the profiles' trials) before the defaults
+    assert run["confirmed"]["rounds"] == defaults.rounds
+    assert {r.round for r in record.confirmation.runs} == set(range(defaults.rounds))
+    *best, baseline = [c.label for c in finalists(study, defaults.finalists)]
+    labels = [c.label for c in record.confirmation.candidates]
+    assert labels[:len(best)] == best and labels[-1] == baseline
+    assert run["confirmed"]["candidates"] == labels
+    # a strategy's options are the tuner's options
+    fewer = replay.run_study(grid, replay.Strategy("one-round", options={"rounds": 1}), seed=4,
+                             trials=6, budget=6)
+    assert fewer["confirmed"]["rounds"] == 1

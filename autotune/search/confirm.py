@@ -50,6 +50,7 @@ from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
 from autotune.measure.stats import summarize
 from autotune.search.events import ConfirmEnded, OnEvent
+from autotune.search.rounds import interleaved_rounds
 from autotune.search.space import BASELINE_LABEL
 from autotune.studies.records import CandidateResult, Confirmation, ConfirmRun, Improvement
 
@@ -95,31 +96,34 @@ def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResu
     `measure` runs one trial of the given settings (alone on the machine) and returns it.
     With `racing`, a finalist clearly behind after a round runs no further rounds.
     """
-    rng = random.Random(seed)
     runs: list[ConfirmRun] = []
     dropped: dict[str, str] = {}
-    active = list(candidates)
     total = rounds * len(candidates)
-    for round_no in range(rounds):
-        if round_no and racing:
-            dropped.update(clearly_behind(active, runs, goals or Goals()))
-            active = [c for c in active if c.label not in dropped]
-            total = len(runs) + (rounds - round_no) * len(active)
-        order = list(active)
-        rng.shuffle(order)
-        for candidate in order:
-            result = measure(candidate.settings)
-            run = ConfirmRun(round=round_no, label=candidate.label, status=result.status,
-                             reason=result.reason, trial_number=candidate.trial_number,
-                             settings=candidate.settings.to_dict(), stats=summarize(result),
-                             score=score(result.latencies, weights) if result.ok else None,
-                             latencies={r.index: r.latency_s for r in result.requests})
-            runs.append(run)
-            if on_event is not None:
-                value = (goals or Goals()).objective.of(run.stats, run.score)
-                on_event(ConfirmEnded(done=len(runs), total=total, label=candidate.label,
-                                      status=result.status,
-                                      value=value if run.score else None))
+
+    def race(round_no: int, active: list[Candidate]) -> list[Candidate]:
+        nonlocal total
+        if not racing:
+            return active
+        dropped.update(clearly_behind(active, runs, goals or Goals()))
+        active = [c for c in active if c.label not in dropped]
+        total = len(runs) + (rounds - round_no) * len(active)
+        return active
+
+    def run_once(round_no: int, candidate: Candidate) -> ConfirmRun:
+        result = measure(candidate.settings)
+        run = ConfirmRun(round=round_no, label=candidate.label, status=result.status,
+                         reason=result.reason, trial_number=candidate.trial_number,
+                         settings=candidate.settings.to_dict(), stats=summarize(result),
+                         score=score(result.latencies, weights) if result.ok else None,
+                         latencies={r.index: r.latency_s for r in result.requests})
+        runs.append(run)
+        if on_event is not None:
+            value = (goals or Goals()).objective.of(run.stats, run.score)
+            on_event(ConfirmEnded(done=len(runs), total=total, label=candidate.label,
+                                  status=result.status, value=value if run.score else None))
+        return run
+
+    interleaved_rounds(candidates, rounds, seed, run_once, keep=race)
     return decide(candidates, runs, seed, goals, dropped)
 
 

@@ -158,34 +158,54 @@ def process_seed(seed: int | None, host: str) -> int:
     return (seed + zlib.crc32(host.encode())) % 2**32
 
 
+SamplerFactory = Callable[[int | None], optuna.samplers.BaseSampler]
+PrunerFactory = Callable[[], optuna.pruners.BasePruner]
+Baseline = tuple[str, dict[str, object], dict[str, object]]  # label, params, pinned
+
+
+def tpe_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+    """The tuner's sampler (the module's docstring says why TPE)."""
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                      n_startup_trials=STARTUP_TRIALS)
+
+
+def wilcoxon_pruner(p_threshold: float = P_THRESHOLD) -> optuna.pruners.BasePruner:
+    """The tuner's pruner, at `p_threshold` per look."""
+    return optuna.pruners.WilcoxonPruner(p_threshold=p_threshold,
+                                         n_startup_steps=PRUNE_AFTER_REQUESTS)
+
+
 def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo,
                machine: Hardware, measurement: Measurement, space: SearchSpace,
-               seed: int | None, warm_start: bool = True) -> optuna.Study:
+               seed: int | None, warm_start: bool = True,
+               sampler: SamplerFactory = tpe_sampler, pruner: PrunerFactory = wilcoxon_pruner,
+               baselines: list[Baseline] | None = None) -> optuna.Study:
     """Create the study, or resume it after checking it measured the same thing.
 
-    `seed` seeds this process's sampler as it is (see process_seed). A study created with
-    `warm_start` queues, after the baselines, the winners of earlier studies of similar
-    models on this kind of machine (see search.warm); `space.notes` says which. A resumed
-    study keeps the context choices it was created with (see fit_context).
+    `seed` seeds this process's sampler (made by `sampler`) as it is (see process_seed).
+    A new study queues `baselines` first (None: the space's, the guide's advice and
+    defaults); one created with `warm_start` queues, after them, the winners of earlier
+    studies of similar models on this kind of machine (see search.warm); `space.notes`
+    says which. A resumed study keeps the context choices it was created with (see
+    fit_context).
     """
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                         n_startup_trials=STARTUP_TRIALS)
-    pruner = optuna.pruners.WilcoxonPruner(p_threshold=P_THRESHOLD,
-                                           n_startup_steps=PRUNE_AFTER_REQUESTS)
+    if baselines is None:
+        baselines = space.baselines(model, machine)
+    made_sampler, made_pruner = sampler(seed), pruner()
     try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                    pruner=pruner, direction="minimize")
+        study = optuna.create_study(study_name=name, storage=storage, sampler=made_sampler,
+                                    pruner=made_pruner, direction="minimize")
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
-                                  pruner=pruner)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=made_sampler,
+                                  pruner=made_pruner)
         wait_for_record(study)  # another tuner of the fleet may be creating it right now
         fit_context(study, space)
     else:
         # Its creator alone enqueues the baselines, before it writes the record that the
         # others wait for: two tuners starting together enqueue them once.
-        enqueue_baselines(study, model, machine, space)
+        enqueue_baselines(study, baselines)
         if warm_start:
-            enqueue_warm_starts(study, storage, model, machine, space)
+            enqueue_warm_starts(study, storage, model, machine, space, baselines)
     if not study.user_attrs:
         created = StudyRecord(model=model, hardware=machine, versions=versions(),
                               measurement=measurement.identity(), weights=measurement.weights,
@@ -200,24 +220,24 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, model: ModelInfo
     keep(study.set_user_attr, study_attrs(space=space.describe(),
                                           tuned_fields=space.tuned_fields))
     fail_orphaned_trials(study, storage, machine.host)
-    enqueue_baselines(study, model, machine, space)
+    enqueue_baselines(study, baselines)
     return study
 
 
-def enqueue_baselines(study: optuna.Study, model: ModelInfo, machine: Hardware,
-                      space: SearchSpace) -> None:
+def enqueue_baselines(study: optuna.Study, baselines: list[Baseline]) -> None:
     """Queue the baselines the study has not run or queued yet."""
     labels = {TrialRecord.read(t, study.study_name).label
               for t in study.get_trials(deepcopy=False)}
-    for label, params, pinned in space.baselines(model, machine):
+    for label, params, pinned in baselines:
         if label not in labels:
             study.enqueue_trial(params, user_attrs=trial_attrs(label=label, pinned=pinned))
 
 
 def enqueue_warm_starts(study: optuna.Study, storage: optuna.storages.BaseStorage,
-                        model: ModelInfo, machine: Hardware, space: SearchSpace) -> None:
+                        model: ModelInfo, machine: Hardware, space: SearchSpace,
+                        baselines: list[Baseline]) -> None:
     """Queue earlier studies' winners after the baselines, and say so in `space.notes`."""
-    queued = [{**params, **pinned} for _, params, pinned in space.baselines(model, machine)]
+    queued = [{**params, **pinned} for _, params, pinned in baselines]
     found = warm_starts(storage, study.study_name, model, machine, space, queued)
     for start in found:
         study.enqueue_trial(start.params, user_attrs=trial_attrs(label=start.label,
