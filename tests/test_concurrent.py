@@ -7,6 +7,7 @@ import itertools
 import json
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -19,7 +20,7 @@ from autotune.measure.machine_lock import LOCK_FILE_ENV
 from autotune.measure.model import inspect_model
 from autotune.measure.settings import Settings
 from autotune.measure.trial import BUSY_PERCENT, run_trial
-from autotune.search.events import BusyTrial, TrialEnded
+from autotune.search.events import BusyTrial
 from autotune.search.space import build_space
 from autotune.search.study import Measurement, open_study, search
 from autotune.studies.records import TrialRecord
@@ -27,14 +28,28 @@ from autotune.studies.standing import BUSY_LABEL, REPEAT_LABEL, ranked, supersed
 from autotune.studies.storage import open_storage
 
 TrialState = optuna.trial.TrialState
-BUSY_GAP = 30.0  # percent of a core the busy fault must add for a trial to tell it
+BUSY_GAP = 30.0  # percent of a core the busy fault must add for a reading to tell it
 PERSISTS = "the load is the machine's own"  # what a tuner says once a re-measurement was busy
 
 
-def busy_limit_between(measurement: Measurement, model, monkeypatch) -> tuple[float, float]:
-    """What other processes' CPU reads on this machine beside the `busy` fault and without
-    it, one run each; returns the limit halfway between, and the quiet reading."""
-    spec = measurement.spec(model, Settings(n_threads=1, context_window=512))
+@dataclass
+class PinnedLoad(Measurement):
+    """Measures each trial for real, then reports other processes' CPU as `loads` says,
+    run by run (0 once they run out): what the search does with a busy reading, made
+    certain. What the sampler reads beside a busy program is the test below."""
+
+    loads: list[float] = field(default_factory=list)
+
+    def run(self, model, settings, on_request=None, before=None, anchor=False):
+        result = super().run(model, settings, on_request, before, anchor)
+        result.other_cpu_percent_mean = self.loads.pop(0) if self.loads else 0.0
+        return result
+
+
+def test_the_sampler_counts_a_busy_program_beside_the_worker(
+        model_path: Path, tiny_workload, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = Measurement(tiny_workload, tokens_per_request=4).spec(
+        inspect_model(model_path), Settings(n_threads=1, context_window=512))
     monkeypatch.setenv(ENV, "busy@start")
     busy = run_trial(spec).other_cpu_percent_mean
     monkeypatch.delenv(ENV)
@@ -45,61 +60,52 @@ def busy_limit_between(measurement: Measurement, model, monkeypatch) -> tuple[fl
         # world (or a quota around this test) already takes, that is too little to tell
         pytest.skip(f"other processes' CPU reads {quiet:.0f}% of a core without the busy "
                     f"fault and {busy:.0f}% beside it: too close to tell a busy trial")
-    return (busy + quiet) / 2, quiet
+    assert busy > BUSY_GAP
 
 
-def a_study(name: str, model_path: Path, tiny_workload, tmp_path: Path):
+def a_study(name: str, model_path: Path, tiny_workload, tmp_path: Path, loads: list[float]):
     model, machine = inspect_model(model_path), detect()
     space = build_space(model, machine, fixed={"n_threads": 1}, min_context=512)
-    measurement = Measurement(tiny_workload, tokens_per_request=4)
+    measurement = PinnedLoad(tiny_workload, tokens_per_request=4, loads=loads)
     study = open_study(name, open_storage(tmp_path / "studies"), model, machine, measurement,
                        space, 0, warm_start=False)
     study.pruner = optuna.pruners.NopPruner()
     return study, model, machine, space, measurement
 
 
+BUSY = 2 * BUSY_PERCENT  # a reading well past the limit
+
+
 @pytest.mark.slow
 def test_a_trial_measured_beside_a_busy_program_is_measured_again_at_once(
-        model_path: Path, tiny_workload, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        model_path: Path, tiny_workload, tmp_path: Path) -> None:
     study, model, machine, space, measurement = a_study("busy", model_path, tiny_workload,
-                                                        tmp_path)
-    monkeypatch.delenv(ENV, raising=False)
-    limit, _ = busy_limit_between(measurement, model, monkeypatch)
-    events = []
-
-    def on_event(event) -> None:
-        events.append(event)
-        if isinstance(event, TrialEnded) and event.number == 0:
-            monkeypatch.delenv(ENV)  # the other program ends with the first trial
-
-    monkeypatch.setenv(ENV, "busy@start")
+                                                        tmp_path, loads=[BUSY])
+    events: list = []
     search(study, model, space, measurement, machine.host, trials=2, timeout_s=None,
-           on_event=on_event, anchor_every=0, busy_limit=limit)
+           on_event=events.append, anchor_every=0, busy_limit=BUSY_PERCENT)
     trials = study.trials
     assert len(trials) == 3 and measurement.costs.trials == 3
     # queued at once: it runs as soon as the other baseline, queued before it, has
     again = TrialRecord.read(trials[2])
-    assert again.label == f"{BUSY_LABEL}0"
+    assert again.label == f"{BUSY_LABEL}0" and again.remeasures == 0
     assert again.settings == TrialRecord.read(trials[0]).settings
-    assert TrialRecord.read(trials[0]).stats.other_cpu_percent_mean > limit
-    assert again.stats.other_cpu_percent_mean < limit
+    assert TrialRecord.read(trials[0]).stats.other_cpu_percent_mean == BUSY
     assert [e for e in events if isinstance(e, BusyTrial)] == [
-        BusyTrial(0, TrialRecord.read(trials[0]).stats.other_cpu_percent_mean, limit, True)]
+        BusyTrial(0, BUSY, BUSY_PERCENT, True)]
     assert superseded(study) == {0}
     assert 0 not in {t.number for t in ranked(study)}
 
 
 @pytest.mark.slow
 def test_a_machine_that_stays_busy_costs_one_more_trial_and_is_said(
-        model_path: Path, tiny_workload, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        model_path: Path, tiny_workload, tmp_path: Path) -> None:
     study, model, machine, space, measurement = a_study("always-busy", model_path,
-                                                        tiny_workload, tmp_path)
-    monkeypatch.delenv(ENV, raising=False)
-    limit, _ = busy_limit_between(measurement, model, monkeypatch)
-    events = []
-    monkeypatch.setenv(ENV, "busy@start")  # every trial, to the end
+                                                        tiny_workload, tmp_path,
+                                                        loads=[BUSY] * 8)
+    events: list = []
     search(study, model, space, measurement, machine.host, trials=2, timeout_s=None,
-           on_event=events.append, anchor_every=0, busy_limit=limit)
+           on_event=events.append, anchor_every=0, busy_limit=BUSY_PERCENT)
     labels = [TrialRecord.read(t).label for t in study.trials]
     assert labels[2:] == [f"{BUSY_LABEL}0", f"{BUSY_LABEL}1"]
     busy = [e for e in events if isinstance(e, BusyTrial)]
