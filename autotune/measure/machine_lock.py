@@ -92,10 +92,11 @@ class MachineLock:
         try:
             with Queue(queue_path(self.path)) as queue:
                 told = False
-                while (ahead := queue.next_ahead()) is not None:
+                while (found := queue.next_ahead()) is not None:
+                    ahead, queued = found
                     try:
                         if not told:
-                            told = self.waiting(fd, len(queue.live_ahead()))
+                            told = self.waiting(fd, queued)
                         fcntl.flock(ahead, fcntl.LOCK_SH)  # wakes as it leaves the queue
                     finally:
                         os.close(ahead)
@@ -167,22 +168,26 @@ class Queue:
                        if TICKET.fullmatch(name) and name < self.name)
         return [name for name in ahead if self.alive(name)]
 
-    def next_ahead(self) -> int | None:
-        """An open descriptor of the live ticket just ahead of this one, or None when
-        this one is first; the caller closes it."""
-        for name in reversed(self.live_ahead()):
+    def next_ahead(self) -> tuple[int, int] | None:
+        """An open descriptor of the live ticket just ahead of this one (the caller closes
+        it) and how many live ones are ahead; None when this one is first."""
+        ahead = self.live_ahead()
+        for name in reversed(ahead):
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
-                             dir_fd=self.dir_fd)
+                return self.open_ticket(name), len(ahead)
             except OSError:
                 continue  # it left the queue meanwhile
-            return fd
         return None
+
+    def open_ticket(self, name: str) -> int:
+        """A read-only descriptor of a ticket, which can still hold an flock; never
+        through a link."""
+        return os.open(name, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
+                       dir_fd=self.dir_fd)
 
     def alive(self, name: str) -> bool:
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
-                         dir_fd=self.dir_fd)
+            fd = self.open_ticket(name)
         except OSError:
             return False  # gone, or planted where this user cannot read: not a waiter
         try:

@@ -18,9 +18,9 @@ median score within TIE_MARGIN (3%) of the best: two runs of one configuration d
 more than that (8% in the median on the recorded 2-core grid, benchmarks/results/
 grid-small.json), so no ranking inside it is real. The report says when this decided.
 
-With goals (measure/goals.py), the winner has the lowest median of the study's objective instead,
-among the candidates whose medians over the rounds meet every target and budget; the
-guide's defaults are measured as the comparison all the same, and win only if they meet
+With goals (measure/goals.py), the winner has the lowest median of the study's objective
+instead, among the candidates whose medians over the rounds meet every target and budget;
+the guide's defaults are measured as the comparison all the same, and win only if they meet
 them too. The improvement stays the ratio of mean latencies.
 
 Racing: a finalist is not measured in further rounds once it is clearly behind (see

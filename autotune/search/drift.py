@@ -17,9 +17,9 @@ process taking a core doubles a 2-thread request), not on a run's noise.
 
 When a check finds drift, the trials measured since the last check are queued again, once
 each, labelled `re-measured after drift: trial N`. The drifted trial N (and any trial that
-reused its measurement as a repeat) no longer ranks: `studies.standing.superseded`. A re-measurement
-is never queued again, so a machine that stays drifted costs each trial at most one more
-run, and the report says the anchor moved. Each check is kept in the study's record
+reused its measurement as a repeat) no longer ranks: `studies.standing.superseded`. A
+re-measurement is never queued again, so a machine that stays drifted costs each trial at
+most one more run, and the report says the anchor moved. Each check is kept in the study's record
 (`anchors`).
 
 A shorter change needs no anchor to be seen: each trial records what the other processes
@@ -153,12 +153,10 @@ def requeue(study: optuna.Study, trials: list[optuna.trial.FrozenTrial],
         yield trial.number
 
 
-def measured_busy(trial: optuna.trial.FrozenTrial, study_name: str, busy_limit: float
-                  ) -> float | None:
-    """What the other processes used (percent of one core) while `trial` ran, when that
-    was more than `busy_limit`; None when not, or not known."""
-    stats = TrialRecord.read(trial, study_name).stats
-    others = stats.other_cpu_percent_mean if stats else None
+def measured_busy(kept: TrialRecord, busy_limit: float) -> float | None:
+    """What the other processes used (percent of one core) while the trial `kept`
+    records ran, when that was more than `busy_limit`; None when not, or not known."""
+    others = kept.stats.other_cpu_percent_mean if kept.stats else None
     return others if busy_limit > 0 and others is not None and others > busy_limit else None
 
 

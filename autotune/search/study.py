@@ -461,18 +461,18 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
         nonlocal done, total, busy_ends
         done += 1
         since.append(trial.number)
-        busy = None if busy_ends else drift.measured_busy(trial, study.study_name, busy_limit)
+        kept = TrialRecord.read(trial, study.study_name)
+        busy = None if busy_ends else drift.measured_busy(kept, busy_limit)
         again: tuple[int, ...] = ()
         if busy is not None:
             # a re-measurement as busy as the run it took again: the load is the machine's
-            busy_ends = TrialRecord.read(trial, study.study_name).remeasures is not None
+            busy_ends = kept.remeasures is not None
             if not busy_ends:
                 again = tuple(drift.requeue(study, drift.measured_in(study, [trial.number]),
                                             standing.BUSY_LABEL))
                 total += len(again)
         if on_event is not None:
             best = standing.best(study)
-            kept = TrialRecord.read(trial, study.study_name)
             on_event(TrialEnded(
                 done=done, total=total, number=trial.number, state=trial.state.name,
                 status=kept.status, reason=kept.reason,
