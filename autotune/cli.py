@@ -331,10 +331,19 @@ def check_study_name(name: str | None) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
-@click.option("--trials", default=8, show_default=True, type=click.IntRange(1),
-              help="Trials to run now (a resumed study adds these to those it has).")
+@click.option("--budget", "budget_text", metavar="DURATION",
+              help="Wall-clock time for the whole command, search and confirmation together, "
+              "e.g. 45s, 10m, 1h30m. The first trial measures what a run costs here; then "
+              "the tuner plans the trials, finalists and rounds that fit (a budget that "
+              "cannot buy a confirmed winner is said after the first requests, and nothing "
+              "is written). Without --trials the default is 5m; with --trials and no "
+              "--budget, the count is run whatever it takes.")
+@click.option("--trials", type=click.IntRange(1), default=None,
+              help="Trials to run now (a resumed study adds these to those it has)  "
+              "[default: 8, fewer when the budget runs short]")
 @click.option("--timeout", type=click.FloatRange(1), default=None,
-              help="Wall-clock budget for the search, seconds (confirmation comes after).")
+              help="Wall-clock limit for the search alone, seconds; the search stops at it "
+              "or at the budget's plan, whichever comes first.")
 @click.option("--seed", type=int, default=None, help="Seed of the sampler and of the "
               "confirmation order, for a reproducible search.")
 @click.option("--workload", "workload_file", metavar="FILE",
@@ -414,7 +423,8 @@ def check_study_name(name: str | None) -> None:
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary instead of tables.")
 @no_wait_option
-def tune(model: str, trials: int, timeout: float | None, seed: int | None,
+def tune(model: str, budget_text: str | None, trials: int | None, timeout: float | None,
+         seed: int | None,
          workload_file: str | None, tokens: int, concurrent: bool, clients: int,
          extended: bool, fixes: tuple[str, ...], min_context: int, no_warm_start: bool,
          anchor_every: int, busy_limit: float, finalists: int, rounds: int,
@@ -432,8 +442,9 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
 
     \b
     Examples:
-      autotune model.gguf                            # 8 trials, then ./jarvis.env
-      autotune model.gguf --trials 30 --timeout 900  # a bigger budget (resumes the study)
+      autotune model.gguf                            # up to 8 trials in 5m, ./jarvis.env
+      autotune model.gguf --budget 20m               # what fits in 20 minutes
+      autotune model.gguf --trials 30 --timeout 900  # 30 more trials, the search <= 900 s
       autotune model.gguf --fix n_threads=4 --format dotenv --out jarvis.conf
       autotune model.gguf --min-context 8192         # promise longer conversations
       autotune model.gguf --study-name fresh --no-warm-start
@@ -449,13 +460,18 @@ def tune(model: str, trials: int, timeout: float | None, seed: int | None,
     the folder writable, and run the same command again to resume.
     """
     from autotune.measure.goals import parse_size
+    from autotune.search.budget import DEFAULT_BUDGET_S, parse_duration
     from autotune.search.tune import TuneOptions
     from autotune.search.tune import tune as tune_lib
 
     check_study_name(study_name)
     goals = goals_from(objective, targets, max_memory, max_gpu_memory)
+    budget_s = parse_duration(budget_text) if budget_text is not None else (
+        DEFAULT_BUDGET_S if trials is None else None)
+    trials = trials or TuneOptions.trials
     options = TuneOptions(
-        trials=trials, timeout_s=timeout, seed=seed, workload=load_workload(workload_file),
+        trials=trials, timeout_s=timeout, budget_s=budget_s, seed=seed,
+        workload=load_workload(workload_file),
         tokens_per_request=tokens, clients=clients if concurrent else 1, extended=extended,
         fixed=parse_fixes(fixes), finalists=finalists, rounds=rounds,
         weights=Weights(spike_weight=spike_weight, spike_factor=spike_factor,

@@ -268,6 +268,8 @@ def improvement_cell(row: dict) -> str:
     """The speedup with its interval (or, for older studies, its range over rounds)."""
     if row.get("speedup") is None:
         return "-"
+    if row.get("speedup_at_least"):
+        return f"at least {row['speedup']:.2f}x (the defaults were stopped)"
     low, high = row.get("speedup_low"), row.get("speedup_high")
     if low is None or high is None or low != low:  # NaN: a study without an interval
         return f"{row['speedup']:.2f}x (range {row['speedup_min']:.2f}-{row['speedup_max']:.2f})"

@@ -122,7 +122,8 @@ def racing_measure(latency_of: dict[int, float], failing: set[int] = frozenset()
     rng = random.Random(5)
     calls: list[int] = []
 
-    def measure(settings: Settings) -> TrialResult:
+    def measure(candidate: Candidate) -> TrialResult:
+        settings = candidate.settings
         calls.append(settings.n_threads)
         result = TrialResult(status=Status.OK, settings=settings.to_dict())
         if settings.n_threads in failing:

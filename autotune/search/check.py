@@ -285,7 +285,7 @@ def check(file: str | os.PathLike[str], model_path: str | os.PathLike[str],
     candidates = [Candidate(FILE_LABEL, settings, race=False),
                   Candidate(BASELINE, Settings(**GUIDE_DEFAULTS))]
     with costs.timing("confirmation_s"):
-        outcome = confirm(candidates, lambda s: measurement.run(model, s), options.rounds,
+        outcome = confirm(candidates, lambda c: measurement.run(model, c.settings), options.rounds,
                           weights, options.seed, on_event)
     runs = outcome.confirmation.runs
     failed = first_failure(runs)

@@ -33,6 +33,16 @@ defaults always run every round (the improvement is measured against them), and 
 profile's trial (`Candidate.race` False), which is re-measured for its memory, not to win.
 Racing applies to the objectives measured request by request (score, mean); a tail or
 time-to-first-token objective runs every round.
+
+Near-ties: with `more_rounds` (a budget's, search/budget.py), rounds go on after the
+planned ones while more than one racing finalist is still in the race and another round
+fits: racing then separates them, or the report says they could not be (`unseparated`).
+
+Stopped defaults: a run of the guide's defaults may be stopped at a time limit (a budget's
+cap, or the trial limit when they are much slower than the limit allows). The finalists'
+runs are whole, so each such round still bounds the improvement from below: the requests
+the defaults did before the stop took longer than the winner's whole workload by at least
+`lower_bound`'s ratio, since the ones they did not reach would only add to their time.
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotune.measure.goals import METRICS, Goals, Objective
-from autotune.measure.records import TrialResult, TrialStats
+from autotune.measure.records import Status, TrialResult, TrialStats
 from autotune.measure.scoring import Weights, score
 from autotune.measure.settings import Settings
 from autotune.measure.stats import summarize
@@ -79,6 +89,8 @@ class Outcome:
     winner: CandidateResult | None
     improvement: Improvement | None
     tie_break: str = ""  # why a larger window was chosen over the best score, when it was
+    added_rounds: int = 0  # rounds run after the planned ones, for near-ties
+    unseparated: str = ""  # the finalists those rounds could not tell apart
 
     @property
     def dropped(self) -> tuple[str, ...]:
@@ -87,30 +99,41 @@ class Outcome:
                      if c.dropped)
 
 
-def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResult],
+def confirm(candidates: list[Candidate], measure: Callable[[Candidate], TrialResult],
             rounds: int, weights: Weights, seed: int | None = None,
             on_event: OnEvent | None = None, goals: Goals | None = None,
-            racing: bool = True) -> Outcome:
+            racing: bool = True,
+            more_rounds: Callable[[list[Candidate]], bool] | None = None,
+            extra_rounds: int = 0) -> Outcome:
     """Run every candidate once per round, shuffled; return runs, per-candidate and winner.
 
-    `measure` runs one trial of the given settings (alone on the machine) and returns it.
-    With `racing`, a finalist clearly behind after a round runs no further rounds.
+    `measure` runs one trial of the candidate's settings (alone on the machine) and
+    returns it. With `racing`, a finalist clearly behind after a round runs no further
+    rounds. After the `rounds`, up to `extra_rounds` more run while racing finalists are
+    still tied and `more_rounds(active)` says another round fits.
     """
     runs: list[ConfirmRun] = []
     dropped: dict[str, str] = {}
     total = rounds * len(candidates)
+    added = 0
 
     def race(round_no: int, active: list[Candidate]) -> list[Candidate]:
-        nonlocal total
-        if not racing:
+        nonlocal total, added
+        if racing:
+            dropped.update(clearly_behind(active, runs, goals or Goals()))
+            active = [c for c in active if c.label not in dropped]
+        if round_no >= rounds:
+            if (more_rounds is None or len(still_racing(active)) < 2
+                    or not more_rounds(active)):
+                return []
+            added += 1
+            total = len(runs) + len(active)
             return active
-        dropped.update(clearly_behind(active, runs, goals or Goals()))
-        active = [c for c in active if c.label not in dropped]
         total = len(runs) + (rounds - round_no) * len(active)
         return active
 
     def run_once(round_no: int, candidate: Candidate) -> ConfirmRun:
-        result = measure(candidate.settings)
+        result = measure(candidate)
         run = ConfirmRun(round=round_no, label=candidate.label, status=result.status,
                          reason=result.reason, trial_number=candidate.trial_number,
                          settings=candidate.settings.to_dict(), stats=summarize(result),
@@ -123,8 +146,31 @@ def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResu
                                   status=result.status, value=value if run.score else None))
         return run
 
-    interleaved_rounds(candidates, rounds, seed, run_once, keep=race)
-    return decide(candidates, runs, seed, goals, dropped)
+    interleaved_rounds(candidates, rounds + (extra_rounds if more_rounds else 0), seed,
+                       run_once, keep=race)
+    outcome = decide(candidates, runs, seed, goals, dropped)
+    return dataclasses.replace(outcome, added_rounds=added,
+                               unseparated=unseparated(outcome, candidates, added))
+
+
+def still_racing(active: list[Candidate]) -> list[Candidate]:
+    return [c for c in active if c.race and c.label != BASELINE]
+
+
+def unseparated(outcome: Outcome, candidates: list[Candidate], added: int) -> str:
+    """After rounds added for near-ties, the finalists still in the race with the winner,
+    when there are any: the confirmation could not tell them apart."""
+    if not added or outcome.winner is None:
+        return ""
+    racing = {c.label for c in still_racing(candidates)}
+    rows = [r for r in outcome.confirmation.candidates
+            if r.label in racing and r.complete and not r.dropped]
+    if len(rows) < 2:
+        return ""
+    names = ", ".join(r.label for r in rows)
+    return (f"{names} could not be separated in {max(r.runs for r in rows)} rounds: none was "
+            f"clearly slower request for request (Wilcoxon p<{RACE_P:g} and a median over "
+            f"{TIE_MARGIN:.0%} behind)")
 
 
 def clearly_behind(candidates: list[Candidate], runs: list[ConfirmRun], goals: Goals
@@ -258,13 +304,34 @@ def improvement(runs: list[ConfirmRun], winner: str, seed: int | None = None
             base, best = here[BASELINE].latencies, here[winner].latencies
             pairs.append([(base[i], best[i]) for i in sorted(base.keys() & best.keys())])
     if not ratios:
-        return None
+        return lower_bound(runs, winner)
     interval = paired_bootstrap(pairs, seed=seed) if all(pairs) else None
     return Improvement(speedup=statistics.median(ratios), speedup_min=min(ratios),
                        speedup_max=max(ratios), rounds=len(ratios), ratios=tuple(ratios),
                        low=interval[0] if interval else None,
                        high=interval[1] if interval else None, confidence=CONFIDENCE,
                        requests=min(len(p) for p in pairs) if interval else 0)
+
+
+def lower_bound(runs: list[ConfirmRun], winner: str) -> Improvement | None:
+    """The improvement when every run of the defaults was stopped: per round, the time of
+    the requests they did over the winner's whole workload (see the module's docstring)."""
+    ratios, reached, total = [], [], 0
+    for round_no in sorted({r.round for r in runs}):
+        here = {r.label: r for r in runs if r.round == round_no}
+        base, best = here.get(BASELINE), here.get(winner)
+        if (base is None or best is None or best.score is None or not base.latencies
+                or base.status != Status.TIMED_OUT):
+            continue
+        ratios.append(sum(base.latencies.values()) / sum(best.latencies.values()))
+        reached.append(len(base.latencies))
+        total = len(best.latencies)
+    if not ratios:
+        return None
+    low = min(ratios)
+    return Improvement(speedup=low, speedup_min=low, speedup_max=max(ratios),
+                       rounds=len(ratios), ratios=tuple(ratios), at_least=True,
+                       stopped_after=min(reached), of_requests=total)
 
 
 CONFIDENCE = 0.95

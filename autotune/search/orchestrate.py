@@ -21,9 +21,10 @@ from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.goals import Goals, closest
 from autotune.measure.hardware import Hardware
 from autotune.measure.model import ModelInfo
-from autotune.measure.records import Status
+from autotune.measure.records import Status, TrialResult
 from autotune.measure.settings import Settings
 from autotune.search import drift
+from autotune.search.budget import MAX_ROUNDS, Budget, spoken
 from autotune.search.confirm import BASELINE, Candidate, Outcome, confirm, median_stats
 from autotune.search.events import OnEvent
 from autotune.search.options import TuneOptions
@@ -100,12 +101,31 @@ def search_study(study: optuna.Study, model: ModelInfo, machine: Hardware,
     """`options.trials` more trials (study.search), with the drift anchor and the busy
     check as options set them; the notes it adds (the anchor moved)."""
     checked = len(StudyRecord.read(study).anchors)
+    budget = parts.measurement.budget
+    go_on = None
+    if budget is not None:
+        defaults = Settings(**GUIDE_DEFAULTS)
+
+        def go_on() -> bool:
+            return not budget.too_small and budget.search_may_go_on(
+                options.finalists, options.rounds, defaults)
+
+    before = finished_trials(study)
     with parts.measurement.costs.timing("search_s"):
         search(study, model, space, parts.measurement, machine.host, options.trials,
                options.timeout_s, on_event, sampler_seed=parts.seed,
-               anchor_every=options.anchor_every, busy_limit=options.busy_limit)
+               anchor_every=options.anchor_every, busy_limit=options.busy_limit,
+               go_on=go_on)
     drifted = drift.describe(StudyRecord.read(study).anchors[checked:])
-    return (drifted,) if drifted else ()
+    notes = (drifted,) if drifted else ()
+    if budget is not None and budget.too_small:
+        raise MeasurementFailed(f"study {study.study_name!r}: {budget.too_small}; nothing "
+                                "written (the study keeps its stopped trial)")
+    ran = finished_trials(study) - before
+    if budget is not None and ran < options.trials:
+        notes = (*notes, f"{spoken(budget.seconds)} budget: the search ran {ran} of "
+                         f"{options.trials} trials, leaving the time the confirmation needs")
+    return notes
 
 
 def run_study(study: optuna.Study, model: ModelInfo, machine: Hardware, space: SearchSpace,
@@ -129,10 +149,14 @@ def run_study(study: optuna.Study, model: ModelInfo, machine: Hardware, space: S
         raise MeasurementFailed(f"study {name!r}: no trial finished without failing or "
                                 "overflowing the context, so there is nothing to confirm; see "
                                 f"`autotune show {name}`")
+    candidates, rounds, planned = plan_confirmation(candidates, options.rounds,
+                                                    measurement.budget)
+    notes = (*notes, *planned)
     with measurement.costs.timing("confirmation_s"):
-        outcome = confirm(candidates, lambda s: measurement.run(model, s), options.rounds,
+        outcome = confirm(candidates, confirm_run(measurement, model), rounds,
                           measurement.weights, options.seed, on_event, goals,
-                          racing=options.racing)
+                          racing=options.racing, more_rounds=more_rounds(measurement.budget),
+                          extra_rounds=MAX_ROUNDS - rounds)
     winner = outcome.winner
     if winner is None and goals.limits and any(
             c.complete for c in outcome.confirmation.candidates):
@@ -143,6 +167,13 @@ def run_study(study: optuna.Study, model: ModelInfo, machine: Hardware, space: S
         raise MeasurementFailed(f"study {name!r}: no finalist finished every confirmation "
                                 "round")
     notes = (*notes, *(f"confirmation dropped {why}" for why in outcome.dropped))
+    if outcome.added_rounds:
+        notes = (*notes, f"confirmation ran {outcome.added_rounds} more round(s) than "
+                         f"planned to separate near-tied finalists")
+    if outcome.unseparated:
+        notes = (*notes, outcome.unseparated)
+    if measurement.budget is not None:
+        notes = (*notes, measurement.budget.describe())
     kept = profiles.kept_profiles(points, outcome.confirmation, winner)
     keep(study.set_user_attr, study_attrs(confirmation=outcome.confirmation, winner=Winner(
         label=winner.label, trial_number=winner.trial_number, settings=winner.settings,
@@ -151,6 +182,56 @@ def run_study(study: optuna.Study, model: ModelInfo, machine: Hardware, space: S
         host=machine.host, tie_break=outcome.tie_break,
         objective_value=winner.median_objective), profiles=kept))
     return Tuned(outcome, winner, kept, notes)
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
+def plan_confirmation(candidates: list[Candidate], rounds: int, budget: Budget | None
+                      ) -> tuple[list[Candidate], int, tuple[str, ...]]:
+    """The candidates and rounds that fit the budget (all of them without one), and the
+    notes saying what the budget gave up (search/budget.py)."""
+    if budget is None:
+        return candidates, rounds, ()
+    *rest, baseline = candidates
+    finals = [c for c in rest if c.race]
+    extra = [c for c in rest if not c.race]
+    plan = budget.fit_confirmation([c.settings for c in finals], [c.settings for c in extra],
+                                   baseline.settings, rounds)
+    chosen = [*finals[:plan.finalists], *(extra if plan.profiles else []), baseline]
+    notes = tuple(f"{spoken(budget.seconds)} budget: the confirmation gave up {what}"
+                  for what in plan.gave_up)
+    return chosen, plan.rounds, notes
+
+
+def confirm_run(measurement: Measurement, model: ModelInfo
+                ) -> Callable[[Candidate], TrialResult]:
+    """How confirmation measures a candidate: whole, but the guide's defaults stopped at
+    the budget's cap (search/budget.py), their improvement then a lower bound."""
+    budget = measurement.budget
+
+    def run(candidate: Candidate) -> TrialResult:
+        limit = (budget.baseline_limit_s() if budget is not None and candidate.label == BASELINE
+                 else None)
+        return measurement.run(model, candidate.settings, limit_s=limit)
+
+    return run
+
+
+def more_rounds(budget: Budget | None) -> Callable[[list[Candidate]], bool] | None:
+    """With a budget, another round for near-tied finalists while one fits."""
+    if budget is None:
+        return None
+    defaults = Settings(**GUIDE_DEFAULTS)
+
+    def fits(active: list[Candidate]) -> bool:
+        if budget.may_add_round([c.settings for c in active], defaults):
+            budget.extra_rounds += 1
+            return True
+        return False
+
+    return fits
 
 
 def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Candidate]:

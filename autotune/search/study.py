@@ -60,10 +60,12 @@ from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status, TrialResult
 from autotune.measure.scoring import Weights, score
+from autotune.measure.settings import Settings
 from autotune.measure.stats import summarize
 from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
 from autotune.measure.workload import Workload
 from autotune.search import drift
+from autotune.search.budget import Budget
 from autotune.search.costs import Costs
 from autotune.search.events import AnchorChecked, BusyTrial, OnEvent, TrialEnded
 from autotune.search.space import SearchSpace
@@ -107,27 +109,39 @@ class Measurement:
     reuse_repeats: bool = field(default=True, compare=False)
     lock: MachineLock = field(default_factory=MachineLock, compare=False)
     costs: Costs = field(default_factory=Costs, compare=False)  # what its trials cost
+    # the command's time (search/budget.py): no run goes past it, and each run's cost is
+    # kept for its plans
+    budget: Budget | None = field(default=None, compare=False)
 
-    def spec(self, model: ModelInfo, settings: object) -> TrialSpec:
+    def spec(self, model: ModelInfo, settings: object, limit_s: float | None = None
+             ) -> TrialSpec:
         # the stall and load limits follow --trial-timeout and the model's size
+        timeout = self.trial_timeout_s if limit_s is None else min(limit_s,
+                                                                   self.trial_timeout_s)
+        if self.budget is not None:
+            timeout = self.budget.trial_limit_s(timeout)
         return TrialSpec(model.path, settings, self.workload,  # type: ignore[arg-type]
                          tokens_per_request=self.tokens_per_request, clients=self.clients,
-                         timeout_s=self.trial_timeout_s)
+                         timeout_s=timeout)
 
     def run(self, model: ModelInfo, settings: object, on_request=None,
-            before: Callable[[], object] | None = None, anchor: bool = False) -> TrialResult:
-        """One trial, alone on the machine; `before` runs once the machine is ours. An
-        `anchor` run (search/drift.py) is counted apart from the trials."""
+            before: Callable[[], object] | None = None, anchor: bool = False,
+            limit_s: float | None = None) -> TrialResult:
+        """One trial, alone on the machine, stopped at `limit_s` at the latest (or the trial
+        limit, or the budget's end); `before` runs once the machine is ours. An `anchor`
+        run (search/drift.py) is counted apart from the trials."""
         asked = time.perf_counter()
         with self.lock.held("tune"):
             waited = time.perf_counter() - asked
             if before is not None:
                 before()
-            result = run_trial(self.spec(model, settings), on_request=on_request)
+            result = run_trial(self.spec(model, settings, limit_s), on_request=on_request)
         if anchor:
             self.costs.add_anchor(result, waited)
         else:
             self.costs.add_trial(result, waited)
+            if self.budget is not None and isinstance(settings, Settings):
+                self.budget.observe(settings, result, len(self.workload.requests))
         return result
 
     def identity(self) -> MeasurementIdentity:
@@ -371,10 +385,18 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         objective = measurement.goals.objective
         best = standing.best(trial.study) if objective.tail is not None else None
         seen: list[float] = []
+        budget = measurement.budget
+        first = budget is not None and budget.typical_s() is None
+        started = time.monotonic()
+        latencies: list[float] = []
 
         def on_request(event: RequestRecord) -> bool:
             seen.append(objective.per_request(event))
             trial.report(seen[-1], event.index)
+            latencies.append(event.latency_s)
+            if first and budget is not None and not budget.first_requests(
+                    time.monotonic() - started, latencies, total):
+                return True  # the budget cannot buy a confirmed answer: said before it is spent
             if len(seen) >= total:
                 return False  # a finished trial is kept
             if objective.tail is None:
@@ -446,11 +468,13 @@ def repeat_of(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float:
 def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measurement: Measurement,
            host: str, trials: int, timeout_s: float | None, on_event: OnEvent | None = None,
            sampler_seed: int | None = None, anchor_every: int = drift.ANCHOR_EVERY,
-           busy_limit: float = drift.BUSY_LIMIT) -> None:
-    """Run `trials` more trials (or until `timeout_s`), reporting each as it ends; every
-    `anchor_every` trials (0: never), check the drift anchor (drift.py); take again at once
-    a trial during which other processes used more than `busy_limit` percent of a core (0:
-    never). The trials queued again come on top of `trials`."""
+           busy_limit: float = drift.BUSY_LIMIT,
+           go_on: Callable[[], bool] | None = None) -> None:
+    """Run `trials` more trials (or until `timeout_s`, or until `go_on()` is False after a
+    trial), reporting each as it ends; every `anchor_every` trials (0: never), check the
+    drift anchor (drift.py); take again at once a trial during which other processes used
+    more than `busy_limit` percent of a core (0: never). The trials queued again come on
+    top of `trials`."""
     started = time.monotonic()
     done = 0
     total = trials
@@ -485,6 +509,8 @@ def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measuremen
                 objective=str(measurement.goals.objective)))
             if busy is not None and (again or busy_ends):
                 on_event(BusyTrial(trial.number, busy, busy_limit, remeasured=bool(again)))
+        if go_on is not None and done < total and not go_on():
+            study.stop()
 
     objective = objective_for(model, space, measurement, host, sampler_seed)
     try:

@@ -12,7 +12,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from collections.abc import Iterable
 
 import optuna
@@ -24,6 +26,7 @@ from autotune.measure.model import inspect_model
 from autotune.measure.settings import Settings
 from autotune.measure.workload import builtin_workload
 from autotune.safe_text import visible
+from autotune.search.budget import Budget
 from autotune.search.confirm import BASELINE
 from autotune.search.costs import Costs
 from autotune.search.events import OnEvent, Started, Waiting
@@ -64,6 +67,8 @@ def representative(runs: tuple[ConfirmRun, ...], label: str) -> ConfirmRun | Non
 def tune(model_path: str | os.PathLike[str], options: TuneOptions,
          on_event: OnEvent | None = None) -> TuneReport:
     """Search, confirm against the guide's defaults, and write the export script."""
+    started = time.monotonic()
+    budget = Budget(options.budget_s, started=started) if options.budget_s is not None else None
     costs = Costs()
     with costs.timing("inspection_s"):
         model = inspect_model(model_path)
@@ -78,7 +83,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                        lambda holder: on_event(Waiting(holder.describe())))
     measurement = Measurement(options.workload or builtin_workload(), options.tokens_per_request,
                               options.clients, options.trial_timeout_s, options.weights,
-                              options.goals, lock=lock, costs=costs)
+                              options.goals, lock=lock, costs=costs, budget=budget)
     with costs.timing("setup_s"):
         storage = open_storage(options.studies_dir, options.storage,
                                longest_trial_s=options.trial_timeout_s)
@@ -93,7 +98,9 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                          resumed=any(t.state != optuna.trial.TrialState.WAITING
                                      for t in study.trials), notes=notes))
     tuned = run_study(study, model, machine, space, parts, options, on_event)
-    return report(study, space, options, tuned, costs, (*notes, *tuned.notes))
+    done = report(study, space, options, tuned, costs, (*notes, *tuned.notes))
+    return dataclasses.replace(done, budget_s=options.budget_s,
+                               wall_s=time.monotonic() - started)
 
 
 def report(study: optuna.Study, space: SearchSpace, options: TuneOptions, tuned: Tuned,

@@ -111,6 +111,9 @@ class Improvement:
     range. `low`/`high` bound, at `confidence`, the ratio a fresh A/B of the same two
     configurations should show: a paired bootstrap over the rounds and the requests both
     ran (`requests` of them). Studies confirmed before the interval existed have none.
+    `at_least`: every run of the defaults was stopped at a time limit, after
+    `stopped_after` of `of_requests` requests at the least, and `speedup` is the lowest
+    round's lower bound (confirm.lower_bound).
     """
 
     speedup: float
@@ -122,9 +125,16 @@ class Improvement:
     high: float | None = None
     confidence: float = 0.95
     requests: int = 0
+    at_least: bool = False
+    stopped_after: int = 0
+    of_requests: int = 0
 
     def describe(self) -> str:
         """One line for the export header and the report."""
+        if self.at_least:
+            return (f"at least {self.speedup:.2f}x lower mean latency: the guide's defaults "
+                    f"were stopped at the limit after {self.stopped_after} of "
+                    f"{self.of_requests} requests ({self.rounds} interleaved round(s))")
         if self.low is None or self.high is None:
             return (f"{self.speedup:.2f}x lower mean latency (range {self.speedup_min:.2f}x-"
                     f"{self.speedup_max:.2f}x over {self.rounds} interleaved rounds)")
@@ -512,6 +522,9 @@ class TuneReport:
     targets: tuple[str, ...] = ()  # its targets and memory budgets, as `p95<=1.5s`
     # when each of this run's measurements held the machine: (from, until), epoch seconds
     held: tuple[tuple[float, float], ...] = ()
+    # --budget, s (None: a fixed count of trials), and the run's wall time from its start
+    budget_s: float | None = None
+    wall_s: float = 0.0
     kind: ClassVar[str] = "tune"
 
     def to_dict(self) -> dict[str, object]:

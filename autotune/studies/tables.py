@@ -170,6 +170,7 @@ class SummaryRow:
                 "speedup_max": found.speedup_max if found else None,
                 "speedup_low": found.low if found else None,
                 "speedup_high": found.high if found else None,
+                "speedup_at_least": found.at_least if found else None,
                 **self.exports}
 
 
