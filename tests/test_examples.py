@@ -19,7 +19,7 @@ FAST = ["autotune.safe_text", "autotune.measure.mapping", "autotune.measure.reco
         "autotune.measure.model", "autotune.measure.gguf_header", "autotune.measure.scoring",
         "autotune.studies.records", "autotune.measure.hardware",
         "autotune.studies.export", "autotune.studies.profiles", "autotune.search.warm",
-        "autotune.studies.window", "autotune.search.rounds"]
+        "autotune.studies.window", "autotune.search.rounds", "autotune.search.budget"]
 MEASURING = ["autotune.measure.trial", "autotune.measure.machine_lock",
              "autotune.measure.bench"]
 
