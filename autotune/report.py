@@ -191,9 +191,9 @@ def print_tune(console: Console, report: TuneReport) -> None:
     print_explanation(console, report.explanation)
     for note in report.notes:
         console.print(f"Note: {terminal(note)}")
-    total = sum(report.costs.values())
+    total = report.costs.total_s
     if total:
-        measured = report.costs.get("measured requests", 0.0)
+        measured = report.costs.requests_s
         console.print(f"Wall time {total:.0f} s, {measured / total:.0%} of it measured requests "
                       "(the rest: worker starts, model loads, sampler, storage).")
     if report.out:

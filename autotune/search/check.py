@@ -48,6 +48,7 @@ from autotune.studies import export
 from autotune.studies.records import (
     CandidateResult,
     ConfirmRun,
+    CostBreakdown,
     Improvement,
     StudyFormatError,
     StudyRecord,
@@ -90,7 +91,7 @@ class CheckReport:
     tokens_per_request: int
     workload: str
     notes: tuple[str, ...] = ()
-    costs: dict[str, float] = field(default_factory=dict)
+    costs: CostBreakdown = field(default_factory=CostBreakdown)  # where the wall time went
     kind: ClassVar[str] = "check"
 
     def to_dict(self) -> dict[str, object]:

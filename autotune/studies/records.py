@@ -470,6 +470,50 @@ def keep(set_user_attr: Callable[[str, object], object], attrs: dict[str, object
 # --- the --json outputs of the study commands ------------------------------------------
 
 @dataclass(frozen=True)
+class CostBreakdown:
+    """Where a run's wall time went, in seconds (search/costs.py adds it up); the parts
+    add up to `total_s`. `--json` keeps it under its labels (`LABELS`), as reports print
+    them."""
+
+    requests_s: float = 0.0  # the measured requests (what the study is for)
+    worker_start_s: float = 0.0  # spawn until each worker starts loading the model
+    inspection_s: float = 0.0  # reading the model's GGUF header
+    load_s: float = 0.0  # the model's load in each worker
+    warmup_s: float = 0.0  # the warm-up request in each worker
+    trial_rest_s: float = 0.0  # the rest of each trial: reading events, exit, reaping
+    lock_wait_s: float = 0.0  # waiting for another measurement on the machine
+    setup_s: float = 0.0  # opening the storage and the study, enqueuing baselines
+    anchor_s: float = 0.0  # the drift anchor's checks, waiting included
+    outside_s: float = 0.0  # the sampler, storage and records around the trials
+
+    LABELS: ClassVar[dict[str, str]] = {
+        "requests_s": "measured requests", "worker_start_s": "worker start",
+        "inspection_s": "model inspection", "load_s": "model load", "warmup_s": "warm-up",
+        "trial_rest_s": "rest of each trial", "lock_wait_s": "waiting for the machine",
+        "setup_s": "storage and study set-up", "anchor_s": "drift anchor",
+        "outside_s": "sampler, storage and records"}
+    # Parts every trial needs whatever measures it, or that are another measurement's time.
+    INHERENT: ClassVar[tuple[str, ...]] = ("requests_s", "load_s", "warmup_s", "lock_wait_s")
+
+    def to_dict(self) -> dict[str, float]:
+        """Each part under its label, in the order reports print them."""
+        return {label: getattr(self, name) for name, label in self.LABELS.items()}
+
+    @property
+    def total_s(self) -> float:
+        return sum(getattr(self, name) for name in self.LABELS)
+
+    @property
+    def harness_share(self) -> float:
+        """The share of the wall time that measured nothing and is the harness's own: all
+        but the requests, the model loads and warm-ups every trial needs, and the waiting
+        for the machine."""
+        total = self.total_s
+        own = sum(getattr(self, name) for name in self.LABELS if name not in self.INHERENT)
+        return own / total if total else 0.0
+
+
+@dataclass(frozen=True)
 class Contender:
     """One column of the tuner's report: the winner, or the guide's defaults."""
 
@@ -497,7 +541,7 @@ class TuneReport:
     notes: tuple[str, ...]
     out: str | None
     export: str
-    costs: dict[str, float] = field(default_factory=dict)  # where the wall time went, s
+    costs: CostBreakdown = field(default_factory=CostBreakdown)  # where the wall time went
     # the wall time of the search (its drift checks included) and of the confirmation, s
     phases: dict[str, float] = field(default_factory=dict)
     profiles: tuple[Profile, ...] = ()
@@ -527,8 +571,9 @@ def output(kind: str, **body: object) -> dict[str, object]:
 
 def as_json(value: object) -> object:
     """A record as the JSON a storage keeps or a command prints (enums are their text)."""
-    if isinstance(value, (ModelInfo, HardwareClass)):
-        return value.to_dict()  # never the model's chat template; the class with its name
+    if isinstance(value, (ModelInfo, HardwareClass, CostBreakdown)):
+        # never the model's chat template; the class with its name; the costs by label
+        return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: as_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
