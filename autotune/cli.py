@@ -142,7 +142,7 @@ def study_evidence(study_name: str | None, env_file: str | None, settings: Setti
 
     if study_name is not None:
         loaded = load_study(study_name, open_studies(studies_dir, storage))
-        return evidence_for(loaded, settings.to_dict())
+        return evidence_for(loaded, settings)
     named = named_study(env_file) if env_file else None
     if named is None:
         return None
@@ -156,7 +156,7 @@ def study_evidence(study_name: str | None, env_file: str | None, settings: Setti
                           "which this storage does not hold; the diagnosis is not checked "
                           "against it", markup=False)
         return None
-    return evidence_for(load_study(named, where), settings.to_dict())
+    return evidence_for(load_study(named, where), settings)
 
 
 def storage_options(command: Callable) -> Callable:

@@ -213,7 +213,7 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     at once (its worker is killed) and the result's status is PRUNED.
     """
     started = time.perf_counter()
-    result = TrialResult(status=Status.FAILED, settings=spec.settings.to_dict(),
+    result = TrialResult(status=Status.FAILED, settings=spec.settings,
                          measured_from=time.time())
     process = subprocess.Popen(
         worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -169,7 +169,7 @@ def changes(record: StudyRecord, model: ModelInfo, machine: HardwareClass,
     else:
         fields = record.tuned_fields or CORE_FIELDS
         ours = settings.to_env(fields)
-        best = Settings.from_dict(winner.settings).to_env(fields)
+        best = winner.settings.to_env(fields)
         differ = [f"{k}={ours[k]} (winner: {best[k]})" for k in ours if ours[k] != best[k]]
         if differ:
             notes.append(f"the file's settings differ from the study's confirmed winner: "

@@ -113,7 +113,7 @@ def confirm(candidates: list[Candidate], measure: Callable[[Settings], TrialResu
         result = measure(candidate.settings)
         run = ConfirmRun(round=round_no, label=candidate.label, status=result.status,
                          reason=result.reason, trial_number=candidate.trial_number,
-                         settings=candidate.settings.to_dict(), stats=summarize(result),
+                         settings=candidate.settings, stats=summarize(result),
                          score=score(result.latencies, weights) if result.ok else None,
                          latencies={r.index: r.latency_s for r in result.requests})
         runs.append(run)
@@ -191,7 +191,7 @@ def decide(candidates: list[Candidate], runs: list[ConfirmRun], seed: int | None
         typical = median_stats(goals, [r.stats for r in ok])
         table.append(CandidateResult(
             label=candidate.label, trial_number=candidate.trial_number,
-            settings=candidate.settings.to_dict(), runs=len(mine), ok_runs=len(ok),
+            settings=candidate.settings, runs=len(mine), ok_runs=len(ok),
             median_score_s=statistics.median(scores) if scores else None,
             median_mean_s=statistics.median(means) if means else None,
             median_objective=median_of([goals.objective.of(r.stats, r.score)
@@ -213,7 +213,7 @@ def larger_window_in_a_tie(eligible: list[CandidateResult], best: CandidateResul
     median value (the guide's defaults are the reference, not an alternative), and why."""
 
     def window(row: CandidateResult) -> int:
-        return int(row.settings.get("context_window", 0))  # type: ignore[call-overload]
+        return row.settings.context_window
 
     limit = best.median_objective * (1 + TIE_MARGIN)  # type: ignore[operator]
     ties = [row for row in eligible if row.label != BASELINE and window(row) > window(best)

@@ -60,6 +60,7 @@ from autotune.measure.machine_lock import MachineLock
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import RequestRecord, Status, TrialResult
 from autotune.measure.scoring import Weights, score
+from autotune.measure.settings import Settings
 from autotune.measure.stats import summarize
 from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
 from autotune.measure.workload import Workload
@@ -108,13 +109,13 @@ class Measurement:
     lock: MachineLock = field(default_factory=MachineLock, compare=False)
     costs: Costs = field(default_factory=Costs, compare=False)  # what its trials cost
 
-    def spec(self, model: ModelInfo, settings: object) -> TrialSpec:
+    def spec(self, model: ModelInfo, settings: Settings) -> TrialSpec:
         # the stall and load limits follow --trial-timeout and the model's size
-        return TrialSpec(model.path, settings, self.workload,  # type: ignore[arg-type]
+        return TrialSpec(model.path, settings, self.workload,
                          tokens_per_request=self.tokens_per_request, clients=self.clients,
                          timeout_s=self.trial_timeout_s)
 
-    def run(self, model: ModelInfo, settings: object, on_request=None,
+    def run(self, model: ModelInfo, settings: Settings, on_request=None,
             before: Callable[[], object] | None = None, anchor: bool = False) -> TrialResult:
         """One trial, alone on the machine; `before` runs once the machine is ours. An
         `anchor` run (search/drift.py) is counted apart from the trials."""
@@ -349,8 +350,8 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
             # A resumed study's older, smaller choices: a broken promise, not measured.
             why = (f"context window {settings.context_window} below the minimum "
                    f"{space.min_context}")
-            keep(trial.set_user_attr, trial_attrs(reason=why,
-                                                  settings=settings.to_dict(), infeasible=why))
+            keep(trial.set_user_attr, trial_attrs(reason=why, settings=settings,
+                                                  infeasible=why))
             trial.set_constraint("failed", 0.0)
             trial.set_constraint("below_min_context", 1.0)
             return FAILED_SCORE_S
@@ -358,8 +359,8 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         if fit is not None and not fit.ok:
             # Layers the devices cannot hold would fail to load, or thrash: not run.
             why = f"does not fit on the GPU: {fit.describe()}"
-            keep(trial.set_user_attr, trial_attrs(reason=why,
-                                                  settings=settings.to_dict(), infeasible=why))
+            keep(trial.set_user_attr, trial_attrs(reason=why, settings=settings,
+                                                  infeasible=why))
             trial.set_constraint("failed", 0.0)
             trial.set_constraint("gpu_fit", 1.0)
             return FAILED_SCORE_S
@@ -407,18 +408,18 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
     return objective
 
 
-def measured_before(study: optuna.Study, settings: object) -> optuna.trial.FrozenTrial | None:
+def measured_before(study: optuna.Study, settings: Settings
+                    ) -> optuna.trial.FrozenTrial | None:
     """The earliest trial that measured `settings` whole (a pruned one was cut short, and
     is measured again; one measured while the machine drifted is being taken again), or
     None."""
-    wanted = settings.to_dict()  # type: ignore[attr-defined]
     trials = study.get_trials(deepcopy=False)
     gone = standing.superseded(study, trials)
     for trial in trials:
         if trial.state != optuna.trial.TrialState.COMPLETE or trial.number in gone:
             continue
         kept = TrialRecord.read(trial, study.study_name)
-        if kept.settings == wanted and kept.status is not None:
+        if kept.settings == settings and kept.status is not None:
             return trial
     return None
 

@@ -102,11 +102,11 @@ def report(study: optuna.Study, space: SearchSpace, options: TuneOptions, tuned:
     outcome, winner, kept = tuned.outcome, tuned.winner, tuned.profiles
     text = export.export_text(study, fmt=options.fmt)
     written = export.write(options.out, text, options.force) if options.out else None
-    best = Settings.from_dict(winner.settings).to_env(space.tuned_fields)
+    best = winner.settings.to_env(space.tuned_fields)
     runs = outcome.confirmation.runs
     baseline = outcome.confirmation.candidate(BASELINE)
     baseline_run, winner_run = representative(runs, BASELINE), representative(runs, winner.label)
-    chosen_window = int(winner.settings["context_window"])  # type: ignore[call-overload]
+    chosen_window = winner.settings.context_window
     return TuneReport(
         study_name=study.study_name, storage=location(options.studies_dir, options.storage),
         n_trials=len(study.trials), best=best,

@@ -48,6 +48,7 @@ from autotune.measure.mapping import RecordError, from_mapping
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import OUTPUT_VERSION, Status, TrialStats
 from autotune.measure.scoring import Score, Weights
+from autotune.measure.settings import Settings
 from autotune.safe_text import visible
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ class ConfirmRun:
     status: Status
     reason: str
     trial_number: int | None
-    settings: dict[str, object]
+    settings: Settings
     stats: TrialStats
     score: Score | None = None
     # each finished request's latency by its index in the workload (schema 2 and later)
@@ -151,7 +152,7 @@ class ConfirmRun:
     @classmethod
     def from_dict(cls, data: object) -> ConfirmRun:
         return from_mapping(cls, data, {
-            "status": Status, "stats": TrialStats.from_dict,
+            "status": Status, "settings": Settings.from_record, "stats": TrialStats.from_dict,
             "score": lambda d: from_mapping(Score, d),
             "latencies": lambda d: {int(k): float(v) for k, v in d.items()}})
 
@@ -162,7 +163,7 @@ class CandidateResult:
 
     label: str
     trial_number: int | None
-    settings: dict[str, object]
+    settings: Settings
     runs: int
     ok_runs: int
     median_score_s: float | None
@@ -175,7 +176,7 @@ class CandidateResult:
 
     @classmethod
     def from_dict(cls, data: object) -> CandidateResult:
-        return from_mapping(cls, data, {"missed": tuple})
+        return from_mapping(cls, data, {"settings": Settings.from_record, "missed": tuple})
 
     @property
     def complete(self) -> bool:
@@ -204,7 +205,7 @@ class Winner:
 
     label: str
     trial_number: int | None
-    settings: dict[str, object]
+    settings: Settings
     score_s: float
     mean_s: float
     improvement: Improvement | None
@@ -216,7 +217,8 @@ class Winner:
 
     @classmethod
     def from_dict(cls, data: object) -> Winner:
-        return from_mapping(cls, data, {"improvement": from_improvement})
+        return from_mapping(cls, data, {"settings": Settings.from_record,
+                                        "improvement": from_improvement})
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ class Profile:
 
     name: str
     trial_number: int | None
-    settings: dict[str, object]
+    settings: Settings
     value_s: float
     memory_bytes: int
     confirmed: bool = False
@@ -267,7 +269,8 @@ class Profile:
 def from_profiles(data: object) -> dict[str, Profile]:
     if not isinstance(data, Mapping):
         raise RecordError(f"profiles: expected an object, got {type(data).__name__}")
-    return {str(name): from_mapping(Profile, value) for name, value in data.items()}
+    return {str(name): from_mapping(Profile, value, {"settings": Settings.from_record})
+            for name, value in data.items()}
 
 
 def from_improvement(data: object) -> Improvement:
@@ -399,7 +402,7 @@ class TrialRecord:
     reason: str = ""
     stats: TrialStats | None = None
     latencies: tuple[float, ...] = ()
-    settings: dict[str, object] | None = None
+    settings: Settings | None = None
     stderr_tail: str = ""
     score: Score | None = None
     infeasible: str | None = None
@@ -417,7 +420,7 @@ class TrialRecord:
         try:
             record = from_mapping(cls, trial.user_attrs, {
                 "status": Status, "stats": TrialStats.from_dict, "latencies": tuple,
-                "score": lambda d: from_mapping(Score, d)})
+                "settings": Settings.from_record, "score": lambda d: from_mapping(Score, d)})
         except (RecordError, TypeError, ValueError) as err:
             raise StudyFormatError(f"study {visible(repr(study_name), 80)}, trial "
                                    f"{trial.number}: its record cannot be read "
