@@ -172,10 +172,10 @@ def check(var: Variable, value: object, source: str | Option = "settings") -> ob
                             f": expected {var.kind.__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise AutotuneError(f"{var.name}={value!r} in ", source, ": expected a finite number")
-    if var.minimum is not None and value < var.minimum:  # type: ignore[operator]
+    if isinstance(value, (int, float)) and var.minimum is not None and value < var.minimum:
         raise AutotuneError(f"{var.name}={format_value(value)} in ", source,
                             f": must be at least {var.minimum:g}")
-    if var.maximum is not None and value > var.maximum:  # type: ignore[operator]
+    if isinstance(value, (int, float)) and var.maximum is not None and value > var.maximum:
         raise AutotuneError(f"{var.name}={format_value(value)} in ", source,
                             f": must be at most {var.maximum:g}")
     return value
