@@ -144,9 +144,11 @@ def run_study(study: optuna.Study, model: ModelInfo, machine: Hardware, space: S
                                 "round")
     notes = (*notes, *(f"confirmation dropped {why}" for why in outcome.dropped))
     kept = profiles.kept_profiles(points, outcome.confirmation, winner)
+    score_s, mean_s = winner.median_score_s, winner.median_mean_s
+    assert score_s is not None and mean_s is not None  # a winner finished every round
     keep(study.set_user_attr, study_attrs(confirmation=outcome.confirmation, winner=Winner(
         label=winner.label, trial_number=winner.trial_number, settings=winner.settings,
-        score_s=winner.median_score_s, mean_s=winner.median_mean_s,  # type: ignore[arg-type]
+        score_s=score_s, mean_s=mean_s,
         improvement=outcome.improvement, confirmed=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         host=machine.host, tie_break=outcome.tie_break,
         objective_value=winner.median_objective), profiles=kept))

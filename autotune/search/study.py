@@ -441,7 +441,8 @@ def repeat_of(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float:
     keep(trial.set_user_attr, {k: v for k, v in copied.items() if v is not None and v != ""})
     for name, value in earlier.constraints.items():
         trial.set_constraint(name, value)
-    return earlier.value  # type: ignore[return-value]
+    assert earlier.value is not None  # measured_before takes finished trials, which have one
+    return earlier.value
 
 
 def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measurement: Measurement,

@@ -56,8 +56,8 @@ def default_study_name(model_path: str, machine: Hardware,
 
 def representative(runs: tuple[ConfirmRun, ...], label: str) -> ConfirmRun | None:
     """A candidate's run with the median score: the one its report columns show."""
-    ok = sorted((r for r in runs if r.label == label and r.score is not None),
-                key=lambda r: r.score.total_s)  # type: ignore[union-attr]
+    scored = [(r.score.total_s, r) for r in runs if r.label == label and r.score is not None]
+    ok = [r for _, r in sorted(scored, key=lambda pair: pair[0])]
     return ok[(len(ok) - 1) // 2] if ok else None
 
 

@@ -192,10 +192,10 @@ def profile_of(name: str, result: CandidateResult | None, confirmation: Confirma
                point: Point | None) -> Profile:
     """A profile from its search point and its confirmation result: confirmed when it
     finished every round and its medians met every target and budget of the study."""
-    confirmed = (result is not None and result.complete and not result.missed
-                 and result.median_objective is not None)
+    confirmed = (result if result is not None and result.complete and not result.missed
+                 and result.median_objective is not None else None)
     runs = [r for r in confirmation.runs
-            if confirmed and r.label == result.label and r.score is not None]  # type: ignore[union-attr]
+            if confirmed is not None and r.label == confirmed.label and r.score is not None]
     memories = sorted(m for m in (memory_of(r.stats) for r in runs) if m is not None)
     confirmed_memory = memories[(len(memories) - 1) // 2] if memories else None
     if point is None:  # a winner that was no search point: the guide's defaults
@@ -204,10 +204,10 @@ def profile_of(name: str, result: CandidateResult | None, confirmation: Confirma
                       result.settings)
     return Profile(name=name, trial_number=point.trial_number, settings=point.settings,
                    value_s=point.value_s, memory_bytes=point.memory_bytes,
-                   confirmed=confirmed,
-                   confirmed_value_s=result.median_objective if confirmed else None,  # type: ignore[union-attr]
+                   confirmed=confirmed is not None,
+                   confirmed_value_s=confirmed.median_objective if confirmed else None,
                    confirmed_memory_bytes=confirmed_memory, rounds=len(runs),
-                   label=result.label if confirmed else "",  # type: ignore[union-attr]
+                   label=confirmed.label if confirmed else "",
                    estimated_from=point.estimated_from)
 
 

@@ -372,10 +372,10 @@ def schema_of(attrs: Mapping[str, object]) -> int | None:
     if schema is None:
         versions = attrs.get("versions")
         schema = versions.get("schema") if isinstance(versions, Mapping) else None
-    if schema is None or "model" not in attrs:
+    if not isinstance(schema, (int, float, str)) or "model" not in attrs:
         return None
     try:
-        return int(schema)  # type: ignore[call-overload]
+        return int(schema)
     except (TypeError, ValueError):
         return None
 
