@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import click
 from rich.console import Console
@@ -59,8 +60,9 @@ def flag(option: Option) -> str:
 class DefaultGroup(click.Group):
     """A group that runs `default_command` when the first argument names no command."""
 
-    def __init__(self, *args: object, default_command: str = "tune", **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, default_command: str = "tune", **kwargs: Any) -> None:
+        # click.Group's own arguments, passed through as they came
+        super().__init__(*args, **kwargs)
         self.default_command = default_command
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -142,7 +144,7 @@ def study_evidence(study_name: str | None, env_file: str | None, settings: Setti
 
     if study_name is not None:
         loaded = load_study(study_name, open_studies(studies_dir, storage))
-        return evidence_for(loaded, settings.to_dict())
+        return evidence_for(loaded, settings)
     named = named_study(env_file) if env_file else None
     if named is None:
         return None
@@ -156,7 +158,7 @@ def study_evidence(study_name: str | None, env_file: str | None, settings: Setti
                           "which this storage does not hold; the diagnosis is not checked "
                           "against it", markup=False)
         return None
-    return evidence_for(load_study(named, where), settings.to_dict())
+    return evidence_for(load_study(named, where), settings)
 
 
 def storage_options(command: Callable) -> Callable:

@@ -15,13 +15,14 @@ from rich.table import Table
 from autotune.guide import DEFAULTS_LABEL
 from autotune.measure.diagnosis import targets
 from autotune.measure.records import STAT_NAMES, BenchReport, Finding, Status, TrialStats
-from autotune.measure.settings import BY_FIELD, BY_NAME, format_value
+from autotune.measure.settings import BY_FIELD, BY_NAME, Settings, format_value
 from autotune.measure.trial import BUSY_PERCENT
 from autotune.safe_text import terminal
 from autotune.studies.records import Profile, TuneReport
 
 if TYPE_CHECKING:
     from autotune.search.check import CheckReport
+    from autotune.studies.profiles import Point
     from autotune.studies.tables import TrialRow
 
 
@@ -191,9 +192,9 @@ def print_tune(console: Console, report: TuneReport) -> None:
     print_explanation(console, report.explanation)
     for note in report.notes:
         console.print(f"Note: {terminal(note)}")
-    total = sum(report.costs.values())
+    total = report.costs.total_s
     if total:
-        measured = report.costs.get("measured requests", 0.0)
+        measured = report.costs.requests_s
         console.print(f"Wall time {total:.0f} s, {measured / total:.0%} of it measured requests "
                       "(the rest: worker starts, model loads, sampler, storage).")
     if report.out:
@@ -312,10 +313,10 @@ def importance_table(scores: dict[str, float], evaluator: str) -> Table:
     return table
 
 
-def short_settings(settings: dict[str, object], fields: tuple[str, ...] | list[str]) -> str:
+def short_settings(settings: Settings, fields: tuple[str, ...] | list[str]) -> str:
     """`MODEL_CONTEXT_WINDOW=4096 N_THREADS=2 ...`: the tuned `fields` of a configuration."""
-    return " ".join(f"{BY_FIELD[k].name.removeprefix('JARVIS_')}={format_value(settings[k])}"
-                    for k in fields if k in settings and k in BY_FIELD)
+    return " ".join(f"{BY_FIELD[k].name.removeprefix('JARVIS_')}="
+                    f"{format_value(settings.value(k))}" for k in fields if k in BY_FIELD)
 
 
 def profiles_table(profiles: tuple[Profile, ...] | list[Profile],
@@ -336,7 +337,7 @@ def profiles_table(profiles: tuple[Profile, ...] | list[Profile],
     return table
 
 
-def front_table(points: list, profiles: dict[str, Profile],
+def front_table(points: list[Point], profiles: dict[str, Profile],
                 fields: tuple[str, ...] | list[str]) -> Table:
     """The feasible trials no other beats on both latency and peak memory, and the
     profiles' (a winner chosen for its larger window need not be on the front)."""

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     if measurement.identity() != record.measurement:
         raise SystemExit("this workload is not the one the study measured: pass --workload")
     configs = {"defaults": Settings(**GUIDE_DEFAULTS),  # type: ignore[arg-type]
-               "winner": Settings.from_dict(winner.settings)}
+               "winner": winner.settings}
     improvement = winner.improvement
     means: dict[int, dict[str, float]] = {}  # per A/B (a round), each side's mean
     ratios = []

@@ -93,7 +93,7 @@ print("n_gpu_layers range:", record.space.n_gpu_layers, "notes:", record.space.n
 costs = layer_costs({model!r})
 for t in study.trials:
     kept = TrialRecord.read(t)
-    settings = Settings.from_dict(kept.settings or {{}})
+    settings = kept.settings or Settings()
     est = check_fit(costs, settings, record.hardware.devices, margin=0).total
     got = sum(k.get("model", 0) + k.get("KV", 0) for n, k in kept.buffers.items()
               if not host_buffer(n))

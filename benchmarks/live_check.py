@@ -58,7 +58,8 @@ def study(model: str, seed: int, folder: str) -> dict:
     improvement = report.improvement
     return {"seed": seed, "wall_s": wall, "search_s": report.phases["search"],
             "confirmation_s": report.phases["confirmation"], "trials": report.n_trials,
-            "winner": winner.label, "settings": winner.settings, "key": cell_key(winner.settings),
+            "winner": winner.label, "settings": winner.settings.to_dict(),
+            "key": cell_key(winner.settings.to_dict()),
             "dropped": [c.label for c in report.candidates if c.dropped],
             "speedup": improvement.speedup if improvement else None,
             "speedup_low": improvement.low if improvement else None,

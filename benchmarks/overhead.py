@@ -38,7 +38,6 @@ from pathlib import Path
 
 import optuna
 
-from autotune.search.costs import harness_share
 from autotune.search.tune import TuneOptions, tune
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,14 +153,14 @@ def main(argv: list[str] | None = None) -> None:
             studies_dir=folder, out=None),
             on_event=lambda event: print(event, file=sys.stderr, flush=True))
         wall = time.perf_counter() - started
-    parts = report.costs
-    total = sum(parts.values())
+    parts = report.costs.to_dict()
+    total = report.costs.total_s
     print(f"{report.n_trials} trials, {args.finalists} finalists x {args.rounds} rounds: "
           f"{wall:.1f} s wall ({total:.1f} s accounted for)")
     print("| part | seconds | share |\n|---|---:|---:|")
     for name, seconds in parts.items():
         print(f"| {name} | {seconds:.1f} | {seconds / total:.1%} |")
-    share = harness_share(parts)
+    share = report.costs.harness_share
     print(f"harness overhead: {share * total:.1f} s, {share:.1%} of the wall time")
     if args.json:
         Path(args.json).write_text(json.dumps({"wall_s": wall, "parts": parts,

@@ -262,7 +262,7 @@ def replay(grid: Grid, cell: int, rng: random.Random, repeats: int,
            on_request: Callable[[RequestRecord], bool] | None) -> tuple[TrialResult, float]:
     """One trial of `cell` from recorded repeats; the result and the time it would take."""
     settings = grid.doc["cells"][cell]["settings"]
-    result = TrialResult(status=Status.OK, settings=dict(settings))
+    result = TrialResult(status=Status.OK, settings=Settings.from_dict(settings))
     took = 0.0
     per = grid.doc["workload"]["requests"]
     for k in range(repeats):
@@ -429,7 +429,7 @@ def confirmation_of(grid: Grid, study: optuna.Study, measurement: ReplayMeasurem
     winner's cell and regret, and the confirmation's rounds, candidates and time."""
     record = StudyRecord.read(study)
     winner = record.winner if not failed else None
-    cell = grid.cell_for(Settings.from_dict(winner.settings)) if winner else None
+    cell = grid.cell_for(winner.settings) if winner else None
     ran = record.confirmation if winner else None
     return {"trials": len(measurement.log), "search_s": measurement.spent_s(),
             "confirm_s": sum(measurement.confirming), "regret": grid.regret(cell), "cell": cell,

@@ -21,7 +21,7 @@ WINNER = "trial 3"
 def run(label: str, round_no: int, latencies: list[float]) -> ConfirmRun:
     mean = sum(latencies) / len(latencies)
     return ConfirmRun(round=round_no, label=label, status=Status.OK, reason="",
-                      trial_number=None, settings={}, stats=TrialStats(mean_s=mean),
+                      trial_number=None, settings=Settings(), stats=TrialStats(mean_s=mean),
                       score=score(latencies), latencies=dict(enumerate(latencies)))
 
 
@@ -125,7 +125,7 @@ def racing_measure(latency_of: dict[int, float], failing: set[int] = frozenset()
     def measure(candidate: Candidate) -> TrialResult:
         settings = candidate.settings
         calls.append(settings.n_threads)
-        result = TrialResult(status=Status.OK, settings=settings.to_dict())
+        result = TrialResult(status=Status.OK, settings=settings)
         if settings.n_threads in failing:
             return dataclasses.replace(result, status=Status.CRASHED, reason="boom")
         for index in range(16):

@@ -33,7 +33,7 @@ def test_the_parts_add_up_to_the_wall_time() -> None:
     costs.add_trial(result(10.0, 1.5, 0.5, 0.5, [2.0, 3.0]), waited_s=0.0)
     costs.search_s = 12.0  # 2 s of sampling and storage around the trial
     parts = costs.parts()
-    assert parts["sampler, storage and records"] == pytest.approx(2.0)
+    assert parts.outside_s == pytest.approx(2.0)
     assert costs.total_s == pytest.approx(1.0 + 0.5 + 12.0)
     # the harness's own: start 1, inspection 1, rest 3, set-up 0.5, sampler 2
     assert costs.overhead_share == pytest.approx(7.5 / 13.5)
@@ -66,8 +66,8 @@ def test_a_drift_anchor_check_is_its_own_part_of_the_harness() -> None:
     costs.add_anchor(result(3.0, 1.5, 0.5, 0.5, [0.5]), waited_s=1.0)
     costs.search_s = 14.0
     parts = costs.parts()
-    assert parts["drift anchor"] == 4.0 and costs.trials == 1
-    assert parts["sampler, storage and records"] == pytest.approx(0.0)
+    assert parts.anchor_s == 4.0 and costs.trials == 1
+    assert parts.outside_s == pytest.approx(0.0)
     assert costs.total_s == pytest.approx(14.0)
     # start 1 + rest 3 + the anchor 4: the anchor measures nothing the study ranks
     assert costs.overhead_share == pytest.approx(8.0 / 14.0)
@@ -99,3 +99,14 @@ def test_the_before_and_after_breakdown_reads_any_study_the_same_way(tmp_path) -
     assert (parts["model load"], parts["warm-up"]) == (1.5, 0.75)
     assert parts["the rest"] == pytest.approx(20.0 - 8.0 - 2.25)
     assert parts["harness share"] == pytest.approx(parts["the rest"] / 20.0)
+
+
+def test_the_breakdown_is_written_under_its_labels() -> None:
+    from autotune.studies.records import as_json
+
+    costs = Costs(inspection_s=1.0, setup_s=0.5, search_s=3.0)
+    assert as_json(costs.parts()) == {
+        "measured requests": 0.0, "worker start": 0.0, "model inspection": 1.0,
+        "model load": 0.0, "warm-up": 0.0, "rest of each trial": 0.0,
+        "waiting for the machine": 0.0, "storage and study set-up": 0.5, "drift anchor": 0.0,
+        "sampler, storage and records": 3.0}

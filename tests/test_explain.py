@@ -47,7 +47,7 @@ def study_of(*trials: tuple[dict, float | None], winner: int | None = None,
     if winner is not None:
         settings = {**DEFAULTS, **trials[winner][0]}
         keep(study.set_user_attr, study_attrs(winner=Winner(
-            label=f"trial {winner}", trial_number=winner, settings=settings,
+            label=f"trial {winner}", trial_number=winner, settings=Settings.from_dict(settings),
             score_s=trials[winner][1] or 0.0, mean_s=trials[winner][1] or 0.0,
             improvement=None)))
     return study
@@ -106,7 +106,7 @@ def test_evidence_compares_each_other_value_with_the_nearest_trial_like_the_sett
                      ({"n_threads": 2, "enable_context_cache": False}, 1.5),     # 1
                      ({"n_threads": 2}, 1.8),                                    # 2
                      ({"n_threads": 2, "max_cache_size": 10}, 1.7))              # 3
-    settings = {**DEFAULTS, "n_threads": 2, "enable_context_cache": False}
+    settings = Settings.from_dict({**DEFAULTS, "n_threads": 2, "enable_context_cache": False})
     evidence = explain.evidence_for(study, settings)
     assert evidence.study == "hand-made"
     cache_on = evidence.best("enable_context_cache", lambda v: v is True)
@@ -262,7 +262,7 @@ def test_bench_of_a_tuned_file_gives_no_advice_its_study_measured_slower(
                    "--out", str(tmp_path / "off.env"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     settings = Settings.from_dict(study.trials[off].user_attrs["settings"])
-    on = explain.evidence_for(study, settings.to_dict()).best(
+    on = explain.evidence_for(study, settings).best(
         "enable_context_cache", lambda v: v is True)
     assert on is not None and on.against == off and on.others == ()
 
@@ -333,5 +333,5 @@ def test_a_trial_without_the_cache_has_no_cache_cost() -> None:
 
     tiny_timings = [request(200, 0, 0.2, 0.000001), request(250, 100, 0.1, 0.000001, "live")]
     stats = summarize(TrialResult(status=Status.OK, requests=tiny_timings,
-                                  settings={"enable_context_cache": False}))
+                                  settings=Settings(enable_context_cache=False)))
     assert stats.cache_total_s is None and stats.cache_saved_s is None

@@ -139,7 +139,7 @@ def run(label: str, round_no: int, latencies: list[float], rss: int) -> ConfirmR
     stats = TrialStats(mean_s=sum(latencies) / len(latencies), p95_s=max(latencies),
                        peak_rss_bytes=rss)
     return ConfirmRun(round=round_no, label=label, status=Status.OK, reason="",
-                      trial_number=None, settings={}, stats=stats, score=score(latencies),
+                      trial_number=None, settings=Settings(), stats=stats, score=score(latencies),
                       latencies=dict(enumerate(latencies)))
 
 

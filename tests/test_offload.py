@@ -172,7 +172,7 @@ def test_a_study_searches_the_layers_that_fit_its_budget(server, run_cli, model_
     assert top < costs.n_layers + 1
     ran, refused = [], []
     for kept in (TrialRecord.read(t) for t in study.trials):
-        settings = Settings.from_dict(kept.settings or {})
+        settings = kept.settings or Settings()
         fit = check_fit(costs, settings, devices, budget=budget)
         if kept.status is None:
             assert "does not fit on the GPU" in (kept.reason or "")
@@ -182,7 +182,7 @@ def test_a_study_searches_the_layers_that_fit_its_budget(server, run_cli, model_
             assert fit.ok  # no trial the estimate refused was run
             ran.append(kept)
     assert refused  # the guide's defaults put every layer on the GPU: refused, not run
-    offloaded = [k for k in ran if k.settings and k.settings["n_gpu_layers"] != 0 and k.buffers]
+    offloaded = [k for k in ran if k.settings and k.settings.n_gpu_layers != 0 and k.buffers]
     assert offloaded and all(device_buffers(k.buffers, server.endpoint)["model"] > 0
                              for k in offloaded)
     assert workers_of(os.getpid()) == []

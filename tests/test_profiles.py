@@ -21,8 +21,8 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 MIB = 2**20
 
 
-def settings(context: int, threads: int = 2) -> dict[str, object]:
-    return Settings(context_window=context, n_threads=threads, n_gpu_layers=0).to_dict()
+def settings(context: int, threads: int = 2) -> Settings:
+    return Settings(context_window=context, n_threads=threads, n_gpu_layers=0)
 
 
 def test_the_front_keeps_only_points_no_other_beats_on_both() -> None:
@@ -73,7 +73,7 @@ def test_an_estimated_profile_says_so_until_confirmed() -> None:
 
 def run(label: str, round_no: int, value: float, rss: int, number: int | None) -> ConfirmRun:
     return ConfirmRun(round=round_no, label=label, status=Status.OK, reason="",
-                      trial_number=number, settings={}, score=score([value]),
+                      trial_number=number, settings=Settings(), score=score([value]),
                       stats=TrialStats(peak_rss_bytes=rss, mean_s=value))
 
 

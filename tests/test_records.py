@@ -30,11 +30,13 @@ from autotune.measure.records import (
     decode_event,
     encode_event,
 )
+from autotune.measure.settings import Settings
 from autotune.studies.records import (
     SCHEMA_VERSION,
     StudyRecord,
     TrialRecord,
     schema_of,
+    trial_attrs,
 )
 from autotune.studies.storage import open_storage
 
@@ -150,6 +152,25 @@ def test_a_damaged_trial_record_is_one_line_naming_the_trial(tmp_path: Path) -> 
     assert done.exit_code == 2
     assert done.output.startswith("autotune: error: study 's', trial 1: its record cannot be "
                                   "read (TrialStats: expected an object")
+
+
+def test_kept_settings_read_back_as_settings_the_fields_they_lack_at_their_defaults() -> None:
+    trial = optuna.trial.create_trial(value=0.5, user_attrs={
+        "settings": {"n_threads": 2, "a_newer_setting": 1}})
+    kept = TrialRecord.read(trial)
+    assert kept.settings == Settings(n_threads=2)
+    assert trial_attrs(settings=kept.settings)["settings"] == Settings(n_threads=2).to_dict()
+
+
+def test_damaged_settings_are_one_line_naming_the_trial(tmp_path: Path) -> None:
+    study = journal_study(tmp_path)
+    keep_study_record(study, tuned_fields=["n_threads"])
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={
+        "settings": {"n_threads": "two"}}))
+    done = CliRunner().invoke(cli, ["show", "s", "--studies-dir", str(tmp_path)])
+    assert done.exit_code == 2
+    assert done.output.startswith("autotune: error: study 's', trial 1: its record cannot be "
+                                  "read (settings: JARVIS_N_THREADS='two'")
 
 
 def test_a_killed_tuners_trial_reads_as_interrupted() -> None:

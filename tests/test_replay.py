@@ -221,7 +221,7 @@ def test_the_replay_confirms_with_the_tuner_s_own_sequence_and_defaults(grid) ->
     defaults = TuneOptions()
     # the winner is what the tuner kept in the study, as `autotune MODEL` keeps it
     assert record.winner is not None and record.winner.host == "box"
-    assert run["confirmed"]["cell"] == grid.cell_for(Settings.from_dict(record.winner.settings))
+    assert run["confirmed"]["cell"] == grid.cell_for(record.winner.settings)
     # in the tuner's rounds, with its finalists (and the profiles' trials) before the defaults
     assert run["confirmed"]["rounds"] == defaults.rounds
     assert {r.round for r in record.confirmation.runs} == set(range(defaults.rounds))

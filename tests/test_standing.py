@@ -10,7 +10,7 @@ from conftest import keep_study_record
 
 from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.records import Status, TrialStats
-from autotune.measure.settings import CORE_FIELDS
+from autotune.measure.settings import CORE_FIELDS, Settings
 from autotune.studies import explain, profiles, standing, tables
 from autotune.studies.records import TrialRecord, Winner, keep, study_attrs, trial_attrs
 
@@ -34,7 +34,8 @@ def drifted_study(again_label: str = standing.DRIFT_LABEL, fields: bool = True
         study.add_trial(optuna.trial.create_trial(
             value=mean, user_attrs={k: v for k, v in attrs.items() if v is not None}))
     keep(study.set_user_attr, study_attrs(winner=Winner(
-        label="trial 3", trial_number=3, settings={**DEFAULTS, **SMALL, "n_threads": 2},
+        label="trial 3", trial_number=3,
+        settings=Settings.from_dict({**DEFAULTS, **SMALL, "n_threads": 2}),
         score_s=2.0, mean_s=2.0, improvement=None)))
     return study
 

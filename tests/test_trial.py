@@ -136,7 +136,7 @@ def test_ok_trial_load_and_resources(ok_result: TrialResult) -> None:
     assert ok_result.wall_s > ok_result.load_s
     assert ok_result.ended_at is not None
     assert ok_result.thread_probe is None
-    assert ok_result.settings == Settings(n_threads=2, context_window=1024).to_dict()
+    assert ok_result.settings == Settings(n_threads=2, context_window=1024)
 
 
 def test_ok_trial_is_plain_data(ok_result: TrialResult) -> None:

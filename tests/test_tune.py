@@ -64,7 +64,7 @@ def test_the_search_tries_no_more_threads_than_the_machine_has(first_run) -> Non
     logical = psutil.cpu_count(logical=True)
     searched = [TrialRecord.read(t) for t in study_trials(folder / "studies")]
     searched = [t for t in searched if t.label != DEFAULTS_LABEL and t.settings]
-    assert searched and all(t.settings["n_threads"] <= logical for t in searched)
+    assert searched and all(t.settings.n_threads <= logical for t in searched)
     # Only the guide's defaults (8 threads) can be more; they win only when measured faster.
     if summary["winner"]["label"] != DEFAULTS_LABEL:
         assert int(summary["best"]["JARVIS_N_THREADS"]) <= logical

@@ -11,6 +11,7 @@ from conftest import keep_study_record, make_hardware, make_model
 
 from autotune.guide import DEFAULTS_LABEL
 from autotune.measure.hardware import machine_class
+from autotune.measure.settings import Settings
 from autotune.measure.workload import Request, Workload
 from autotune.search.space import build_space
 from autotune.search.study import Measurement, fit_context, open_study
@@ -25,7 +26,8 @@ def earlier(storage, name: str, confirmed: str = "2026-11-25 10:00:00 UTC",
             settings: dict | None = None, **changes: object) -> None:
     """An earlier study with a confirmed winner on the made-up machine, as the tuner keeps it."""
     study = optuna.create_study(study_name=name, storage=storage)
-    winner = Winner(label="trial 3", trial_number=3, settings=settings or SETTINGS,
+    winner = Winner(label="trial 3", trial_number=3,
+                    settings=Settings.from_dict(settings or SETTINGS),
                     score_s=0.7, mean_s=0.7, improvement=None, confirmed=confirmed)
     keep_study_record(study, **{**study_attrs(machine_class=machine_class(make_hardware()),
                                               winner=winner), **changes})

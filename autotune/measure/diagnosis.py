@@ -94,7 +94,7 @@ def diagnose(summary: TrialStats, status: Status, probe: ThreadProbe | None,
             evidence=f"{reloads} request(s) overflowed the {settings.context_window}-token "
                      "context and dropped history to re-evaluate",
             fix=f"export JARVIS_MODEL_CONTEXT_WINDOW={settings.context_window * 2} (or more)"),
-            evidence, "context_window", lambda v: v > settings.context_window))  # type: ignore[operator]
+            evidence, "context_window", above(settings.context_window)))
     cost = cache_cost(requests) if settings.enable_context_cache else None
     hit = summary.cache_hit_rate
     if hit is not None and hit <= HIT_RATE_MIN:
@@ -113,12 +113,12 @@ def diagnose(summary: TrialStats, status: Status, probe: ThreadProbe | None,
                 misses, fix=f"JARVIS_MAX_CACHE_SIZE above {settings.max_cache_size}, measured "
                 "with `autotune bench` (the cache already costs more than it saves)",
                 tentative=True), evidence, "max_cache_size",
-                lambda v: v > settings.max_cache_size,  # type: ignore[operator]
+                above(settings.max_cache_size),
                 measured_fix=f"raise JARVIS_MAX_CACHE_SIZE above {settings.max_cache_size}"))
         else:
             found.append(weigh(dataclasses.replace(
                 misses, fix=f"raise JARVIS_MAX_CACHE_SIZE above {settings.max_cache_size}"),
-                evidence, "max_cache_size", lambda v: v > settings.max_cache_size))  # type: ignore[operator]
+                evidence, "max_cache_size", above(settings.max_cache_size)))
     if cost is not None and cost.costs_more:
         found.append(weigh(Finding(
             cause=CACHE_COST,
@@ -141,8 +141,14 @@ def diagnose(summary: TrialStats, status: Status, probe: ThreadProbe | None,
             evidence="GPU memory ran out" if free_min is None
             else f"free GPU memory fell to {free_min / 2**20:.0f} MiB of {total / 2**20:.0f} MiB",
             fix="lower JARVIS_N_GPU_LAYERS or JARVIS_MODEL_CONTEXT_WINDOW"),
-            evidence, "n_gpu_layers", lambda v: 0 <= v < layers or layers < 0 <= v))  # type: ignore[operator]
+            evidence, "n_gpu_layers", lambda v: isinstance(v, int)
+            and (0 <= v < layers or layers < 0 <= v)))
     return found
+
+
+def above(limit: int) -> Callable[[object], bool]:
+    """Accepts a measured value of a whole-number setting greater than `limit`."""
+    return lambda value: isinstance(value, int) and value > limit
 
 
 def weigh(finding: Finding, evidence: StudyEvidence | None, field: str,

@@ -49,7 +49,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO
+from typing import TextIO
 
 ENV = "AUTOTUNE_WORKER_FAULT"
 KINDS = ("hang", "abort", "segfault", "exit", "oom", "garbage", "mute", "stop", "slow", "busy")
@@ -114,7 +114,7 @@ class Faults:
     def from_env(cls) -> Faults:
         return cls(parse(os.environ.get(ENV, "")))
 
-    def after(self, event: str, stream: IO[str]) -> None:
+    def after(self, event: str, stream: TextIO) -> None:
         """Called after each event is written to `stream` (and once with "start")."""
         if not self.faults:
             return
@@ -133,7 +133,7 @@ class Faults:
             time.sleep(self.delay_s)
 
 
-def inject(fault: Fault, stream: IO[str]) -> None:
+def inject(fault: Fault, stream: TextIO) -> None:
     say(f"{ENV}: {fault}")
     if fault.kind in ("abort", "segfault", "oom"):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file left in the cwd
@@ -151,8 +151,8 @@ def inject(fault: Fault, stream: IO[str]) -> None:
         os.abort()
     elif fault.kind == "garbage":
         stream.flush()
-        stream.buffer.write(GARBAGE)  # type: ignore[attr-defined]
-        stream.buffer.flush()  # type: ignore[attr-defined]
+        stream.buffer.write(GARBAGE)
+        stream.buffer.flush()
         sys.stderr.flush()
         sys.stderr.buffer.write(GARBAGE)
         sys.stderr.buffer.flush()

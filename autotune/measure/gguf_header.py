@@ -79,9 +79,16 @@ class Cursor:
         self.pos += size
         return value
 
+    def take_int(self, fmt: str) -> int:
+        """An integer: `fmt` is one of struct's integer formats (`I`, `Q`)."""
+        value = self.take(fmt)
+        if not isinstance(value, int):
+            raise TypeError(f"struct format {fmt!r} reads no integer")
+        return value
+
     def length(self, what: str, item_bytes: int = 1) -> int:
         """A count of items that must fit in the rest of the file."""
-        count = int(self.take("Q"))  # type: ignore[call-overload]
+        count = self.take_int("Q")
         if count * item_bytes > len(self.data) - self.pos:
             raise HeaderError(f"{what} at byte {self.pos - 8} claims {count} items, more than "
                               "the file holds")
@@ -133,7 +140,7 @@ def parse(data: mmap.mmap | bytes) -> Header:
         key = cursor.text("metadata key")
         if key in fields:
             raise HeaderError(f"metadata key {key!r} appears twice")
-        value = read_value(cursor, int(cursor.take("I")), key, depth=0)  # type: ignore[call-overload]
+        value = read_value(cursor, cursor.take_int("I"), key, depth=0)
         if value is not SKIPPED:
             fields[key] = value
     tensors = tuple(read_tensor_info(cursor) for _ in range(n_tensors))
@@ -158,7 +165,7 @@ def read_value(cursor: Cursor, kind: int, key: str, depth: int) -> object:
         raise HeaderError(f"metadata {key!r} has unknown value type {kind}")
     if depth >= MAX_ARRAY_DEPTH:
         raise HeaderError(f"metadata {key!r} nests arrays more than {MAX_ARRAY_DEPTH} deep")
-    item = int(cursor.take("I"))  # type: ignore[call-overload]
+    item = cursor.take_int("I")
     if item not in SCALARS and item not in (STRING, ARRAY):
         raise HeaderError(f"metadata {key!r} is an array of unknown type {item}")
     item_bytes = struct.calcsize(SCALARS[item]) if item in SCALARS else 8
@@ -180,7 +187,7 @@ def step_over(cursor: Cursor, item: int, count: int, key: str, depth: int) -> No
         if depth >= MAX_ARRAY_DEPTH:
             raise HeaderError(f"metadata {key!r} nests arrays more than {MAX_ARRAY_DEPTH} deep")
         for _ in range(count):
-            inner = int(cursor.take("I"))  # type: ignore[call-overload]
+            inner = cursor.take_int("I")
             if inner not in SCALARS and inner not in (STRING, ARRAY):
                 raise HeaderError(f"metadata {key!r} is an array of unknown type {inner}")
             size = struct.calcsize(SCALARS[inner]) if inner in SCALARS else 8
@@ -189,10 +196,10 @@ def step_over(cursor: Cursor, item: int, count: int, key: str, depth: int) -> No
 
 def read_tensor_info(cursor: Cursor) -> TensorInfo:
     name = cursor.text("tensor name")
-    n_dims = int(cursor.take("I"))  # type: ignore[call-overload]
+    n_dims = cursor.take_int("I")
     if not 0 < n_dims <= MAX_DIMS:
         raise HeaderError(f"tensor {name!r} has {n_dims} dimensions")
-    dims = tuple(int(cursor.take("Q")) for _ in range(n_dims))  # type: ignore[call-overload]
-    ggml_type = int(cursor.take("I"))  # type: ignore[call-overload]
-    offset = int(cursor.take("Q"))  # type: ignore[call-overload]
+    dims = tuple(cursor.take_int("Q") for _ in range(n_dims))
+    ggml_type = cursor.take_int("I")
+    offset = cursor.take_int("Q")
     return TensorInfo(name, dims, ggml_type, offset)

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-R = TypeVar("R")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
 
 
 class RecordError(ValueError):
@@ -48,7 +51,7 @@ def from_mapping(cls: type[R], data: object, nested: Mapping[str, Any] | None = 
         raise RecordError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
     values = {}
     missing = []
-    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for spec in dataclasses.fields(cls):
         if not spec.init:
             continue
         if spec.name in data:

@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar
 
 from autotune.measure.mapping import RecordError, from_mapping
+from autotune.measure.settings import Settings
 
 if TYPE_CHECKING:
     from autotune.measure.hardware import Hardware
@@ -207,7 +208,7 @@ class TrialResult:
 
     status: Status
     reason: str = ""
-    settings: dict[str, object] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
     load_s: float | None = None
     warmup_s: float | None = None
     requests: list[RequestRecord] = field(default_factory=list)
@@ -250,7 +251,8 @@ class TrialResult:
     @classmethod
     def from_dict(cls, data: object) -> TrialResult:
         return from_mapping(cls, data, {
-            "status": Status, "thread_probe": ThreadProbe.from_dict,
+            "status": Status, "settings": Settings.from_record,
+            "thread_probe": ThreadProbe.from_dict,
             "requests": lambda rows: [RequestRecord.from_dict(r) for r in rows]})
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import AutotuneError, Option
+from autotune.measure.mapping import RecordError
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
@@ -116,8 +117,24 @@ class Settings:
         known: dict[str, Any] = {k: v for k, v in data.items() if k in BY_FIELD}
         return cls(**known)
 
+    @classmethod
+    def from_record(cls, data: object) -> Settings:
+        """Build from a record's stored settings (`to_dict`'s object; a field it lacks takes
+        its default); RecordError when they are not settings, as for any damaged record."""
+        if not isinstance(data, Mapping):
+            raise RecordError(f"settings: expected an object, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except AutotuneError as err:
+            raise RecordError(f"settings: {err}") from None
+
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+    def value(self, name: str) -> object:
+        """The setting of field `name`, as a record's columns name them; None for a name
+        that is no field here (a newer autotune's)."""
+        return getattr(self, name) if name in BY_FIELD else None
 
     def to_env(self, fields: tuple[str, ...] | None = None) -> dict[str, str]:
         """The settings as JARVIS_* strings, in contract order."""
@@ -155,10 +172,10 @@ def check(var: Variable, value: object, source: str | Option = "settings") -> ob
                             f": expected {var.kind.__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise AutotuneError(f"{var.name}={value!r} in ", source, ": expected a finite number")
-    if var.minimum is not None and value < var.minimum:  # type: ignore[operator]
+    if isinstance(value, (int, float)) and var.minimum is not None and value < var.minimum:
         raise AutotuneError(f"{var.name}={format_value(value)} in ", source,
                             f": must be at least {var.minimum:g}")
-    if var.maximum is not None and value > var.maximum:  # type: ignore[operator]
+    if isinstance(value, (int, float)) and var.maximum is not None and value > var.maximum:
         raise AutotuneError(f"{var.name}={format_value(value)} in ", source,
                             f": must be at most {var.maximum:g}")
     return value

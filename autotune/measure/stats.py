@@ -42,7 +42,7 @@ def summarize(result: TrialResult) -> TrialStats:
         rss_growth_bytes_per_pass=growth_per_pass(result.pass_rss_bytes),
         **conversation_sizes(requests),
         **cache_columns(cache_cost(requests)
-                        if result.settings.get("enable_context_cache", True) else None))
+                        if result.settings.enable_context_cache else None))
     if not latencies:
         return TrialStats(**common)
     mean = statistics.fmean(latencies)

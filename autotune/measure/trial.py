@@ -213,7 +213,7 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
     at once (its worker is killed) and the result's status is PRUNED.
     """
     started = time.perf_counter()
-    result = TrialResult(status=Status.FAILED, settings=spec.settings.to_dict(),
+    result = TrialResult(status=Status.FAILED, settings=spec.settings,
                          measured_from=time.time())
     process = subprocess.Popen(
         worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -257,8 +257,10 @@ def run_trial(spec: TrialSpec, on_request: OnRequest | None = None) -> TrialResu
         else (device_bytes(result.buffers) or None)
     result.gpu_free_min_bytes = sampler.gpu_free_min
     memory_ran_out = sampler.min_available < LOW_MEMORY_FRACTION * psutil.virtual_memory().total
-    result.status, result.reason = ended or classify(returncode,  # type: ignore[arg-type]
-                                                     done, result.stderr_tail, memory_ran_out)
+    if ended is None:
+        assert returncode is not None  # end_worker says why when the worker would not go
+        ended = classify(returncode, done, result.stderr_tail, memory_ran_out)
+    result.status, result.reason = ended
     result.wall_s = time.perf_counter() - started
     result.measured_until = time.time()
     return result

@@ -19,7 +19,7 @@ import queue
 import sys
 import threading
 import time
-from typing import IO
+from typing import IO, TextIO
 
 import psutil
 
@@ -48,7 +48,7 @@ PROBE_REPEATS = 2
 class Emitter:
     """Writes events as JSON lines on the protocol stream, one writer at a time."""
 
-    def __init__(self, stream: IO[str], started: float, faults: Faults | None = None) -> None:
+    def __init__(self, stream: TextIO, started: float, faults: Faults | None = None) -> None:
         self.stream = stream
         self.started = started
         self.faults = faults or Faults([])

@@ -48,6 +48,7 @@ from autotune.studies import export
 from autotune.studies.records import (
     CandidateResult,
     ConfirmRun,
+    CostBreakdown,
     Improvement,
     StudyFormatError,
     StudyRecord,
@@ -90,7 +91,7 @@ class CheckReport:
     tokens_per_request: int
     workload: str
     notes: tuple[str, ...] = ()
-    costs: dict[str, float] = field(default_factory=dict)
+    costs: CostBreakdown = field(default_factory=CostBreakdown)  # where the wall time went
     kind: ClassVar[str] = "check"
 
     def to_dict(self) -> dict[str, object]:
@@ -168,7 +169,7 @@ def changes(record: StudyRecord, model: ModelInfo, machine: HardwareClass,
     else:
         fields = record.tuned_fields or CORE_FIELDS
         ours = settings.to_env(fields)
-        best = Settings.from_dict(winner.settings).to_env(fields)
+        best = winner.settings.to_env(fields)
         differ = [f"{k}={ours[k]} (winner: {best[k]})" for k in ours if ours[k] != best[k]]
         if differ:
             notes.append(f"the file's settings differ from the study's confirmed winner: "

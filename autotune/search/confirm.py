@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,7 +136,7 @@ def confirm(candidates: list[Candidate], measure: Callable[[Candidate], TrialRes
         result = measure(candidate)
         run = ConfirmRun(round=round_no, label=candidate.label, status=result.status,
                          reason=result.reason, trial_number=candidate.trial_number,
-                         settings=candidate.settings.to_dict(), stats=summarize(result),
+                         settings=candidate.settings, stats=summarize(result),
                          score=score(result.latencies, weights) if result.ok else None,
                          latencies={r.index: r.latency_s for r in result.requests})
         runs.append(run)
@@ -183,11 +183,11 @@ def clearly_behind(candidates: list[Candidate], runs: list[ConfirmRun], goals: G
     table = decide(candidates, runs, goals=goals).confirmation.candidates
     failed = {row.label: f"a run failed in round {max(r.round for r in runs) + 1}"
               for row in table if not row.complete}
-    eligible = [row for row in table if row.complete and not row.missed]
+    eligible = by_median(row for row in table if row.complete and not row.missed)
     racing = {c.label for c in candidates if c.race and c.label != BASELINE}
     if not eligible or goals.objective not in RACED_OBJECTIVES:
         return {label: why for label, why in failed.items() if label in racing}
-    leader = min(eligible, key=lambda row: row.median_objective)  # type: ignore[arg-type,return-value]
+    leader_value, leader = eligible[0]
     behind = {}
     for row in table:
         if row.label not in racing or row.label == leader.label:
@@ -195,9 +195,9 @@ def clearly_behind(candidates: list[Candidate], runs: list[ConfirmRun], goals: G
         if row.label in failed:
             behind[row.label] = failed[row.label]
             continue
-        if row.median_objective is None or leader.median_objective is None:
+        if row.median_objective is None:
             continue
-        ratio = row.median_objective / leader.median_objective
+        ratio = row.median_objective / leader_value
         p = slower_p(runs, row.label, leader.label)
         if ratio > 1 + TIE_MARGIN and p < RACE_P:
             behind[row.label] = (f"clearly slower than {leader.label} after round "
@@ -237,7 +237,7 @@ def decide(candidates: list[Candidate], runs: list[ConfirmRun], seed: int | None
         typical = median_stats(goals, [r.stats for r in ok])
         table.append(CandidateResult(
             label=candidate.label, trial_number=candidate.trial_number,
-            settings=candidate.settings.to_dict(), runs=len(mine), ok_runs=len(ok),
+            settings=candidate.settings, runs=len(mine), ok_runs=len(ok),
             median_score_s=statistics.median(scores) if scores else None,
             median_mean_s=statistics.median(means) if means else None,
             median_objective=median_of([goals.objective.of(r.stats, r.score)
@@ -245,31 +245,39 @@ def decide(candidates: list[Candidate], runs: list[ConfirmRun], seed: int | None
             missed=goals.missed(typical) if typical else (),
             dropped=dropped.get(candidate.label, "")))
     confirmation = Confirmation(tuple(runs), tuple(table))
-    eligible = [row for row in table if row.complete and not row.missed and not row.dropped]
+    eligible = by_median(row for row in table
+                         if row.complete and not row.missed and not row.dropped)
     if not eligible:
         return Outcome(confirmation, None, None)
-    best = min(eligible, key=lambda row: row.median_objective)  # type: ignore[arg-type,return-value]
-    winner, why = larger_window_in_a_tie(eligible, best)
+    winner, why = larger_window_in_a_tie(eligible)
     return Outcome(confirmation, winner, improvement(runs, winner.label, seed), why)
 
 
-def larger_window_in_a_tie(eligible: list[CandidateResult], best: CandidateResult
+def by_median(rows: Iterable[CandidateResult]) -> list[tuple[float, CandidateResult]]:
+    """The rows that have a median value, each with it, lowest first (ties in their order)."""
+    valued = [(row.median_objective, row) for row in rows if row.median_objective is not None]
+    return sorted(valued, key=lambda pair: pair[0])
+
+
+def larger_window_in_a_tie(eligible: list[tuple[float, CandidateResult]]
                            ) -> tuple[CandidateResult, str]:
-    """The finalist with the largest window among those within TIE_MARGIN of `best`'s
-    median value (the guide's defaults are the reference, not an alternative), and why."""
+    """Of the finalists `by_median`, the one with the largest window among those within
+    TIE_MARGIN of the best median value (the guide's defaults are the reference, not an
+    alternative), and why."""
 
     def window(row: CandidateResult) -> int:
-        return int(row.settings.get("context_window", 0))  # type: ignore[call-overload]
+        return row.settings.context_window
 
-    limit = best.median_objective * (1 + TIE_MARGIN)  # type: ignore[operator]
-    ties = [row for row in eligible if row.label != BASELINE and window(row) > window(best)
-            and row.median_objective <= limit]  # type: ignore[operator]
+    best_value, best = eligible[0]
+    limit = best_value * (1 + TIE_MARGIN)
+    ties = [(value, row) for value, row in eligible if row.label != BASELINE
+            and window(row) > window(best) and value <= limit]
     if not ties:
         return best, ""
-    chosen = min(ties, key=lambda row: (-window(row), row.median_objective))
+    chosen_value, chosen = min(ties, key=lambda pair: (-window(pair[1]), pair[0]))
     return chosen, (f"{chosen.label} (context window {window(chosen)}) chosen over "
-                    f"{best.label} ({window(best)}): median values {chosen.median_objective:.3f} s "
-                    f"and {best.median_objective:.3f} s are within {TIE_MARGIN:.0%}, which "
+                    f"{best.label} ({window(best)}): median values {chosen_value:.3f} s "
+                    f"and {best_value:.3f} s are within {TIE_MARGIN:.0%}, which "
                     "repeated runs cannot tell apart, and the larger window holds longer "
                     "conversations")
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from autotune.measure.records import TrialResult
+from autotune.studies.records import CostBreakdown
 
 
 @dataclass
@@ -71,36 +72,22 @@ class Costs:
         finally:
             setattr(self, name, getattr(self, name) + time.perf_counter() - started)
 
-    def parts(self) -> dict[str, float]:
+    def parts(self) -> CostBreakdown:
         """Every part of the wall time, in seconds; they add up to `total_s`."""
         in_trials = (self.lock_wait_s + self.worker_start_s + self.load_s + self.warmup_s
                      + self.requests_s + self.trial_rest_s + self.anchor_s)
         outside = max(0.0, self.search_s + self.confirmation_s - in_trials)
-        return {"measured requests": self.requests_s, "worker start": self.worker_start_s,
-                "model inspection": self.inspection_s, "model load": self.load_s,
-                "warm-up": self.warmup_s, "rest of each trial": self.trial_rest_s,
-                "waiting for the machine": self.lock_wait_s,
-                "storage and study set-up": self.setup_s, "drift anchor": self.anchor_s,
-                "sampler, storage and records": outside}
+        return CostBreakdown(
+            requests_s=self.requests_s, worker_start_s=self.worker_start_s,
+            inspection_s=self.inspection_s, load_s=self.load_s, warmup_s=self.warmup_s,
+            trial_rest_s=self.trial_rest_s, lock_wait_s=self.lock_wait_s,
+            setup_s=self.setup_s, anchor_s=self.anchor_s, outside_s=outside)
 
     @property
     def total_s(self) -> float:
-        return sum(self.parts().values())
+        return self.parts().total_s
 
     @property
     def overhead_share(self) -> float:
-        """Share of the wall time that is the harness's own (see `harness_share`)."""
-        return harness_share(self.parts())
-
-
-# Parts every trial needs whatever measures it, or that are another measurement's time.
-INHERENT = ("measured requests", "model load", "warm-up", "waiting for the machine")
-
-
-def harness_share(parts: dict[str, float]) -> float:
-    """Of `parts` (as `Costs.parts` gives them), the share that measured nothing and is the
-    harness's own: all but the requests, the model loads and warm-ups every trial needs,
-    and the waiting for the machine."""
-    total = sum(parts.values())
-    own = sum(seconds for name, seconds in parts.items() if name not in INHERENT)
-    return own / total if total else 0.0
+        """Share of the wall time that is the harness's own (CostBreakdown.harness_share)."""
+        return self.parts().harness_share

@@ -126,7 +126,7 @@ def check(study: optuna.Study, model: ModelInfo, measurement: Measures, host: st
         seen.append(event)
         return len(seen) >= ANCHOR_REQUESTS  # stop the worker: the check has its requests
 
-    result = measurement.run(model, Settings.from_dict(kept.settings), on_request,
+    result = measurement.run(model, kept.settings, on_request,
                              anchor=True)
     now = {r.index: r.latency_s for r in result.requests}
     if any(index not in now for index in range(ANCHOR_REQUESTS)):

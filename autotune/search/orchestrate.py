@@ -139,7 +139,7 @@ def run_study(study: optuna.Study, model: ModelInfo, machine: Hardware, space: S
     goals = measurement.goals
     notes = search_study(study, model, machine, space, parts, options, on_event)
     points = [p for p in profiles.points_of(study)  # a resumed study may hold smaller windows
-              if int(p.settings.get("context_window", 0)) >= space.min_context]  # type: ignore[call-overload]
+              if p.settings.context_window >= space.min_context]
     candidates = with_profiles(finalists(study, options.finalists, space.min_context),
                                profiles.choose(points))
     if len(candidates) == 1 and goals.limits:
@@ -175,9 +175,11 @@ def run_study(study: optuna.Study, model: ModelInfo, machine: Hardware, space: S
     if measurement.budget is not None:
         notes = (*notes, measurement.budget.describe())
     kept = profiles.kept_profiles(points, outcome.confirmation, winner)
+    score_s, mean_s = winner.median_score_s, winner.median_mean_s
+    assert score_s is not None and mean_s is not None  # a winner finished every round
     keep(study.set_user_attr, study_attrs(confirmation=outcome.confirmation, winner=Winner(
         label=winner.label, trial_number=winner.trial_number, settings=winner.settings,
-        score_s=winner.median_score_s, mean_s=winner.median_mean_s,  # type: ignore[arg-type]
+        score_s=score_s, mean_s=mean_s,
         improvement=outcome.improvement, confirmed=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         host=machine.host, tie_break=outcome.tie_break,
         objective_value=winner.median_objective), profiles=kept))
@@ -238,19 +240,17 @@ def finalists(study: optuna.Study, count: int, min_context: int = 0) -> list[Can
     """The best `count` feasible trials with distinct settings and a window of at least
     `min_context` (a resumed study may hold smaller ones), then the guide's defaults."""
     chosen: list[Candidate] = []
-    seen = set()
+    seen: set[Settings] = set()
     for trial in standing.ranked(study):
         kept = TrialRecord.read(trial, study.study_name)
         if kept.settings is None or (is_baseline_run(kept) and
                                      is_guide_defaults(kept.settings)):
             continue  # the guide's defaults are re-measured as the baseline anyway
-        if int(kept.settings.get("context_window", 0)) < min_context:  # type: ignore[call-overload]
+        if kept.settings.context_window < min_context:
             continue
-        key = tuple(sorted(kept.settings.items()))
-        if key not in seen and len(chosen) < count:
-            seen.add(key)
-            chosen.append(Candidate(f"trial {trial.number}", Settings.from_dict(kept.settings),
-                                    trial.number))
+        if kept.settings not in seen and len(chosen) < count:
+            seen.add(kept.settings)
+            chosen.append(Candidate(f"trial {trial.number}", kept.settings, trial.number))
     return [*chosen, Candidate(BASELINE, Settings(**GUIDE_DEFAULTS))]
 
 
@@ -260,11 +260,11 @@ def is_baseline_run(kept: TrialRecord) -> bool:
     return kept.label == BASELINE or kept.remeasures is not None
 
 
-def is_guide_defaults(settings: dict[str, object]) -> bool:
+def is_guide_defaults(settings: Settings) -> bool:
     """The guide's defaults as the baseline trial ran them: a `--fix` (say n_threads=1)
     makes that trial another configuration, a finalist like any other. GPU layers aside:
     a build without offload runs the guide's -1 as 0."""
-    return all(settings.get(k) == v for k, v in GUIDE_DEFAULTS.items() if k != "n_gpu_layers")
+    return all(settings.value(k) == v for k, v in GUIDE_DEFAULTS.items() if k != "n_gpu_layers")
 
 
 def with_profiles(candidates: list[Candidate], chosen: dict[str, profiles.Point]
@@ -276,9 +276,8 @@ def with_profiles(candidates: list[Candidate], chosen: dict[str, profiles.Point]
         point = chosen.get(name)
         if point is None or point.label == BASELINE:
             continue  # the guide's defaults run in confirmation anyway
-        settings = Settings.from_dict(point.settings)
-        if all(c.settings != settings for c in [*finals, baseline]):
-            finals.append(Candidate(f"trial {point.trial_number}", settings,
+        if all(c.settings != point.settings for c in [*finals, baseline]):
+            finals.append(Candidate(f"trial {point.trial_number}", point.settings,
                                     point.trial_number, race=False))
     return [*finals, baseline]
 

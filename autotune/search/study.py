@@ -113,18 +113,18 @@ class Measurement:
     # kept for its plans
     budget: Budget | None = field(default=None, compare=False)
 
-    def spec(self, model: ModelInfo, settings: object, limit_s: float | None = None
+    def spec(self, model: ModelInfo, settings: Settings, limit_s: float | None = None
              ) -> TrialSpec:
         # the stall and load limits follow --trial-timeout and the model's size
         timeout = self.trial_timeout_s if limit_s is None else min(limit_s,
                                                                    self.trial_timeout_s)
         if self.budget is not None:
             timeout = self.budget.trial_limit_s(timeout)
-        return TrialSpec(model.path, settings, self.workload,  # type: ignore[arg-type]
+        return TrialSpec(model.path, settings, self.workload,
                          tokens_per_request=self.tokens_per_request, clients=self.clients,
                          timeout_s=timeout)
 
-    def run(self, model: ModelInfo, settings: object, on_request=None,
+    def run(self, model: ModelInfo, settings: Settings, on_request=None,
             before: Callable[[], object] | None = None, anchor: bool = False,
             limit_s: float | None = None) -> TrialResult:
         """One trial, alone on the machine, stopped at `limit_s` at the latest (or the trial
@@ -140,7 +140,7 @@ class Measurement:
             self.costs.add_anchor(result, waited)
         else:
             self.costs.add_trial(result, waited)
-            if self.budget is not None and isinstance(settings, Settings):
+            if self.budget is not None:
                 self.budget.observe(settings, result, len(self.workload.requests))
         return result
 
@@ -363,8 +363,8 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
             # A resumed study's older, smaller choices: a broken promise, not measured.
             why = (f"context window {settings.context_window} below the minimum "
                    f"{space.min_context}")
-            keep(trial.set_user_attr, trial_attrs(reason=why,
-                                                  settings=settings.to_dict(), infeasible=why))
+            keep(trial.set_user_attr, trial_attrs(reason=why, settings=settings,
+                                                  infeasible=why))
             trial.set_constraint("failed", 0.0)
             trial.set_constraint("below_min_context", 1.0)
             return FAILED_SCORE_S
@@ -372,8 +372,8 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         if fit is not None and not fit.ok:
             # Layers the devices cannot hold would fail to load, or thrash: not run.
             why = f"does not fit on the GPU: {fit.describe()}"
-            keep(trial.set_user_attr, trial_attrs(reason=why,
-                                                  settings=settings.to_dict(), infeasible=why))
+            keep(trial.set_user_attr, trial_attrs(reason=why, settings=settings,
+                                                  infeasible=why))
             trial.set_constraint("failed", 0.0)
             trial.set_constraint("gpu_fit", 1.0)
             return FAILED_SCORE_S
@@ -429,18 +429,18 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
     return objective
 
 
-def measured_before(study: optuna.Study, settings: object) -> optuna.trial.FrozenTrial | None:
+def measured_before(study: optuna.Study, settings: Settings
+                    ) -> optuna.trial.FrozenTrial | None:
     """The earliest trial that measured `settings` whole (a pruned one was cut short, and
     is measured again; one measured while the machine drifted is being taken again), or
     None."""
-    wanted = settings.to_dict()  # type: ignore[attr-defined]
     trials = study.get_trials(deepcopy=False)
     gone = standing.superseded(study, trials)
     for trial in trials:
         if trial.state != optuna.trial.TrialState.COMPLETE or trial.number in gone:
             continue
         kept = TrialRecord.read(trial, study.study_name)
-        if kept.settings == wanted and kept.status is not None:
+        if kept.settings == settings and kept.status is not None:
             return trial
     return None
 
@@ -462,7 +462,8 @@ def repeat_of(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float:
     keep(trial.set_user_attr, {k: v for k, v in copied.items() if v is not None and v != ""})
     for name, value in earlier.constraints.items():
         trial.set_constraint(name, value)
-    return earlier.value  # type: ignore[return-value]
+    assert earlier.value is not None  # measured_before takes finished trials, which have one
+    return earlier.value
 
 
 def search(study: optuna.Study, model: ModelInfo, space: SearchSpace, measurement: Measurement,

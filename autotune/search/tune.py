@@ -59,8 +59,8 @@ def default_study_name(model_path: str, machine: Hardware,
 
 def representative(runs: tuple[ConfirmRun, ...], label: str) -> ConfirmRun | None:
     """A candidate's run with the median score: the one its report columns show."""
-    ok = sorted((r for r in runs if r.label == label and r.score is not None),
-                key=lambda r: r.score.total_s)  # type: ignore[union-attr]
+    scored = [(r.score.total_s, r) for r in runs if r.label == label and r.score is not None]
+    ok = [r for _, r in sorted(scored, key=lambda pair: pair[0])]
     return ok[(len(ok) - 1) // 2] if ok else None
 
 
@@ -109,11 +109,11 @@ def report(study: optuna.Study, space: SearchSpace, options: TuneOptions, tuned:
     outcome, winner, kept = tuned.outcome, tuned.winner, tuned.profiles
     text = export.export_text(study, fmt=options.fmt)
     written = export.write(options.out, text, options.force) if options.out else None
-    best = Settings.from_dict(winner.settings).to_env(space.tuned_fields)
+    best = winner.settings.to_env(space.tuned_fields)
     runs = outcome.confirmation.runs
     baseline = outcome.confirmation.candidate(BASELINE)
     baseline_run, winner_run = representative(runs, BASELINE), representative(runs, winner.label)
-    chosen_window = int(winner.settings["context_window"])  # type: ignore[call-overload]
+    chosen_window = winner.settings.context_window
     return TuneReport(
         study_name=study.study_name, storage=location(options.studies_dir, options.storage),
         n_trials=len(study.trials), best=best,

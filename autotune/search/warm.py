@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -28,6 +29,7 @@ import optuna
 from autotune.measure.hardware import Hardware, machine_class
 from autotune.measure.mapping import RecordError
 from autotune.measure.model import ModelInfo
+from autotune.measure.settings import Settings
 from autotune.search.space import (
     BATCH_CHOICES,
     CACHE_SIZE_RANGE,
@@ -64,7 +66,7 @@ def similar(ours: ModelInfo, theirs: ModelInfo) -> bool:
 
 def warm_starts(storage: optuna.storages.BaseStorage, name: str, model: ModelInfo,
                 machine: Hardware, space: SearchSpace,
-                baselines: list[dict[str, object]] = (),  # type: ignore[assignment]
+                baselines: Sequence[dict[str, object]] = (),
                 limit: int = LIMIT) -> list[WarmStart]:
     """The earlier winners to enqueue in study `name`, most recent first.
 
@@ -72,7 +74,7 @@ def warm_starts(storage: optuna.storages.BaseStorage, name: str, model: ModelInf
     winner that clips to one of them is not queued twice.
     """
     ours = machine_class(machine)
-    found: list[tuple[str, str, dict[str, object]]] = []
+    found: list[tuple[str, str, Settings]] = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         if summary.study_name == name:
             continue
@@ -81,8 +83,7 @@ def warm_starts(storage: optuna.storages.BaseStorage, name: str, model: ModelInf
             if (record.winner is None or record.machine_class != ours
                     or not similar(model, record.model)):
                 continue
-            found.append((record.winner.confirmed, summary.study_name,
-                          dict(record.winner.settings)))
+            found.append((record.winner.confirmed, summary.study_name, record.winner.settings))
         except (StudyFormatError, RecordError, AttributeError, KeyError, TypeError,
                 ValueError):
             continue  # damaged or foreign: a hint lost, not a failure
@@ -104,28 +105,30 @@ def warm_starts(storage: optuna.storages.BaseStorage, name: str, model: ModelInf
     return chosen
 
 
-def clip(settings: dict[str, object], space: SearchSpace) -> dict[str, object]:
+def clip(settings: Settings, space: SearchSpace) -> dict[str, object]:
     """An earlier winner's settings moved into `space`: threads and cache size into their
     ranges, the window to the smallest allowed at or above it (never below the floor);
     settings the space pins or does not search are left to it."""
     low, high = space.n_threads
     values: dict[str, object] = {
-        "n_threads": min(max(int(settings["n_threads"]), low), high),  # type: ignore[call-overload]
-        "context_window": space.context_at_least(int(settings["context_window"])),  # type: ignore[call-overload]
-        "enable_context_cache": bool(settings["enable_context_cache"]),
+        "n_threads": min(max(settings.n_threads, low), high),
+        "context_window": space.context_at_least(settings.context_window),
+        "enable_context_cache": settings.enable_context_cache,
     }
-    if values["enable_context_cache"]:
-        size = int(settings.get("max_cache_size", 100))  # type: ignore[call-overload]
-        values["max_cache_size"] = min(max(size, CACHE_SIZE_RANGE[0]), CACHE_SIZE_RANGE[1])
-    if space.gpu_layers is not None and "n_gpu_layers" in settings:
-        layers = int(settings["n_gpu_layers"])  # type: ignore[call-overload]
-        values["n_gpu_layers"] = min(max(layers, space.gpu_layers[0]), space.gpu_layers[1])
+    if settings.enable_context_cache:
+        values["max_cache_size"] = min(max(settings.max_cache_size, CACHE_SIZE_RANGE[0]),
+                                       CACHE_SIZE_RANGE[1])
+    if space.gpu_layers is not None:
+        values["n_gpu_layers"] = min(max(settings.n_gpu_layers, space.gpu_layers[0]),
+                                     space.gpu_layers[1])
     if space.extended:
-        for name, choices in (("n_batch", BATCH_CHOICES), ("n_ubatch", UBATCH_CHOICES)):
-            if name in settings:
-                wanted = int(settings[name])  # type: ignore[call-overload]
-                values[name] = min(choices, key=lambda c: abs(math.log2(c / max(1, wanted))))
-        for name in ("flash_attn", "f16_kv"):
-            if name in settings:
-                values[name] = bool(settings[name])
+        values["n_batch"] = nearest_in_log(BATCH_CHOICES, settings.n_batch)
+        values["n_ubatch"] = nearest_in_log(UBATCH_CHOICES, settings.n_ubatch)
+        values["flash_attn"] = settings.flash_attn
+        values["f16_kv"] = settings.f16_kv
     return {k: v for k, v in values.items() if k not in space.fixed}
+
+
+def nearest_in_log(choices: Sequence[int], wanted: int) -> int:
+    """The choice nearest `wanted` on a log scale (a batch of 384 is between 256 and 512)."""
+    return min(choices, key=lambda c: abs(math.log2(c / max(1, wanted))))

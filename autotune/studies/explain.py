@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.records import Alternative, StudyEvidence
-from autotune.measure.settings import format_value
+from autotune.measure.settings import Settings, format_value
 from autotune.studies import standing
 from autotune.studies.records import StudyRecord, TrialRecord
 
@@ -35,7 +35,7 @@ class Measured:
     """A finished trial: its number, the settings it ran, its mean latency per request."""
 
     number: int
-    settings: dict[str, object]
+    settings: Settings
     mean_s: float
 
 
@@ -68,24 +68,24 @@ def finished(study: optuna.Study) -> list[Measured]:
         kept = TrialRecord.read(trial, study.study_name)
         if (kept.settings is not None and kept.stats is not None
                 and kept.stats.mean_s is not None):
-            found.append(Measured(trial.number, dict(kept.settings), kept.stats.mean_s))
+            found.append(Measured(trial.number, kept.settings, kept.stats.mean_s))
     return found
 
 
-def differing(a: dict[str, object], b: dict[str, object], fields: Sequence[str],
-              but: str = "") -> tuple[str, ...]:
+def differing(a: Settings, b: Settings, fields: Sequence[str], but: str = ""
+              ) -> tuple[str, ...]:
     """The fields other than `but` in which two settings differ (the cache's size not, when
     either ran without the cache: it did not matter there)."""
-    cache_off = a.get("enable_context_cache") is False or b.get("enable_context_cache") is False
-    return tuple(f for f in fields if f != but and a.get(f) != b.get(f)
+    cache_off = not a.enable_context_cache or not b.enable_context_cache
+    return tuple(f for f in fields if f != but and a.value(f) != b.value(f)
                  and not (f == "max_cache_size" and cache_off))
 
 
-def nearest(trials: Sequence[Measured], settings: dict[str, object], fields: Sequence[str],
+def nearest(trials: Sequence[Measured], settings: Settings, fields: Sequence[str],
             field: str, value: object) -> Measured | None:
     """The trial with `field` == `value` and the fewest other `fields` unlike `settings`
     (ties: the earliest); None when no trial ran that value."""
-    ran = [t for t in trials if t.settings.get(field) == value]
+    ran = [t for t in trials if t.settings.value(field) == value]
     return min(ran, key=lambda t: (len(differing(t.settings, settings, fields, field)),
                                    t.number), default=None)
 
@@ -115,7 +115,7 @@ def bought(study: optuna.Study, record: StudyRecord | None = None) -> list[Bough
     fixed = record.space.fixed if record.space else {}
     found = []
     for name in fields:
-        default, value = GUIDE_DEFAULTS.get(name), winner.settings.get(name)
+        default, value = GUIDE_DEFAULTS.get(name), winner.settings.value(name)
         if default is None or value is None or value == default or name in fixed:
             continue
         comparison = (None if reference is None
@@ -129,7 +129,7 @@ def explanation(study: optuna.Study, record: StudyRecord | None = None) -> tuple
     return tuple(b.describe() for b in bought(study, record))
 
 
-def evidence_for(study: optuna.Study, settings: dict[str, object],
+def evidence_for(study: optuna.Study, settings: Settings,
                  record: StudyRecord | None = None) -> StudyEvidence:
     """What the study measured of every other value of each tuned setting, against the
     finished trial most like `settings` that ran the same value of it.
@@ -142,12 +142,12 @@ def evidence_for(study: optuna.Study, settings: dict[str, object],
     trials = finished(study)
     alternatives = []
     for name in fields:
-        reference = nearest(trials, settings, fields, name, settings.get(name))
+        reference = nearest(trials, settings, fields, name, settings.value(name))
         if reference is None:
             continue
-        values = dict.fromkeys(t.settings.get(name) for t in trials)
+        values = dict.fromkeys(t.settings.value(name) for t in trials)
         for value in values:
-            if value is None or value == settings.get(name):
+            if value is None or value == settings.value(name):
                 continue
             found = against(trials, reference, fields, name, value)
             if found is not None:

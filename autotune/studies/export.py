@@ -243,7 +243,7 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
     notes = record.space.notes if record.space else ()
     if profile is not None:
         chosen = profile_to_export(study, record, trial_number, profile)
-        settings = Settings.from_dict(chosen.settings)
+        settings = chosen.settings
         scored = record.goals is None or record.goals.objective == "score"
         score_s = chosen.shown_value_s if scored else None  # else the note gives its value
         stats = next((TrialRecord.read(t, study.study_name).stats
@@ -260,7 +260,7 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
         if not winner:
             raise AutotuneError(f"study {name} has no confirmed winner yet; pass ",
                                 Option("trial_number", "N"), " or finish a tuning run")
-        settings = Settings.from_dict(winner.settings)
+        settings = winner.settings
         score_s, improvement = winner.score_s, describe(winner.improvement)
         source = f"{study.study_name}, confirmed winner ({winner.label})"
         runs = record.confirmation.runs if record.confirmation else ()
@@ -273,7 +273,7 @@ def export_from_records(study: optuna.Study, trial_number: int | None, fmt: str,
         kept = TrialRecord.read(trials[0], study.study_name) if trials else None
         if kept is None or kept.settings is None:
             raise AutotuneError(f"study {name} has no measured trial {trial_number}")
-        settings = Settings.from_dict(kept.settings)
+        settings = kept.settings
         score_s = kept.score.total_s if kept.score else None
         improvement = ""
         source = f"{study.study_name}, trial {trial_number} ({kept.status})"

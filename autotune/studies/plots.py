@@ -59,12 +59,13 @@ def best_settings_rows(studies: list[optuna.Study]) -> list[list[str]]:
     for study in studies:
         record = StudyRecord.read(study)
         settings, source = (record.winner.settings if record.winner else None), "confirmed winner"
-        if not settings:
+        if settings is None:
             best = standing.best(study)
-            settings = (TrialRecord.read(best, study.study_name).settings or {}) if best else {}
+            settings = TrialRecord.read(best, study.study_name).settings if best else None
             source = f"best search trial {best.number}, unconfirmed" if best else "no trial"
         rows.append([f"{visible(study.study_name, NAME_LIMIT)} ({source})"]
-                    + [f"{BY_FIELD[f].name.removeprefix('JARVIS_')}={settings.get(f, '-')}"
+                    + [f"{BY_FIELD[f].name.removeprefix('JARVIS_')}="
+                       f"{settings.value(f) if settings else '-'}"
                        for f in record.tuned_fields if f in BY_FIELD])
     return rows
 

@@ -62,7 +62,7 @@ class Point:
     trial_number: int | None
     value_s: float
     memory_bytes: int
-    settings: dict[str, object] = field(default_factory=dict, compare=False)
+    settings: Settings = field(default_factory=Settings, compare=False)
     label: str = field(default="", compare=False)  # a baseline's, e.g. `guide defaults`
     # 0: measured whole; else the requests a pruned trial ran before it was stopped
     estimated_from: int = field(default=0, compare=False)
@@ -80,7 +80,7 @@ def points_of(study: optuna.Study) -> list[Point]:
     run of each distinct setting, a whole one before an estimate."""
     record = StudyRecord.read(study)
     goals = record.goals or Goals()
-    best: dict[tuple, Point] = {}
+    best: dict[Settings, Point] = {}
     trials = study.get_trials(deepcopy=False)
     gone = standing.superseded(study, trials)
     for trial in trials:
@@ -91,14 +91,13 @@ def points_of(study: optuna.Study) -> list[Point]:
         if kept.settings is None or memory is None:
             continue
         if standing.feasible(trial, study.study_name) and trial.value is not None:
-            point = Point(trial.number, trial.value, memory, dict(kept.settings),
-                          kept.label or "")
+            point = Point(trial.number, trial.value, memory, kept.settings, kept.label or "")
         elif (value := pruned_estimate(trial, kept, goals, record.weights)) is not None:
-            point = Point(trial.number, value, memory, dict(kept.settings), kept.label or "",
+            point = Point(trial.number, value, memory, kept.settings, kept.label or "",
                           estimated_from=len(kept.latencies))
         else:
             continue
-        key = tuple(sorted(kept.settings.items()))
+        key = kept.settings
         if key not in best or (point.estimated_from, point.value_s) < (
                 best[key].estimated_from, best[key].value_s):
             best[key] = point
@@ -165,7 +164,7 @@ def kept_profiles(points: list[Point], confirmation: Confirmation,
     fast = profile_of("fast", winner, confirmation, own)
     # the front is read from the winner: the search's fastest may not have won confirmation
     anchor = own or Point(fast.trial_number, fast.shown_value_s, fast.shown_memory_bytes,
-                          dict(fast.settings))
+                          fast.settings)
     chosen = choose(points, anchor)
     found = {"fast": fast}
     for name in PROFILES[1:]:
@@ -184,9 +183,8 @@ def kept_profiles(points: list[Point], confirmation: Confirmation,
 def confirmed_as(point: Point, confirmation: Confirmation) -> CandidateResult | None:
     """The confirmation result of the candidate with `point`'s settings, or of the guide's
     defaults when `point` is their search trial."""
-    settings = Settings.from_dict(point.settings)
     return next((c for c in confirmation.candidates
-                 if Settings.from_dict(c.settings) == settings
+                 if c.settings == point.settings
                  or (point.label == DEFAULTS_LABEL and c.label == DEFAULTS_LABEL)), None)
 
 
@@ -194,29 +192,29 @@ def profile_of(name: str, result: CandidateResult | None, confirmation: Confirma
                point: Point | None) -> Profile:
     """A profile from its search point and its confirmation result: confirmed when it
     finished every round and its medians met every target and budget of the study."""
-    confirmed = (result is not None and result.complete and not result.missed
-                 and result.median_objective is not None)
+    confirmed = (result if result is not None and result.complete and not result.missed
+                 and result.median_objective is not None else None)
     runs = [r for r in confirmation.runs
-            if confirmed and r.label == result.label and r.score is not None]  # type: ignore[union-attr]
+            if confirmed is not None and r.label == confirmed.label and r.score is not None]
     memories = sorted(m for m in (memory_of(r.stats) for r in runs) if m is not None)
     confirmed_memory = memories[(len(memories) - 1) // 2] if memories else None
     if point is None:  # a winner that was no search point: the guide's defaults
         assert result is not None and result.median_objective is not None
         point = Point(result.trial_number, result.median_objective, confirmed_memory or 0,
-                      dict(result.settings))
-    return Profile(name=name, trial_number=point.trial_number, settings=dict(point.settings),
+                      result.settings)
+    return Profile(name=name, trial_number=point.trial_number, settings=point.settings,
                    value_s=point.value_s, memory_bytes=point.memory_bytes,
-                   confirmed=confirmed,
-                   confirmed_value_s=result.median_objective if confirmed else None,  # type: ignore[union-attr]
+                   confirmed=confirmed is not None,
+                   confirmed_value_s=confirmed.median_objective if confirmed else None,
                    confirmed_memory_bytes=confirmed_memory, rounds=len(runs),
-                   label=result.label if confirmed else "",  # type: ignore[union-attr]
+                   label=confirmed.label if confirmed else "",
                    estimated_from=point.estimated_from)
 
 
 def unconfirmed_profiles(study: optuna.Study) -> dict[str, Profile]:
     """The profiles of a study that kept none (tuned before profiles, or not confirmed):
     the front of its search trials, each unconfirmed."""
-    return {name: Profile(name=name, trial_number=p.trial_number, settings=dict(p.settings),
+    return {name: Profile(name=name, trial_number=p.trial_number, settings=p.settings,
                           value_s=p.value_s, memory_bytes=p.memory_bytes,
                           estimated_from=p.estimated_from)
             for name, p in choose(points_of(study)).items()}

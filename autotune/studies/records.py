@@ -48,6 +48,7 @@ from autotune.measure.mapping import RecordError, from_mapping
 from autotune.measure.model import ModelInfo
 from autotune.measure.records import OUTPUT_VERSION, Status, TrialStats
 from autotune.measure.scoring import Score, Weights
+from autotune.measure.settings import Settings
 from autotune.safe_text import visible
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ class ConfirmRun:
     status: Status
     reason: str
     trial_number: int | None
-    settings: dict[str, object]
+    settings: Settings
     stats: TrialStats
     score: Score | None = None
     # each finished request's latency by its index in the workload (schema 2 and later)
@@ -161,7 +162,7 @@ class ConfirmRun:
     @classmethod
     def from_dict(cls, data: object) -> ConfirmRun:
         return from_mapping(cls, data, {
-            "status": Status, "stats": TrialStats.from_dict,
+            "status": Status, "settings": Settings.from_record, "stats": TrialStats.from_dict,
             "score": lambda d: from_mapping(Score, d),
             "latencies": lambda d: {int(k): float(v) for k, v in d.items()}})
 
@@ -172,7 +173,7 @@ class CandidateResult:
 
     label: str
     trial_number: int | None
-    settings: dict[str, object]
+    settings: Settings
     runs: int
     ok_runs: int
     median_score_s: float | None
@@ -185,7 +186,7 @@ class CandidateResult:
 
     @classmethod
     def from_dict(cls, data: object) -> CandidateResult:
-        return from_mapping(cls, data, {"missed": tuple})
+        return from_mapping(cls, data, {"settings": Settings.from_record, "missed": tuple})
 
     @property
     def complete(self) -> bool:
@@ -214,7 +215,7 @@ class Winner:
 
     label: str
     trial_number: int | None
-    settings: dict[str, object]
+    settings: Settings
     score_s: float
     mean_s: float
     improvement: Improvement | None
@@ -226,7 +227,8 @@ class Winner:
 
     @classmethod
     def from_dict(cls, data: object) -> Winner:
-        return from_mapping(cls, data, {"improvement": from_improvement})
+        return from_mapping(cls, data, {"settings": Settings.from_record,
+                                        "improvement": from_improvement})
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ class Profile:
 
     name: str
     trial_number: int | None
-    settings: dict[str, object]
+    settings: Settings
     value_s: float
     memory_bytes: int
     confirmed: bool = False
@@ -277,7 +279,8 @@ class Profile:
 def from_profiles(data: object) -> dict[str, Profile]:
     if not isinstance(data, Mapping):
         raise RecordError(f"profiles: expected an object, got {type(data).__name__}")
-    return {str(name): from_mapping(Profile, value) for name, value in data.items()}
+    return {str(name): from_mapping(Profile, value, {"settings": Settings.from_record})
+            for name, value in data.items()}
 
 
 def from_improvement(data: object) -> Improvement:
@@ -379,10 +382,10 @@ def schema_of(attrs: Mapping[str, object]) -> int | None:
     if schema is None:
         versions = attrs.get("versions")
         schema = versions.get("schema") if isinstance(versions, Mapping) else None
-    if schema is None or "model" not in attrs:
+    if not isinstance(schema, (int, float, str)) or "model" not in attrs:
         return None
     try:
-        return int(schema)  # type: ignore[call-overload]
+        return int(schema)
     except (TypeError, ValueError):
         return None
 
@@ -409,7 +412,7 @@ class TrialRecord:
     reason: str = ""
     stats: TrialStats | None = None
     latencies: tuple[float, ...] = ()
-    settings: dict[str, object] | None = None
+    settings: Settings | None = None
     stderr_tail: str = ""
     score: Score | None = None
     infeasible: str | None = None
@@ -427,7 +430,7 @@ class TrialRecord:
         try:
             record = from_mapping(cls, trial.user_attrs, {
                 "status": Status, "stats": TrialStats.from_dict, "latencies": tuple,
-                "score": lambda d: from_mapping(Score, d)})
+                "settings": Settings.from_record, "score": lambda d: from_mapping(Score, d)})
         except (RecordError, TypeError, ValueError) as err:
             raise StudyFormatError(f"study {visible(repr(study_name), 80)}, trial "
                                    f"{trial.number}: its record cannot be read "
@@ -480,6 +483,50 @@ def keep(set_user_attr: Callable[[str, object], object], attrs: dict[str, object
 # --- the --json outputs of the study commands ------------------------------------------
 
 @dataclass(frozen=True)
+class CostBreakdown:
+    """Where a run's wall time went, in seconds (search/costs.py adds it up); the parts
+    add up to `total_s`. `--json` keeps it under its labels (`LABELS`), as reports print
+    them."""
+
+    requests_s: float = 0.0  # the measured requests (what the study is for)
+    worker_start_s: float = 0.0  # spawn until each worker starts loading the model
+    inspection_s: float = 0.0  # reading the model's GGUF header
+    load_s: float = 0.0  # the model's load in each worker
+    warmup_s: float = 0.0  # the warm-up request in each worker
+    trial_rest_s: float = 0.0  # the rest of each trial: reading events, exit, reaping
+    lock_wait_s: float = 0.0  # waiting for another measurement on the machine
+    setup_s: float = 0.0  # opening the storage and the study, enqueuing baselines
+    anchor_s: float = 0.0  # the drift anchor's checks, waiting included
+    outside_s: float = 0.0  # the sampler, storage and records around the trials
+
+    LABELS: ClassVar[dict[str, str]] = {
+        "requests_s": "measured requests", "worker_start_s": "worker start",
+        "inspection_s": "model inspection", "load_s": "model load", "warmup_s": "warm-up",
+        "trial_rest_s": "rest of each trial", "lock_wait_s": "waiting for the machine",
+        "setup_s": "storage and study set-up", "anchor_s": "drift anchor",
+        "outside_s": "sampler, storage and records"}
+    # Parts every trial needs whatever measures it, or that are another measurement's time.
+    INHERENT: ClassVar[tuple[str, ...]] = ("requests_s", "load_s", "warmup_s", "lock_wait_s")
+
+    def to_dict(self) -> dict[str, float]:
+        """Each part under its label, in the order reports print them."""
+        return {label: getattr(self, name) for name, label in self.LABELS.items()}
+
+    @property
+    def total_s(self) -> float:
+        return sum(getattr(self, name) for name in self.LABELS)
+
+    @property
+    def harness_share(self) -> float:
+        """The share of the wall time that measured nothing and is the harness's own: all
+        but the requests, the model loads and warm-ups every trial needs, and the waiting
+        for the machine."""
+        total = self.total_s
+        own = sum(getattr(self, name) for name in self.LABELS if name not in self.INHERENT)
+        return own / total if total else 0.0
+
+
+@dataclass(frozen=True)
 class Contender:
     """One column of the tuner's report: the winner, or the guide's defaults."""
 
@@ -507,7 +554,7 @@ class TuneReport:
     notes: tuple[str, ...]
     out: str | None
     export: str
-    costs: dict[str, float] = field(default_factory=dict)  # where the wall time went, s
+    costs: CostBreakdown = field(default_factory=CostBreakdown)  # where the wall time went
     # the wall time of the search (its drift checks included) and of the confirmation, s
     phases: dict[str, float] = field(default_factory=dict)
     profiles: tuple[Profile, ...] = ()
@@ -540,8 +587,9 @@ def output(kind: str, **body: object) -> dict[str, object]:
 
 def as_json(value: object) -> object:
     """A record as the JSON a storage keeps or a command prints (enums are their text)."""
-    if isinstance(value, (ModelInfo, HardwareClass)):
-        return value.to_dict()  # never the model's chat template; the class with its name
+    if isinstance(value, (ModelInfo, HardwareClass, CostBreakdown)):
+        # never the model's chat template; the class with its name; the costs by label
+        return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: as_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):

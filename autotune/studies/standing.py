@@ -53,8 +53,9 @@ def standing(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The trials that count, best first."""
-    return sorted(standing(study), key=lambda t: t.value)  # type: ignore[arg-type,return-value]
+    """The trials that count, best first (a COMPLETE trial always has its value)."""
+    valued = [(t.value, t) for t in standing(study) if t.value is not None]
+    return [t for _, t in sorted(valued, key=lambda pair: pair[0])]
 
 
 def best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

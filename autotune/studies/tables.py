@@ -103,7 +103,6 @@ FLAT_TRIAL_FIELDS = ("trial", "state", "status", "reason", "label", "trial_host"
 
 def trial_row(trial: optuna.trial.FrozenTrial, study_name: str = "") -> TrialRow:
     kept = TrialRecord.read(trial, study_name)
-    settings = kept.settings or {}
     finished = kept.status == Status.OK
     return TrialRow(
         trial=trial.number, state=trial.state.name, status=kept.status, reason=kept.reason,
@@ -112,7 +111,7 @@ def trial_row(trial: optuna.trial.FrozenTrial, study_name: str = "") -> TrialRow
         value=trial.value if finished else None, infeasible=kept.infeasible,
         started=trial.datetime_start,
         duration_s=trial.duration.total_seconds() if trial.duration else None,
-        settings={name: settings.get(name, trial.params.get(name))
+        settings={name: kept.settings.value(name) if kept.settings else trial.params.get(name)
                   for name, var in BY_FIELD.items() if var.tuned},
         score=kept.score, stats=kept.stats or TrialStats())
 
@@ -187,9 +186,9 @@ def summary_row(study: optuna.Study) -> SummaryRow:
     best_kept = TrialRecord.read(best, study.study_name) if best else None
     winner = record.winner
     baseline = record.confirmation.candidate(DEFAULTS_LABEL) if record.confirmation else None
-    settings = winner.settings if winner else (best_kept.settings or {} if best_kept else {})
-    exports = {BY_FIELD[name].name: None if settings.get(name) is None
-               else format_value(settings.get(name))
+    settings = winner.settings if winner else best_kept.settings if best_kept else None
+    exports = {BY_FIELD[name].name: None if settings is None
+               else format_value(settings.value(name))
                for name in record.tuned_fields if name in BY_FIELD}
     return SummaryRow(
         metadata=metadata(study, record), trials=len(trials), ok=statuses.count(Status.OK),
