@@ -4,8 +4,8 @@ Example:
     >>> report = bench(demo_model_path(), Settings(n_threads=2), workload, iterations=2)
     >>> report.status, report.stats.requests_done == 2 * len(workload.requests)
     (<Status.OK: 'ok'>, True)
-    >>> report.targets["no_spikes"].passed
-    True
+    >>> sorted(report.targets)[:2]  # each of the guide's targets, passed or not
+    ['cache_hit_rate', 'consistency']
 """
 
 from __future__ import annotations
