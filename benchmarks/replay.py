@@ -232,7 +232,9 @@ class ReplayMeasurement(Measurement):
     harness_s: float = 0.0
     last: float | None = None
 
-    def run(self, model, settings, on_request=None, before=None, anchor=False) -> TrialResult:
+    def run(self, model, settings, on_request=None, before=None, anchor=False,
+            limit_s=None) -> TrialResult:
+        # a recorded run is replayed whole: no time limit applies (replays run no budget)
         now = time.perf_counter()
         assert self.grid is not None
         cell = self.grid.cell_for(settings)
