@@ -40,8 +40,8 @@ class PinnedLoad(Measurement):
 
     loads: list[float] = field(default_factory=list)
 
-    def run(self, model, settings, on_request=None, before=None, anchor=False):
-        result = super().run(model, settings, on_request, before, anchor)
+    def run(self, model, settings, on_request=None, before=None, anchor=False, limit_s=None):
+        result = super().run(model, settings, on_request, before, anchor, limit_s)
         result.other_cpu_percent_mean = self.loads.pop(0) if self.loads else 0.0
         return result
 
