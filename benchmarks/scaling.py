@@ -61,7 +61,7 @@ def study_counts(studies: Path) -> dict[str, object]:
     baseline_s = 0.0
     for trial in study.trials:
         kept = TrialRecord.read(trial, study.study_name)
-        if kept.label.startswith("guide") and trial.duration is not None:
+        if (kept.label or "").startswith("guide") and trial.duration is not None:
             baseline_s += trial.duration.total_seconds()
     return {"trials": len(states), "pruned": states.count("PRUNED"),
             "complete": states.count("COMPLETE"), "baseline_search_s": baseline_s}
