@@ -57,7 +57,7 @@ def study_counts(studies: Path) -> dict[str, object]:
     storage = open_storage(studies)
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
-    states = [t.state.name for t in study.trials]
+    states = [t.state.name for t in study.trials if t.state.is_finished()]  # not queued ones
     baseline_s = 0.0
     for trial in study.trials:
         kept = TrialRecord.read(trial, study.study_name)
