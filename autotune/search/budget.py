@@ -122,7 +122,6 @@ class Budget:
     started: float = field(default=0.0)
     runs: dict[Settings, list[RunCost]] = field(default_factory=dict)
     too_small: str = ""  # why the budget cannot buy a confirmed winner, once known
-    extra_rounds: int = 0  # rounds added to separate near-ties
 
     def __post_init__(self) -> None:
         self.started = self.started or self.clock()
@@ -239,9 +238,8 @@ class Budget:
         raise AssertionError("unreachable: the last step is always taken")
 
     def may_add_round(self, active: list[Settings], baseline: Settings) -> bool:
-        """Another round of the `active` candidates fits (near-ties, see confirm.py)."""
-        if self.extra_rounds >= MAX_ROUNDS:
-            return False
+        """Another round of the `active` candidates fits (near-ties, see confirm.py, which
+        also caps the rounds added)."""
         finals = [s for s in active if s != baseline]
         cost = sum(self.run_s(s) for s in finals) + (
             self.baseline_s(baseline) if baseline in active else 0.0)

@@ -228,10 +228,7 @@ def more_rounds(budget: Budget | None) -> Callable[[list[Candidate]], bool] | No
     defaults = Settings(**GUIDE_DEFAULTS)
 
     def fits(active: list[Candidate]) -> bool:
-        if budget.may_add_round([c.settings for c in active], defaults):
-            budget.extra_rounds += 1
-            return True
-        return False
+        return budget.may_add_round([c.settings for c in active], defaults)
 
     return fits
 
