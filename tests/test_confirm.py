@@ -152,8 +152,9 @@ def race(latency_of, finalists, rounds=3, failing=frozenset(), **options):
 
 
 def test_a_finalist_clearly_behind_runs_only_the_first_round() -> None:
-    outcome, calls, events = race({1: 1.5, 2: 1.0, 8: 3.0}, two())
-    assert calls == {1: 1, 2: 3, 8: 3}  # the defaults run every round, the leader too
+    # the defaults within 20% of the leader: they run every round, the leader too
+    outcome, calls, events = race({1: 1.5, 2: 1.0, 8: 1.15}, two())
+    assert calls == {1: 1, 2: 3, 8: 3}
     assert outcome.winner.label == "trial 2"
     dropped = outcome.confirmation.candidate("trial 1").dropped
     assert dropped.startswith("clearly slower than trial 2 after round 1: median 1.5")
@@ -163,13 +164,13 @@ def test_a_finalist_clearly_behind_runs_only_the_first_round() -> None:
 
 
 def test_finalists_within_the_tie_margin_run_every_round() -> None:
-    _, calls, _ = race({1: 1.02, 2: 1.0, 8: 3.0}, two())
+    _, calls, _ = race({1: 1.02, 2: 1.0, 8: 1.15}, two())
     assert calls == {1: 3, 2: 3, 8: 3}
 
 
 def test_a_profile_and_racing_off_run_every_round() -> None:
     slow = Candidate("trial 1", Settings(n_threads=1), 1, race=False)
-    _, calls, _ = race({1: 1.5, 2: 1.0, 8: 3.0}, [slow, two()[1]])
+    _, calls, _ = race({1: 1.5, 2: 1.0, 8: 1.15}, [slow, two()[1]])
     assert calls == {1: 3, 2: 3, 8: 3}
     _, calls, _ = race({1: 1.5, 2: 1.0, 8: 3.0}, two(),
         racing=False)
@@ -177,7 +178,7 @@ def test_a_profile_and_racing_off_run_every_round() -> None:
 
 
 def test_a_finalist_whose_run_failed_is_dropped_and_cannot_win() -> None:
-    outcome, calls, _ = race({1: 0.5, 2: 1.0, 8: 3.0}, two(),
+    outcome, calls, _ = race({1: 0.5, 2: 1.0, 8: 1.15}, two(),
         failing={1})
     assert calls == {1: 1, 2: 3, 8: 3}
     assert outcome.confirmation.candidate("trial 1").dropped == "a run failed in round 1"
@@ -188,6 +189,32 @@ def test_a_tail_objective_is_not_raced() -> None:
     _, calls, _ = race({1: 1.5, 2: 1.0, 8: 3.0}, two(),
         goals=Goals(objective=Objective.P95))
     assert calls == {1: 3, 2: 3, 8: 3}
+
+
+def test_defaults_slower_than_every_finalist_rest_after_the_first_round() -> None:
+    outcome, calls, events = race({1: 1.02, 2: 1.0, 8: 3.0}, two())
+    assert calls == {1: 3, 2: 3, 8: 1}
+    assert [(e.done, e.total) for e in events][-1] == (7, 7)
+    rested = outcome.confirmation.candidate(BASELINE).dropped
+    assert rested.startswith("ran no further round after round 1: slower than every "
+                             "finalist by at least 2.9")
+    assert rested.endswith("the improvement rests on the rounds they ran")
+    found = outcome.improvement
+    assert found is not None and found.rounds == 1 and found.requests == 16
+    assert found.low is not None and found.low < 3.0 / 1.0 < found.high
+
+
+def test_defaults_near_a_finalist_that_may_win_run_every_round() -> None:
+    # a profile's trial (not raced) within the tie margin of the best may still win
+    close = Candidate("trial 1", Settings(n_threads=1), 1, race=False)
+    _, calls, _ = race({1: 1.025, 2: 1.0, 8: 1.21}, [close, two()[1]])
+    assert calls == {1: 3, 2: 3, 8: 3}
+    _, calls, _ = race({1: 1.025, 2: 1.0, 8: 1.21}, [two()[1]])
+    assert calls == {2: 3, 8: 1}  # 21% slower than trial 2 alone: they rest
+    # one far behind cannot: the defaults are compared with trial 2 alone, and rest
+    slow = Candidate("trial 1", Settings(n_threads=1), 1, race=False)
+    _, calls, _ = race({1: 2.6, 2: 1.0, 8: 3.0}, [slow, two()[1]])
+    assert calls == {1: 3, 2: 3, 8: 1}
 
 
 def test_the_defaults_may_lead_but_are_never_dropped() -> None:

@@ -17,7 +17,12 @@ mean), and the tuner plans with it:
   a better winner than 2), then the rounds, then the profiles' re-measurement;
 - the guide's defaults' runs in confirmation stop at `BASELINE_CAP` typical runs: a
   stopped run still bounds the improvement from below (confirm.lower_bound), which is
-  what the report then says ("at least 3.1x").
+  what the report then says ("at least 3.1x");
+- the defaults are planned for one confirmation round when their runs so far cost over
+  1 + DEFAULTS_MARGIN typical runs: confirmation's racing then rests them after it
+  (confirm.defaults_behind);
+- the finalists planned are at most the distinct feasible trials so far, plus the one
+  more trial would add: after one trial, a study has one finalist to confirm, not three.
 
 Trials beyond the first buy little quality on the recorded grids (the study module's
 docstring), so a budget never adds trials beyond `--trials` (8 unless given): the time
@@ -31,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import statistics
 import time
@@ -39,9 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from autotune.errors import AutotuneError
-from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.records import TrialResult
 from autotune.measure.settings import Settings
+from autotune.search.confirm import DEFAULTS_MARGIN, is_guide_defaults
 
 # The command's budget when neither --budget nor --trials is given: a 1B-class model's
 # study on two cores fits in it (docs/benchmarks.md, the scaling table).
@@ -54,7 +58,6 @@ RESERVE_S = 2.0
 JUDGE_AFTER = 4
 # Confirmation rounds a budget may add to separate near-tied finalists.
 MAX_ROUNDS = 6
-DEFAULTS = Settings(**GUIDE_DEFAULTS)
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh])")
 
@@ -80,11 +83,6 @@ def spoken(seconds: float) -> str:
     if whole < 60:
         return f"{seconds:.0f}s"
     return f"{whole // 60}m{whole % 60:02d}s"
-
-
-def bare(settings: Settings) -> Settings:
-    """Settings with GPU layers aside: a build without offload runs the guide's -1 as 0."""
-    return dataclasses.replace(settings, n_gpu_layers=0)
 
 
 @dataclass(frozen=True)
@@ -149,7 +147,7 @@ class Budget:
         """The median whole-run cost over the configurations measured, the guide's defaults
         aside while others ran (they are the slow outlier the cap is for); None: none yet."""
         costs = [statistics.median(c.whole_s for c in kept) for s, kept in self.runs.items()
-                 if bare(s) != bare(DEFAULTS)]
+                 if not is_guide_defaults(s)]
         if not costs:
             costs = [statistics.median(c.whole_s for c in kept) for kept in self.runs.values()]
         return statistics.median(costs) if costs else None
@@ -161,14 +159,26 @@ class Budget:
             return statistics.median(c.whole_s for c in kept)
         return self.typical_s() or 0.0
 
-    def baseline_s(self, settings: Settings) -> float:
-        """A defaults' run in confirmation: its own cost (GPU layers aside: a build without
-        offload ran the guide's -1 as 0), at most BASELINE_CAP typical runs; the cap when
-        they have not run yet."""
-        kept = [c.whole_s for s, runs in self.runs.items() if bare(s) == bare(settings)
+    def defaults_costs(self) -> list[float]:
+        """The whole-run costs of the guide's defaults' runs so far."""
+        return [c.whole_s for s, runs in self.runs.items() if is_guide_defaults(s)
                 for c in runs]
+
+    def baseline_s(self) -> float:
+        """A defaults' run in confirmation: its own cost, at most BASELINE_CAP typical runs;
+        the cap when they have not run yet."""
+        kept = self.defaults_costs()
         own = statistics.median(kept) if kept else self.baseline_limit_s()
         return min(own, self.baseline_limit_s())
+
+    def baseline_rounds(self, rounds: int) -> int:
+        """The confirmation rounds the defaults are planned for: one when their runs so far
+        were clearly slower than the typical run (racing rests them after it), else all."""
+        kept = self.defaults_costs()
+        typical = self.typical_s()
+        if kept and typical and statistics.median(kept) > (1 + DEFAULTS_MARGIN) * typical:
+            return min(1, rounds)
+        return rounds
 
     def baseline_limit_s(self) -> float:
         return BASELINE_CAP * (self.typical_s() or self.seconds)
@@ -197,16 +207,17 @@ class Budget:
             f"{spoken(at_least)}; give --budget {spoken(1.2 * at_least)} or more")
         return False
 
-    def confirmation_s(self, finalists: list[Settings], baseline: Settings, rounds: int) -> float:
+    def confirmation_s(self, finalists: list[Settings], rounds: int) -> float:
         """What `rounds` rounds of these finalists and the defaults should cost."""
-        return rounds * (sum(self.run_s(s) for s in finalists) + self.baseline_s(baseline))
+        return (rounds * sum(self.run_s(s) for s in finalists)
+                + self.baseline_rounds(rounds) * self.baseline_s())
 
-    def search_may_go_on(self, finalists: int, rounds: int, baseline: Settings) -> bool:
-        """One more trial, and then the planned confirmation, still fit."""
+    def search_may_go_on(self, finalists: int, rounds: int) -> bool:
+        """One more trial, and then the planned confirmation of `finalists`, still fit."""
         typical = self.typical_s()
         if typical is None:
             return True
-        planned = rounds * (finalists * typical + self.baseline_s(baseline))
+        planned = rounds * finalists * typical + self.baseline_rounds(rounds) * self.baseline_s()
         return self.left() >= typical + planned
 
     def trial_limit_s(self, limit_s: float) -> float:
@@ -214,17 +225,17 @@ class Budget:
         return max(1.0, min(limit_s, self.left()))
 
     def fit_confirmation(self, finalists: list[Settings], profiles: list[Settings],
-                         baseline: Settings, rounds: int) -> ConfirmPlan:
+                         rounds: int) -> ConfirmPlan:
         """The most of the wanted confirmation that fits (see the module's docstring)."""
         wanted_f, wanted_r = len(finalists), rounds
         steps = [(wanted_f, wanted_r), (min(wanted_f, 2), wanted_r), (min(wanted_f, 2), 1),
                  (1, 1)]
         left = self.left()
-        full = self.confirmation_s([*finalists, *profiles], baseline, rounds)
+        full = self.confirmation_s([*finalists, *profiles], rounds)
         if profiles and full <= left:
             return ConfirmPlan(wanted_f, wanted_r, True, full)
         for f, r in steps:
-            cost = self.confirmation_s(finalists[:f], baseline, r)
+            cost = self.confirmation_s(finalists[:f], r)
             if cost <= left or (f, r) == (1, 1):
                 gave = []
                 if profiles:
@@ -237,12 +248,11 @@ class Budget:
                 return ConfirmPlan(f, r, False, cost, tuple(gave))
         raise AssertionError("unreachable: the last step is always taken")
 
-    def may_add_round(self, active: list[Settings], baseline: Settings) -> bool:
+    def may_add_round(self, active: list[Settings]) -> bool:
         """Another round of the `active` candidates fits (near-ties, see confirm.py, which
         also caps the rounds added)."""
-        finals = [s for s in active if s != baseline]
-        cost = sum(self.run_s(s) for s in finals) + (
-            self.baseline_s(baseline) if baseline in active else 0.0)
+        cost = sum(self.baseline_s() if is_guide_defaults(s) else self.run_s(s)
+                   for s in active)
         return cost <= self.left()
 
     def describe(self) -> str:

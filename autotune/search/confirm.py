@@ -34,9 +34,22 @@ profile's trial (`Candidate.race` False), which is re-measured for its memory, n
 Racing applies to the objectives measured request by request (score, mean); a tail or
 time-to-first-token objective runs every round.
 
+Racing the defaults: once every candidate that may still win (the racing finalists, and a
+profile's trial within TIE_MARGIN of the best) is faster than the guide's defaults by more
+than DEFAULTS_MARGIN (20%), request for request (the same Wilcoxon test;
+for stopped defaults, `lower_bound`'s ratio), the defaults run no further round: what the
+confirmation decides from then on is which finalist wins, and each finalist already ran
+beside the defaults in the rounds so far. The improvement then rests on those rounds (its
+interval on their paired requests), and the report says so. On the recorded 2-core runs
+the defaults were 1.5x (1B shape) to 2.5x (demo model) slower than the winner, and cost a
+quarter to half of the confirmation's time.
+
 Near-ties: with `more_rounds` (a budget's, search/budget.py), rounds go on after the
 planned ones while more than one racing finalist is still in the race and another round
-fits: racing then separates them, or the report says they could not be (`unseparated`).
+fits, until racing separates them or they are shown tied: the paired bootstrap's interval
+of each one's mean latency over the leader's lies within TIE_MARGIN either way, and no
+further round would change the tie-break. Either way the report says which finalists
+it could not separate, and why (`unseparated`).
 
 Stopped defaults: a run of the guide's defaults may be stopped at a time limit (a budget's
 cap, or the trial limit when they are much slower than the limit allows). The finalists'
@@ -54,6 +67,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from autotune.guide import GUIDE_DEFAULTS
 from autotune.measure.goals import METRICS, Goals, Objective
 from autotune.measure.records import Status, TrialResult, TrialStats
 from autotune.measure.scoring import Weights, score
@@ -76,6 +90,8 @@ class Candidate:
 
 
 TIE_MARGIN = 0.03
+# The guide's defaults run no further round once every finalist is this much faster.
+DEFAULTS_MARGIN = 0.2
 # One-sided, per-request: a finalist as fast as the leader is dropped about 1 time in 100.
 RACE_P = 0.01
 RACED_OBJECTIVES = (Objective.SCORE, Objective.MEAN)
@@ -122,8 +138,13 @@ def confirm(candidates: list[Candidate], measure: Callable[[Candidate], TrialRes
         if racing:
             dropped.update(clearly_behind(active, runs, goals or Goals()))
             active = [c for c in active if c.label not in dropped]
+            rested = defaults_behind(active, runs, goals or Goals())
+            if rested:
+                dropped[BASELINE] = rested
+                active = [c for c in active if c.label != BASELINE]
         if round_no >= rounds:
             if (more_rounds is None or len(still_racing(active)) < 2
+                    or shown_tied(still_racing(active), runs, seed, goals or Goals())
                     or not more_rounds(active)):
                 return []
             added += 1
@@ -150,27 +171,121 @@ def confirm(candidates: list[Candidate], measure: Callable[[Candidate], TrialRes
                        run_once, keep=race)
     outcome = decide(candidates, runs, seed, goals, dropped)
     return dataclasses.replace(outcome, added_rounds=added,
-                               unseparated=unseparated(outcome, candidates, added))
+                               unseparated=unseparated(outcome, candidates, added, runs, seed,
+                                                       goals or Goals()))
+
+
+def is_guide_defaults(settings: Settings) -> bool:
+    """The guide's defaults as the baseline runs them: a `--fix` (say n_threads=1) makes
+    that trial another configuration, a finalist like any other. GPU layers aside: a build
+    without offload runs the guide's -1 as 0."""
+    return all(settings.value(k) == v for k, v in GUIDE_DEFAULTS.items() if k != "n_gpu_layers")
 
 
 def still_racing(active: list[Candidate]) -> list[Candidate]:
     return [c for c in active if c.race and c.label != BASELINE]
 
 
-def unseparated(outcome: Outcome, candidates: list[Candidate], added: int) -> str:
-    """After rounds added for near-ties, the finalists still in the race with the winner,
-    when there are any: the confirmation could not tell them apart."""
-    if not added or outcome.winner is None:
+def defaults_behind(active: list[Candidate], runs: list[ConfirmRun], goals: Goals) -> str:
+    """Why the guide's defaults need no further round (see the module's docstring), or "".
+
+    They are compared with every candidate that may still win: the racing finalists, and
+    a profile's trial (not raced) whose median is within TIE_MARGIN of the best so far.
+    """
+    if goals.objective not in RACED_OBJECTIVES or all(c.label != BASELINE for c in active):
+        return ""
+    table = {row.label: row for row in decide(active, runs, goals=goals).confirmation.candidates}
+    medians = [row.median_objective for label, row in table.items()
+               if label != BASELINE and row.median_objective is not None]
+    best = min(medians, default=None)
+    others = [c for c in active if c.label != BASELINE and (
+        c.race or best is None or table[c.label].median_objective is None
+        or table[c.label].median_objective <= best * (1 + TIE_MARGIN))]
+    if not others:
+        return ""
+    defaults = table[BASELINE]
+    ratios, ps = [], []
+    for candidate in others:
+        row = table[candidate.label]
+        if not row.complete or row.median_objective is None:
+            return ""
+        if defaults.complete and defaults.median_objective is not None:
+            ratios.append(defaults.median_objective / row.median_objective)
+            ps.append(slower_p(runs, BASELINE, candidate.label))
+        else:
+            bound = lower_bound(runs, candidate.label)
+            if bound is None:
+                return ""
+            ratios.append(bound.speedup)
+            ps.append(0.0)
+    if min(ratios) <= 1 + DEFAULTS_MARGIN or max(ps) >= RACE_P:
+        return ""
+    rounds = max(r.round for r in runs) + 1
+    test = f", request for request (Wilcoxon p={max(ps):.1g})" if max(ps) > 0 else ""
+    return (f"ran no further round after round {rounds}: slower than every finalist by at "
+            f"least {min(ratios):.2f}x{test}; the improvement rests on the rounds they ran")
+
+
+def unseparated(outcome: Outcome, candidates: list[Candidate], added: int,
+                runs: list[ConfirmRun], seed: int | None, goals: Goals) -> str:
+    """After rounds for near-ties (added, or shown tied at once), the finalists still in the
+    race with the winner, when there are any: the confirmation could not tell them apart."""
+    if outcome.winner is None:
         return ""
     racing = {c.label for c in still_racing(candidates)}
     rows = [r for r in outcome.confirmation.candidates
             if r.label in racing and r.complete and not r.dropped]
-    if len(rows) < 2:
+    left = [c for c in candidates if c.label in {r.label for r in rows}]
+    tied = shown_tied(left, runs, seed, goals) if len(rows) >= 2 else None
+    if len(rows) < 2 or not (added or tied):
         return ""
     names = ", ".join(r.label for r in rows)
+    if tied:
+        low, high = tied
+        return (f"{names} are tied: their mean latencies are within {TIE_MARGIN:.0%} of one "
+                f"another (95% interval of the ratio {low:.3f}-{high:.3f} over "
+                f"{max(r.runs for r in rows)} rounds), so the tie-break decides")
     return (f"{names} could not be separated in {max(r.runs for r in rows)} rounds: none was "
             f"clearly slower request for request (Wilcoxon p<{RACE_P:g} and a median over "
-            f"{TIE_MARGIN:.0%} behind)")
+            f"{TIE_MARGIN:.0%} behind), nor shown within {TIE_MARGIN:.0%} of the leader")
+
+
+def shown_tied(racing: list[Candidate], runs: list[ConfirmRun], seed: int | None,
+               goals: Goals) -> tuple[float, float] | None:
+    """When every racing finalist's mean latency over the leader's has a paired bootstrap
+    interval within TIE_MARGIN either way, the widest such interval; else None (as for
+    objectives other than the score and the mean, which this does not measure)."""
+    if goals.objective not in RACED_OBJECTIVES or len(racing) < 2:
+        return None
+    table = decide(racing, runs, goals=goals).confirmation.candidates
+    ranked = by_median(row for row in table if row.complete)
+    if len(ranked) < len(racing):
+        return None
+    leader = ranked[0][1].label
+    low, high = 1.0, 1.0
+    for _, row in ranked[1:]:
+        pairs = paired_rounds(runs, row.label, leader)
+        if not pairs:
+            return None
+        lo, hi = paired_bootstrap(pairs, seed=seed)
+        low, high = min(low, lo), max(high, hi)
+    if low < 1 / (1 + TIE_MARGIN) or high > 1 + TIE_MARGIN:
+        return None
+    return low, high
+
+
+def paired_rounds(runs: list[ConfirmRun], label: str, other: str
+                  ) -> list[list[tuple[float, float]]]:
+    """Per round both finished, the (label's, other's) latency pairs of their requests."""
+    rounds = []
+    for round_no in sorted({r.round for r in runs}):
+        here = {r.label: r for r in runs if r.round == round_no and r.score is not None}
+        if label in here and other in here:
+            mine, theirs = here[label].latencies, here[other].latencies
+            pairs = [(mine[i], theirs[i]) for i in sorted(mine.keys() & theirs.keys())]
+            if pairs:
+                rounds.append(pairs)
+    return rounds
 
 
 def clearly_behind(candidates: list[Candidate], runs: list[ConfirmRun], goals: Goals
@@ -209,12 +324,8 @@ def clearly_behind(candidates: list[Candidate], runs: list[ConfirmRun], goals: G
 def slower_p(runs: list[ConfirmRun], label: str, leader: str) -> float:
     """One-sided Wilcoxon signed-rank p-value that `label`'s requests were slower than
     `leader`'s, pairing each request with the leader's same request of the same round."""
-    differences = []
-    for round_no in sorted({r.round for r in runs}):
-        here = {r.label: r for r in runs if r.round == round_no and r.score is not None}
-        if label in here and leader in here:
-            mine, theirs = here[label].latencies, here[leader].latencies
-            differences += [mine[i] - theirs[i] for i in sorted(mine.keys() & theirs.keys())]
+    differences = [mine - theirs for pairs in paired_rounds(runs, label, leader)
+                   for mine, theirs in pairs]
     if len(differences) < 2 or not any(differences):
         return 1.0
     from scipy.stats import wilcoxon  # only here: the confirmation's one statistical test
@@ -302,18 +413,16 @@ def improvement(runs: list[ConfirmRun], winner: str, seed: int | None = None
                 ) -> Improvement | None:
     """Per round: defaults' mean latency / winner's; its median, range and interval."""
     ratios = []
-    pairs: list[list[tuple[float, float]]] = []
     for round_no in sorted({r.round for r in runs}):
         here = {r.label: r for r in runs if r.round == round_no and r.score is not None}
         base_mean = here[BASELINE].stats.mean_s if BASELINE in here else None
         best_mean = here[winner].stats.mean_s if winner in here else None
         if base_mean is not None and best_mean is not None:
             ratios.append(base_mean / best_mean)
-            base, best = here[BASELINE].latencies, here[winner].latencies
-            pairs.append([(base[i], best[i]) for i in sorted(base.keys() & best.keys())])
     if not ratios:
         return lower_bound(runs, winner)
-    interval = paired_bootstrap(pairs, seed=seed) if all(pairs) else None
+    pairs = paired_rounds(runs, BASELINE, winner)
+    interval = paired_bootstrap(pairs, seed=seed) if len(pairs) == len(ratios) else None
     return Improvement(speedup=statistics.median(ratios), speedup_min=min(ratios),
                        speedup_max=max(ratios), rounds=len(ratios), ratios=tuple(ratios),
                        low=interval[0] if interval else None,

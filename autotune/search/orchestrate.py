@@ -25,7 +25,14 @@ from autotune.measure.records import Status, TrialResult
 from autotune.measure.settings import Settings
 from autotune.search import drift
 from autotune.search.budget import MAX_ROUNDS, Budget, spoken
-from autotune.search.confirm import BASELINE, Candidate, Outcome, confirm, median_stats
+from autotune.search.confirm import (
+    BASELINE,
+    Candidate,
+    Outcome,
+    confirm,
+    is_guide_defaults,
+    median_stats,
+)
 from autotune.search.events import OnEvent
 from autotune.search.options import TuneOptions
 from autotune.search.space import SearchSpace
@@ -104,11 +111,12 @@ def search_study(study: optuna.Study, model: ModelInfo, machine: Hardware,
     budget = parts.measurement.budget
     go_on = None
     if budget is not None:
-        defaults = Settings(**GUIDE_DEFAULTS)
 
         def go_on() -> bool:
+            # the finalists one more trial could make: the distinct ones so far, and it
+            known = len(finalists(study, options.finalists, space.min_context)) - 1
             return not budget.too_small and budget.search_may_go_on(
-                options.finalists, options.rounds, defaults)
+                min(options.finalists, known + 1), options.rounds)
 
     before = finished_trials(study)
     with parts.measurement.costs.timing("search_s"):
@@ -200,7 +208,7 @@ def plan_confirmation(candidates: list[Candidate], rounds: int, budget: Budget |
     finals = [c for c in rest if c.race]
     extra = [c for c in rest if not c.race]
     plan = budget.fit_confirmation([c.settings for c in finals], [c.settings for c in extra],
-                                   baseline.settings, rounds)
+                                   rounds)
     chosen = [*finals[:plan.finalists], *(extra if plan.profiles else []), baseline]
     notes = tuple(f"{spoken(budget.seconds)} budget: the confirmation gave up {what}"
                   for what in plan.gave_up)
@@ -225,10 +233,9 @@ def more_rounds(budget: Budget | None) -> Callable[[list[Candidate]], bool] | No
     """With a budget, another round for near-tied finalists while one fits."""
     if budget is None:
         return None
-    defaults = Settings(**GUIDE_DEFAULTS)
 
     def fits(active: list[Candidate]) -> bool:
-        return budget.may_add_round([c.settings for c in active], defaults)
+        return budget.may_add_round([c.settings for c in active])
 
     return fits
 
@@ -255,13 +262,6 @@ def is_baseline_run(kept: TrialRecord) -> bool:
     """The guide-defaults baseline trial, or a re-measurement (drift.py): of the defaults,
     when its settings are theirs."""
     return kept.label == BASELINE or kept.remeasures is not None
-
-
-def is_guide_defaults(settings: Settings) -> bool:
-    """The guide's defaults as the baseline trial ran them: a `--fix` (say n_threads=1)
-    makes that trial another configuration, a finalist like any other. GPU layers aside:
-    a build without offload runs the guide's -1 as 0."""
-    return all(settings.value(k) == v for k, v in GUIDE_DEFAULTS.items() if k != "n_gpu_layers")
 
 
 def with_profiles(candidates: list[Candidate], chosen: dict[str, profiles.Point]
