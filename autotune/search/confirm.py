@@ -198,9 +198,13 @@ def defaults_behind(active: list[Candidate], runs: list[ConfirmRun], goals: Goal
     medians = [row.median_objective for label, row in table.items()
                if label != BASELINE and row.median_objective is not None]
     best = min(medians, default=None)
-    others = [c for c in active if c.label != BASELINE and (
-        c.race or best is None or table[c.label].median_objective is None
-        or table[c.label].median_objective <= best * (1 + TIE_MARGIN))]
+
+    def may_win(candidate: Candidate) -> bool:
+        median = table[candidate.label].median_objective
+        return (candidate.race or best is None or median is None
+                or median <= best * (1 + TIE_MARGIN))
+
+    others = [c for c in active if c.label != BASELINE and may_win(c)]
     if not others:
         return ""
     defaults = table[BASELINE]
