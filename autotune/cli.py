@@ -391,8 +391,10 @@ def check_study_name(name: str | None) -> None:
               type=click.FloatRange(1), help="A request over this many medians is a spike.")
 @click.option("--cv-weight", default=Weights.cv_weight, show_default=True,
               type=click.FloatRange(0), help="Score weight of std/mean above 0.5.")
-@click.option("--trial-timeout", default=300.0, show_default=True, type=click.FloatRange(1),
-              help="Wall-clock limit of one trial, seconds.")
+@click.option("--trial-timeout", default=None, type=click.FloatRange(1),
+              help="Wall-clock limit of one trial, seconds  [default: follows what runs cost "
+              "here: 30 min until one has ended, then 4 typical runs, 5-30 min; never past "
+              "the --budget]")
 @click.option("--objective", type=click.Choice(["score", "p95", "p99", "ttft", "mean"]),
               default="score", show_default=True,
               help="What the study minimises and confirmation picks the winner by: score "
@@ -431,7 +433,7 @@ def tune(model: str, budget_text: str | None, trials: int | None, timeout: float
          extended: bool, fixes: tuple[str, ...], min_context: int, no_warm_start: bool,
          anchor_every: int, busy_limit: float, finalists: int, rounds: int,
          no_racing: bool, spike_weight: float, spike_factor: float, cv_weight: float,
-         trial_timeout: float, objective: str, targets: tuple[str, ...],
+         trial_timeout: float | None, objective: str, targets: tuple[str, ...],
          max_memory: str | None, max_gpu_memory: str | None, gpu_margin: str,
          study_name: str | None,
          studies_dir: str | None, storage: str | None, out: str, fmt: str, force: bool,
@@ -682,15 +684,17 @@ def export_command(study: str, studies_dir: str | None, storage: str | None,
 @click.option("--workload", "workload_file", metavar="FILE",
               help="Conversations as JSONL (default: the built-in assistant workload); "
                    "pass the study's own, if it was tuned on one.")
-@click.option("--trial-timeout", default=300.0, show_default=True, type=click.FloatRange(1),
-              help="Wall-clock limit of one run, seconds.")
+@click.option("--trial-timeout", default=None, type=click.FloatRange(1),
+              help="Wall-clock limit of one run, seconds  [default: 30 min until one has "
+              "ended, then 4 typical runs, 5-30 min]")
 @click.option("--study", "study_name", metavar="NAME",
               help="The study to hold the file against  [default: the one its header names]")
 @storage_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
 @no_wait_option
 def check_command(file: str, model: str, rounds: int, tokens: int | None,
-                  workload_file: str | None, trial_timeout: float, study_name: str | None,
+                  workload_file: str | None, trial_timeout: float | None,
+                  study_name: str | None,
                   studies_dir: str | None, storage: str | None, as_json: bool,
                   no_wait: bool) -> None:
     """Does a tuned FILE still beat the guide's defaults on MODEL, here and now?

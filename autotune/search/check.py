@@ -64,7 +64,7 @@ class CheckOptions:
     rounds: int = 2
     tokens_per_request: int | None = None  # None: the study's, else DEFAULT_TOKENS
     workload: Workload | None = None  # None: the built-in one
-    trial_timeout_s: float = 300.0
+    trial_timeout_s: float | None = None  # None: follows the measured cost (search/costs.py)
     study_name: str | None = None  # None: the one the file's header names
     studies_dir: str | None = None
     storage: str | None = None

@@ -4,17 +4,44 @@ The harness pays for a worker's start (interpreter and imports), the model's ins
 and load, the warm-up request, the sampler and the storage; only the requests are what a
 study is for. `Costs` adds these up as a run goes, so a report (and
 `benchmarks/overhead.py`) can say what share of the wall time measured anything.
+
+`RunCosts` keeps what each configuration's runs cost here, whole: the budget plans with it
+(search/budget.py), and a trial's time limit follows it (`RunCosts.limit_s`), so that no
+fixed number stops a trial of a large model that is merely slow. Until a run has ended the
+limit is `FIRST_LIMIT_S`; after, `LIMIT_FACTOR` typical runs, within `LIMIT_FLOOR_S` and
+`LIMIT_CEILING_S`. A run over four typical runs' time cannot win, and a run stopped at
+the limit still says how much slower it was, at least (confirm.lower_bound). The limit
+needs no margin for a hung worker: the stall limit (measure/trial.py) stops one sooner.
+
+Example:
+    >>> costs = RunCosts()
+    >>> costs.limit_s()
+    1800.0
+    >>> costs.runs[Settings(n_threads=2)] = [RunCost(wall_s=120.0, done=16, total=16,
+    ...                                              mean_request_s=7.0)]
+    >>> costs.limit_s()
+    480.0
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from autotune.measure.records import TrialResult
+from autotune.measure.settings import Settings
+from autotune.search.confirm import is_guide_defaults
 from autotune.studies.records import CostBreakdown
+
+# A trial's time limit when --trial-timeout is not given (see the module's docstring).
+FIRST_LIMIT_S = 1800.0
+LIMIT_FACTOR = 4.0
+LIMIT_FLOOR_S = 300.0
+LIMIT_CEILING_S = 1800.0
 
 
 @dataclass
@@ -91,3 +118,60 @@ class Costs:
     def overhead_share(self) -> float:
         """Share of the wall time that is the harness's own (CostBreakdown.harness_share)."""
         return self.parts().harness_share
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What one measured run cost: its wall time, and the requests it did and did not do."""
+
+    wall_s: float
+    done: int
+    total: int
+    mean_request_s: float
+
+    @property
+    def whole_s(self) -> float:
+        """The run's cost had it done every request: the missing ones at its own mean."""
+        return self.wall_s + max(0, self.total - self.done) * self.mean_request_s
+
+
+@dataclass
+class RunCosts:
+    """Each configuration's measured runs, as they end (see the module's docstring)."""
+
+    runs: dict[Settings, list[RunCost]] = field(default_factory=dict)
+
+    def add(self, settings: Settings, result: TrialResult, total: int) -> None:
+        """A run of `total` requests ended (a repeat of a measurement costs nothing)."""
+        latencies = result.latencies
+        mean = statistics.fmean(latencies) if latencies else 0.0
+        self.runs.setdefault(settings, []).append(
+            RunCost(result.wall_s, len(latencies), total, mean))
+
+    def typical_s(self) -> float | None:
+        """The median whole-run cost over the configurations measured, the guide's defaults
+        aside while others ran (they are the slow outlier); None: none yet."""
+        costs = [statistics.median(c.whole_s for c in kept) for s, kept in self.runs.items()
+                 if not is_guide_defaults(s)]
+        if not costs:
+            costs = [statistics.median(c.whole_s for c in kept) for kept in self.runs.values()]
+        return statistics.median(costs) if costs else None
+
+    def run_s(self, settings: Settings) -> float:
+        """What a run of `settings` should cost: its own runs' median, else the typical."""
+        kept = self.runs.get(settings)
+        if kept:
+            return statistics.median(c.whole_s for c in kept)
+        return self.typical_s() or 0.0
+
+    def defaults_costs(self) -> list[float]:
+        """The whole-run costs of the guide's defaults' runs so far."""
+        return [c.whole_s for s, runs in self.runs.items() if is_guide_defaults(s)
+                for c in runs]
+
+    def limit_s(self) -> float:
+        """A trial's time limit when the user gave none: it follows the typical run."""
+        typical = self.typical_s()
+        if typical is None:
+            return FIRST_LIMIT_S
+        return float(min(LIMIT_CEILING_S, max(LIMIT_FLOOR_S, math.ceil(LIMIT_FACTOR * typical))))

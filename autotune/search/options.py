@@ -30,7 +30,7 @@ class TuneOptions:
     rounds: int = 2
     weights: Weights = field(default_factory=Weights)
     goals: Goals = field(default_factory=Goals)
-    trial_timeout_s: float = 300.0
+    trial_timeout_s: float | None = None  # None: follows the measured cost (search/costs.py)
     study_name: str | None = None
     studies_dir: str | None = None
     storage: str | None = None

@@ -66,7 +66,7 @@ from autotune.measure.trial import DEFAULT_TOKENS, TrialSpec, run_trial
 from autotune.measure.workload import Workload
 from autotune.search import drift
 from autotune.search.budget import Budget
-from autotune.search.costs import Costs
+from autotune.search.costs import Costs, RunCosts
 from autotune.search.events import AnchorChecked, BusyTrial, OnEvent, TrialEnded
 from autotune.search.space import SearchSpace
 from autotune.search.warm import warm_starts
@@ -102,7 +102,7 @@ class Measurement:
     workload: Workload
     tokens_per_request: int = DEFAULT_TOKENS
     clients: int = 1
-    trial_timeout_s: float = 300.0
+    trial_timeout_s: float | None = None  # None: follows what runs cost here (trial_limit_s)
     weights: Weights = field(default_factory=Weights)
     goals: Goals = field(default_factory=Goals)  # what the study minimises, and its limits
     # a configuration the study already measured whole is not measured again (see repeat_of)
@@ -112,12 +112,24 @@ class Measurement:
     # the command's time (search/budget.py): no run goes past it, and each run's cost is
     # kept for its plans
     budget: Budget | None = field(default=None, compare=False)
+    # what each configuration's runs cost (the budget's own record when there is a budget)
+    run_costs: RunCosts = field(default_factory=RunCosts, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.budget is not None:
+            self.run_costs = self.budget.runs
+
+    def trial_limit_s(self) -> float:
+        """--trial-timeout, or a limit that follows the runs measured so far (search/costs.py)."""
+        if self.trial_timeout_s is not None:
+            return self.trial_timeout_s
+        return self.run_costs.limit_s()
 
     def spec(self, model: ModelInfo, settings: Settings, limit_s: float | None = None
              ) -> TrialSpec:
-        # the stall and load limits follow --trial-timeout and the model's size
-        timeout = self.trial_timeout_s if limit_s is None else min(limit_s,
-                                                                   self.trial_timeout_s)
+        # the stall and load limits follow the trial's limit and the model's size
+        timeout = self.trial_limit_s() if limit_s is None else min(limit_s,
+                                                                   self.trial_limit_s())
         if self.budget is not None:
             timeout = self.budget.trial_limit_s(timeout)
         return TrialSpec(model.path, settings, self.workload,
@@ -140,8 +152,11 @@ class Measurement:
             self.costs.add_anchor(result, waited)
         else:
             self.costs.add_trial(result, waited)
+            total = len(self.workload.requests)
             if self.budget is not None:
-                self.budget.observe(settings, result, len(self.workload.requests))
+                self.budget.observe(settings, result, total)
+            else:
+                self.run_costs.add(settings, result, total)
         return result
 
     def identity(self) -> MeasurementIdentity:
@@ -386,7 +401,7 @@ def objective_for(model: ModelInfo, space: SearchSpace, measurement: Measurement
         best = standing.best(trial.study) if objective.tail is not None else None
         seen: list[float] = []
         budget = measurement.budget
-        first = budget is not None and budget.typical_s() is None
+        first = budget is not None and budget.runs.typical_s() is None
         started = time.monotonic()
         latencies: list[float] = []
 

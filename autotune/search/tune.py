@@ -28,7 +28,7 @@ from autotune.measure.workload import builtin_workload
 from autotune.safe_text import visible
 from autotune.search.budget import Budget
 from autotune.search.confirm import BASELINE
-from autotune.search.costs import Costs
+from autotune.search.costs import LIMIT_CEILING_S, Costs
 from autotune.search.events import OnEvent, Started, Waiting
 from autotune.search.options import TuneOptions
 from autotune.search.orchestrate import Parts, Tuned, open_study_with, run_study
@@ -86,7 +86,7 @@ def tune(model_path: str | os.PathLike[str], options: TuneOptions,
                               options.goals, lock=lock, costs=costs, budget=budget)
     with costs.timing("setup_s"):
         storage = open_storage(options.studies_dir, options.storage,
-                               longest_trial_s=options.trial_timeout_s)
+                               longest_trial_s=options.trial_timeout_s or LIMIT_CEILING_S)
         name = options.study_name or default_study_name(model.path, machine,
                                                         study_names(storage))
         parts = Parts(measurement, seed=process_seed(options.seed, machine.host))
