@@ -74,7 +74,7 @@ def test_a_bad_budget_is_one_line_and_exit_2(model_path: Path, tmp_path: Path,
 def test_a_run_that_did_not_finish_counts_its_missing_requests_at_its_own_mean() -> None:
     budget = Budget(600, clock=Clock())
     budget.observe(Settings(n_threads=1), ran(6.0, done=4, latency_s=1.0), 16)
-    assert budget.run_s(Settings(n_threads=1)) == 6.0 + 12 * 1.0
+    assert budget.runs.run_s(Settings(n_threads=1)) == 6.0 + 12 * 1.0
 
 
 def test_the_search_goes_on_only_while_the_planned_confirmation_still_fits() -> None:
@@ -89,9 +89,11 @@ def test_the_search_goes_on_only_while_the_planned_confirmation_still_fits() -> 
 def test_clearly_slower_defaults_are_planned_for_one_round() -> None:
     # the defaults ran in 20 s, twice the typical run: racing rests them after round 1
     costs = {1: 10.0, 2: 10.0, 8: 20.0}
-    assert budget_after(1000, costs).baseline_rounds(2) == 1
-    assert budget_after(1000, {1: 10.0, 8: 11.0}).baseline_rounds(2) == 2
-    assert budget_after(1000, {1: 10.0}).baseline_rounds(2) == 2  # not run yet
+    assert budget_after(1000, costs).defaults_s(2) == 20.0
+    assert budget_after(1000, {1: 10.0, 8: 11.0}).defaults_s(2) == 2 * 11.0
+    # not run yet: every round near the typical run, or one round at the cap
+    assert budget_after(1000, {1: 10.0}).defaults_s(2) == BASELINE_CAP * 10.0
+    assert budget_after(1000, {1: 10.0}).defaults_s(3) == pytest.approx(3 * 1.2 * 10.0)
     assert budget_after(60 + 20 + 10 + 2 + 1, costs).search_may_go_on(3, 2)
     assert not budget_after(60 + 20 + 10 + 2 - 1, costs).search_may_go_on(3, 2)
 
@@ -100,7 +102,7 @@ def test_the_defaults_are_planned_at_their_cap_until_they_have_run() -> None:
     budget = budget_after(1000, {1: 10.0})
     assert budget.baseline_s() == BASELINE_CAP * 10.0
     budget.observe(DEFAULTS, ran(100.0), 16)  # far slower than the cap: stopped at it
-    assert budget.typical_s() == 10.0  # the defaults are not a typical run
+    assert budget.runs.typical_s() == 10.0  # the defaults are not a typical run
     assert budget.baseline_s() == BASELINE_CAP * 10.0
 
 

@@ -20,7 +20,8 @@ mean), and the tuner plans with it:
   what the report then says ("at least 3.1x");
 - the defaults are planned for one confirmation round when their runs so far cost over
   1 + DEFAULTS_MARGIN typical runs: confirmation's racing then rests them after it
-  (confirm.defaults_behind);
+  (confirm.defaults_behind); before they have run, for the larger of every round near
+  the typical run and one round at their cap (`defaults_s`);
 - the finalists planned are at most the distinct feasible trials so far, plus the one
   more trial would add: after one trial, a study has one finalist to confirm, not three.
 
@@ -46,6 +47,7 @@ from autotune.errors import AutotuneError
 from autotune.measure.records import TrialResult
 from autotune.measure.settings import Settings
 from autotune.search.confirm import DEFAULTS_MARGIN, is_guide_defaults
+from autotune.search.costs import RunCosts
 
 # The command's budget when neither --budget nor --trials is given: a 1B-class model's
 # study on two cores fits in it (docs/benchmarks.md, the scaling table).
@@ -86,21 +88,6 @@ def spoken(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
-class RunCost:
-    """What one measured run cost: its wall time, and the requests it did and did not do."""
-
-    wall_s: float
-    done: int
-    total: int
-    mean_request_s: float
-
-    @property
-    def whole_s(self) -> float:
-        """The run's cost had it done every request: the missing ones at its own mean."""
-        return self.wall_s + max(0, self.total - self.done) * self.mean_request_s
-
-
-@dataclass(frozen=True)
 class ConfirmPlan:
     """The confirmation a budget can buy, and what it gave up for it."""
 
@@ -118,7 +105,7 @@ class Budget:
     seconds: float
     clock: Callable[[], float] = time.monotonic
     started: float = field(default=0.0)
-    runs: dict[Settings, list[RunCost]] = field(default_factory=dict)
+    runs: RunCosts = field(default_factory=RunCosts)  # what runs cost here (search/costs.py)
     too_small: str = ""  # why the budget cannot buy a confirmed winner, once known
 
     def __post_init__(self) -> None:
@@ -132,56 +119,41 @@ class Budget:
 
     def observe(self, settings: Settings, result: TrialResult, total: int) -> None:
         """A run ended: keep what it cost (a repeat of a measurement costs nothing)."""
-        latencies = result.latencies
-        mean = statistics.fmean(latencies) if latencies else 0.0
-        first = not self.runs
-        self.runs.setdefault(settings, []).append(
-            RunCost(result.wall_s, len(latencies), total, mean))
-        if first and not self.too_small and len(latencies) < total and self.left() <= 0:
+        first = not self.runs.runs
+        self.runs.add(settings, result, total)
+        done = len(result.latencies)
+        if first and not self.too_small and done < total and self.left() <= 0:
             self.too_small = (
                 f"a budget of {spoken(self.seconds)} cannot confirm a winner for this model "
-                f"on this machine: its first trial alone ran past it ({len(latencies)} of "
+                f"on this machine: its first trial alone ran past it ({done} of "
                 f"{total} requests in {spoken(result.wall_s)}); give a longer --budget")
-
-    def typical_s(self) -> float | None:
-        """The median whole-run cost over the configurations measured, the guide's defaults
-        aside while others ran (they are the slow outlier the cap is for); None: none yet."""
-        costs = [statistics.median(c.whole_s for c in kept) for s, kept in self.runs.items()
-                 if not is_guide_defaults(s)]
-        if not costs:
-            costs = [statistics.median(c.whole_s for c in kept) for kept in self.runs.values()]
-        return statistics.median(costs) if costs else None
-
-    def run_s(self, settings: Settings) -> float:
-        """What a run of `settings` should cost: its own runs' median, else the typical."""
-        kept = self.runs.get(settings)
-        if kept:
-            return statistics.median(c.whole_s for c in kept)
-        return self.typical_s() or 0.0
-
-    def defaults_costs(self) -> list[float]:
-        """The whole-run costs of the guide's defaults' runs so far."""
-        return [c.whole_s for s, runs in self.runs.items() if is_guide_defaults(s)
-                for c in runs]
 
     def baseline_s(self) -> float:
         """A defaults' run in confirmation: its own cost, at most BASELINE_CAP typical runs;
         the cap when they have not run yet."""
-        kept = self.defaults_costs()
+        kept = self.runs.defaults_costs()
         own = statistics.median(kept) if kept else self.baseline_limit_s()
         return min(own, self.baseline_limit_s())
 
-    def baseline_rounds(self, rounds: int) -> int:
-        """The confirmation rounds the defaults are planned for: one when their runs so far
-        were clearly slower than the typical run (racing rests them after it), else all."""
-        kept = self.defaults_costs()
-        typical = self.typical_s()
-        if kept and typical and statistics.median(kept) > (1 + DEFAULTS_MARGIN) * typical:
-            return min(1, rounds)
-        return rounds
+    def defaults_s(self, rounds: int) -> float:
+        """What the guide's defaults' runs over `rounds` confirmation rounds should cost.
+
+        Runs so far clearly slower than the typical run (over 1 + DEFAULTS_MARGIN of it)
+        are planned for one round: confirmation's racing rests them after it
+        (confirm.defaults_behind). Before they have run, they are either near the typical
+        run, and then run every round, or slower, and then run one round at most at
+        their cap: the plan takes the larger of the two.
+        """
+        kept = self.runs.defaults_costs()
+        near = (1 + DEFAULTS_MARGIN) * (self.runs.typical_s() or self.seconds)
+        if not kept:
+            return max(rounds * near, min(1, rounds) * self.baseline_limit_s())
+        if statistics.median(kept) > near:
+            return min(1, rounds) * self.baseline_s()
+        return rounds * self.baseline_s()
 
     def baseline_limit_s(self) -> float:
-        return BASELINE_CAP * (self.typical_s() or self.seconds)
+        return BASELINE_CAP * (self.runs.typical_s() or self.seconds)
 
     def first_requests(self, elapsed_s: float, latencies: list[float], total: int) -> bool:
         """During the first trial: can the smallest confirmed answer still fit?
@@ -209,15 +181,14 @@ class Budget:
 
     def confirmation_s(self, finalists: list[Settings], rounds: int) -> float:
         """What `rounds` rounds of these finalists and the defaults should cost."""
-        return (rounds * sum(self.run_s(s) for s in finalists)
-                + self.baseline_rounds(rounds) * self.baseline_s())
+        return rounds * sum(self.runs.run_s(s) for s in finalists) + self.defaults_s(rounds)
 
     def search_may_go_on(self, finalists: int, rounds: int) -> bool:
         """One more trial, and then the planned confirmation of `finalists`, still fit."""
-        typical = self.typical_s()
+        typical = self.runs.typical_s()
         if typical is None:
             return True
-        planned = rounds * finalists * typical + self.baseline_rounds(rounds) * self.baseline_s()
+        planned = rounds * finalists * typical + self.defaults_s(rounds)
         return self.left() >= typical + planned
 
     def trial_limit_s(self, limit_s: float) -> float:
@@ -251,7 +222,7 @@ class Budget:
     def may_add_round(self, active: list[Settings]) -> bool:
         """Another round of the `active` candidates fits (near-ties, see confirm.py, which
         also caps the rounds added)."""
-        cost = sum(self.baseline_s() if is_guide_defaults(s) else self.run_s(s)
+        cost = sum(self.baseline_s() if is_guide_defaults(s) else self.runs.run_s(s)
                    for s in active)
         return cost <= self.left()
 
