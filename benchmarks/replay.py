@@ -34,10 +34,11 @@ baselines, no confirmation), `grid` (every cell once, in random order), `measure
 (a configuration measured whole is measured again when TPE samples it again), `no-anchor`
 (no drift anchor checks: on recorded runs every check that fires is a false alarm, and what
 they cost shows against `default`), `no-racing` (every finalist runs every confirmation
-round), `budget-12`, `finalists-2`, `warm-start` (the default, in a storage that already
-holds an earlier replayed default study of another seed, searched for `--budget` trials and
-confirmed by the tuner, which kept its winner: the new study enqueues that winner after the
-baselines, as `open_study` does on a machine with an earlier study of a similar model),
+round), `budget-12`, `budget-8`, `budget-5`, `finalists-2`, `warm-start` (the default, in
+a storage that already holds an earlier replayed default study of another seed, searched
+for `--budget` trials and confirmed by the tuner, which kept its winner: the new study
+enqueues that winner after the baselines, as `open_study` does on a machine with an
+earlier study of a similar model),
 `warm-start-no-baselines` (the same without the guide's baselines: what the warm start
 alone brings, against `no-baselines`).
 The drift anchor's checks replay a recorded repeat of the anchor's cell too, and their time
@@ -162,9 +163,14 @@ class Grid:
                        if self.doc["cells"][i]["settings"]["enable_context_cache"]})
 
     def cell_for(self, settings: Settings) -> int:
-        """The cell a configuration falls in: the recorded cache size nearest in log."""
+        """The cell a configuration falls in: the recorded cache size nearest in log, and
+        the recorded window nearest in log where the grid measured one window (the 1B grid
+        records the guide's defaults at its own window, as it measured them)."""
         want = settings.to_dict()
         offload = self.doc["space"]["gpu_layers"] is not None
+        windows = {c["settings"]["context_window"] for c in self.doc["cells"]}
+        if want["context_window"] not in windows and len(windows) == 1:
+            want["context_window"] = next(iter(windows))
         if want["enable_context_cache"]:
             sizes = self.cache_sizes() or [want["max_cache_size"]]
             want["max_cache_size"] = min(sizes, key=lambda s: abs(
@@ -354,6 +360,8 @@ STRATEGIES = {
     "no-anchor": Strategy("no-anchor", options={"anchor_every": 0}),
     "no-racing": Strategy("no-racing", options={"racing": False}),
     "budget-12": Strategy("budget-12", options={"trials": 12}),
+    "budget-5": Strategy("budget-5", options={"trials": 5}),
+    "budget-8": Strategy("budget-8", options={"trials": 8}),
     "finalists-2": Strategy("finalists-2", options={"finalists": 2}),
     "warm-start": Strategy("warm-start", warm_start=True),
     "warm-start-no-baselines": Strategy("warm-start-no-baselines", baselines=no_baselines,
