@@ -342,7 +342,7 @@ def check_study_name(name: str | None) -> None:
               "--budget, the count is run whatever it takes.")
 @click.option("--trials", type=click.IntRange(1), default=None,
               help="Trials to run now (a resumed study adds these to those it has)  "
-              "[default: 8, fewer when the budget runs short]")
+              "[default: 5, fewer when the budget runs short]")
 @click.option("--timeout", type=click.FloatRange(1), default=None,
               help="Wall-clock limit for the search alone, seconds; the search stops at it "
               "or at the budget's plan, whichever comes first.")
@@ -446,7 +446,7 @@ def tune(model: str, budget_text: str | None, trials: int | None, timeout: float
 
     \b
     Examples:
-      autotune model.gguf                            # up to 8 trials in 5m, ./jarvis.env
+      autotune model.gguf                            # up to 5 trials in 5m, ./jarvis.env
       autotune model.gguf --budget 20m               # what fits in 20 minutes
       autotune model.gguf --trials 30 --timeout 900  # 30 more trials, the search <= 900 s
       autotune model.gguf --fix n_threads=4 --format dotenv --out jarvis.conf

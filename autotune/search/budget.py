@@ -26,7 +26,7 @@ mean), and the tuner plans with it:
   more trial would add: after one trial, a study has one finalist to confirm, not three.
 
 Trials beyond the first buy little quality on the recorded grids (the study module's
-docstring), so a budget never adds trials beyond `--trials` (8 unless given): the time
+docstring), so a budget never adds trials beyond `--trials` (5 unless given): the time
 it leaves goes to confirmation rounds that separate near-tied finalists
 (`may_add_round`).
 

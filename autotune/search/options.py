@@ -17,7 +17,7 @@ from autotune.search.space import DEFAULT_MIN_CONTEXT
 
 @dataclass
 class TuneOptions:
-    trials: int = 8  # the study module's docstring says why
+    trials: int = 5  # the study module's docstring says why
     timeout_s: float | None = None  # the search's own limit, seconds
     budget_s: float | None = None  # the whole run's, search and confirmation (budget.py)
     seed: int | None = None
