@@ -164,8 +164,8 @@ class Grid:
 
     def cell_for(self, settings: Settings) -> int:
         """The cell a configuration falls in: the recorded cache size nearest in log, and
-        the recorded window nearest in log where the grid measured one window (the 1B grid
-        records the guide's defaults at its own window, as it measured them)."""
+        the grid's window where it measured only one (the 1B grid records the guide's
+        defaults and advice at its own window, as it measured them)."""
         want = settings.to_dict()
         offload = self.doc["space"]["gpu_layers"] is not None
         windows = {c["settings"]["context_window"] for c in self.doc["cells"]}

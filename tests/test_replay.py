@@ -111,6 +111,19 @@ def test_settings_fall_in_the_nearest_recorded_cell(grid) -> None:
         grid.cell_for(Settings(n_threads=3, context_window=4096))
 
 
+def test_a_grid_of_one_window_takes_configurations_at_another_to_it(grid) -> None:
+    doc = synthetic_grid()
+    keep = [i for i, c in enumerate(doc["cells"]) if c["settings"]["context_window"] == 4096]
+    renumber = {old: new for new, old in enumerate(keep)}
+    doc["cells"] = [doc["cells"][i] for i in keep]
+    doc["runs"] = [{**r, "cell": renumber[r["cell"]]} for r in doc["runs"] if r["cell"] in renumber]
+    one = load("replay").Grid.from_doc(doc)
+    advice = Settings(n_threads=2, context_window=8192, max_cache_size=100)
+    assert one.keys[one.cell_for(advice)] == "t2 c4096 cache100"
+    with pytest.raises(KeyError):  # a grid of several windows maps none to another
+        grid.cell_for(Settings(n_threads=2, context_window=2048, max_cache_size=100))
+
+
 def test_a_replayed_trial_streams_requests_and_stops_when_told(grid) -> None:
     replay = load("replay")
     seen: list[int] = []
